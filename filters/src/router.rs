@@ -97,7 +97,7 @@ impl AddressList {
         };
         let domain = domain.to_lowercase();
         let local = local.to_lowercase();
-        if !self.domains.is_empty() && !self.domains.iter().any(|d| *d == domain) {
+        if !self.domains.is_empty() && !self.domains.contains(&domain) {
             return false;
         }
         if self.prefixes.is_empty() {

@@ -1,1 +1,461 @@
+//! Test harness: starts real processes (koukan, Postfix's smtp-sink,
+//! python3 smtplib clients) on loopback and cleans them up.
 #![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// The `koukan` binary under test: `$KOUKAN_BIN`, else the workspace's debug
+/// build (the test command builds it first).
+pub fn koukan_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KOUKAN_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    let bin = target.join("debug").join("koukan");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p koukan-proxy` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{addr} did not accept connections within {timeout:?}")
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {name} ({cmd:?})"))?;
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) through kill(1), so the
+    /// harness needs no unsafe code.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Postfix's `smtp-sink`, dumping each message it accepts into `dir`.
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _proc: Proc,
+}
+
+impl SmtpSink {
+    /// `extra` are smtp-sink options, e.g. `["-r", "RCPT"]` to answer RCPT
+    /// with a 4xx or `["-q", "."]` to drop the connection after the data.
+    pub fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1", dir, extra)
+    }
+
+    pub fn start_on(ip: &str, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        // smtp-sink drops privileges when run as root; the dump directory
+        // must stay writable for that user.
+        Command::new("chmod").arg("0777").arg(dir).status()?;
+        let port = free_port();
+        let addr: SocketAddr = format!("{ip}:{port}").parse()?;
+        let mut cmd = Command::new(smtp_sink_bin());
+        cmd.args(extra)
+            .arg("-u")
+            .arg("nobody")
+            .arg("-d")
+            .arg(format!("{}/", dir.display()))
+            .arg(format!("{ip}:{port}"))
+            .arg("256")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let proc = Proc::spawn("smtp-sink", &mut cmd)?;
+        wait_for_port(addr, Duration::from_secs(10))?;
+        Ok(Self {
+            addr,
+            dir: dir.to_owned(),
+            _proc: proc,
+        })
+    }
+
+    /// The messages dumped so far (smtp-sink writes the envelope as
+    /// `X-Client-Addr`, `X-Mail-Args`, `X-Rcpt-Args` lines before the data).
+    pub fn messages(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_file())
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    pub fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.messages();
+            if m.len() >= n || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn smtp_sink_bin() -> PathBuf {
+    ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("Postfix's smtp-sink is not installed (the test script installs it)")
+}
+
+/// A running koukan process with its own config directory.
+pub struct Koukan {
+    pub proc: Proc,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Koukan {
+    /// Writes `yaml` (with `{admin}` replaced by a free admin address) into
+    /// a fresh directory and starts koukan on it; returns once `/ready`
+    /// answers 200.
+    pub fn start(yaml: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Self::start_in(dir, yaml)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, yaml: &str) -> anyhow::Result<Self> {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let yaml = yaml.replace("{admin}", &admin.to_string());
+        let config_path = dir.path().join("koukan.yaml");
+        std::fs::write(&config_path, yaml)?;
+        let log_path = dir.path().join("koukan.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(koukan_bin());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("KOUKAN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let proc = Proc::spawn("koukan", &mut cmd)?;
+        let mut k = Self {
+            proc,
+            admin,
+            dir,
+            config_path,
+            log_path,
+        };
+        k.wait_ready(Duration::from_secs(20))?;
+        Ok(k)
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.proc.is_running() {
+                bail!("koukan exited early; log:\n{}", self.log());
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/ready") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("koukan not ready within {timeout:?}; log:\n{}", self.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+/// A minimal HTTP/1.0 GET (no client crate needed for admin probes).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("bad HTTP status line")?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Runs a python3 script with arguments; returns its output.
+pub fn python(script: &str, args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3")
+}
+
+/// A raw SMTP conversation for bad-input tests: write bytes, read replies.
+pub struct RawSmtp {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl RawSmtp {
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { reader, stream })
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads one (possibly multi-line) reply; returns the full text.
+    pub fn reply(&mut self) -> anyhow::Result<String> {
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line)?;
+            if n == 0 {
+                bail!("connection closed; got so far: {out:?}");
+            }
+            out.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub fn cmd(&mut self, line: &str) -> anyhow::Result<String> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.reply()
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A relay config: one SMTP listener on `listen` whose chain adds a
+/// Received header and routes every recipient to `upstream` over SMTP.
+/// `limits` is a YAML flow mapping of smtp listener limits (or `{}`).
+pub fn relay_config(listen: SocketAddr, upstream: SocketAddr, limits: &str) -> String {
+    format!(
+        r#"
+node: {{id: test-node}}
+admin: {{address: "{{admin}}"}}
+static_resources:
+  listeners:
+  - name: mx
+    address: "{listen}"
+    smtp:
+      hostname: koukan.test
+      sender: inbound
+      limits: {limits}
+  senders:
+  - name: inbound
+    chain: relay
+  chains:
+  - name: relay
+    filters:
+    - received_header: {{received_hostname: koukan.test}}
+    - router:
+        destination:
+          endpoint: upstream
+          host_list: [{{host: "{uhost}", port: {uport}}}]
+  endpoints:
+  - name: upstream
+    smtp: {{ehlo_hostname: koukan.test}}
+"#,
+        uhost = upstream.ip(),
+        uport = upstream.port(),
+    )
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Sends one message with python3's smtplib. `extra` is Python run after
+/// `s.ehlo()` on an `smtplib.SMTP` called `s` (e.g. `s.starttls(...)`).
+/// Prints `OK <refused-dict>` or `ERR <code> <text>`; returns stdout.
+pub fn smtplib_send(
+    addr: SocketAddr,
+    mail_from: &str,
+    rcpts: &[&str],
+    message: &str,
+    mail_options: &[&str],
+    extra: &str,
+) -> String {
+    let script = format!(
+        r#"
+import smtplib, ssl, sys, json
+addr, port = sys.argv[1], int(sys.argv[2])
+mail_from, rcpts, msg, opts = sys.argv[3], json.loads(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6])
+try:
+    s = smtplib.SMTP(addr, port, timeout=30)
+    s.ehlo()
+{extra}
+    refused = s.sendmail(mail_from, rcpts, msg.encode('utf-8'), mail_options=opts)
+    print('OK', json.dumps({{k: [v[0], v[1].decode()] for k, v in refused.items()}}))
+    s.quit()
+except smtplib.SMTPRecipientsRefused as e:
+    print('ERR RCPT', json.dumps({{k: [v[0], v[1].decode()] for k, v in e.recipients.items()}}))
+except smtplib.SMTPResponseException as e:
+    print('ERR', e.smtp_code, e.smtp_error.decode())
+except Exception as e:
+    print('EXC', type(e).__name__, e)
+"#,
+        extra = extra
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let rcpts = format!(
+        "[{}]",
+        rcpts
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let opts = format!(
+        "[{}]",
+        mail_options
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let out = python(
+        &script,
+        &[
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+            mail_from,
+            &rcpts,
+            message,
+            &opts,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.trim().to_owned()
+}
+
+/// A self-signed certificate for `localhost`/127.0.0.1 written as PEM
+/// files; returns (cert path, key path).
+pub fn write_test_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    (cert, key)
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what the
+# tests talk to (Postfix's smtp-sink/smtp-source, python3), builds the
+# binaries the end-to-end tests start, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # postfix's maintainer scripts must not start a daemon on port 25.
+  apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- --test-threads="${KOUKAN_TEST_THREADS:-4}"

@@ -1,0 +1,874 @@
+//! Loading a bootstrap file: YAML text → typed [`Bootstrap`] → semantic
+//! validation.
+//!
+//! Parsing goes YAML → `serde_json::Value` → the pbjson (protobuf JSON
+//! mapping) deserializers, so the YAML accepts exactly what a control plane
+//! would send as JSON: snake_case or lowerCamelCase keys, durations as
+//! `"30s"`, enums by value name. Unknown keys are errors. Schema errors name
+//! the path of the offending key, e.g.
+//! `static_resources.listeners[0].smtp.limts: unknown field "limts", …`.
+//! Only the first schema error is reported (serde stops there); semantic
+//! errors are all reported.
+//!
+//! [`validate`] then checks what the schema cannot express (references
+//! between resources, addresses, ports, files) and reports *every* problem
+//! found, each with the field path in snake_case proto field names, e.g.
+//! `static_resources.listeners[1].smtp.tls.cert: file not found: certs/x.pem`.
+//!
+//! # Relative paths
+//!
+//! File paths inside a config file (TLS `cert`/`key`, AUTH `secrets`,
+//! `ca_file`, maildir `path`, embedded storage `path`) are resolved relative
+//! to the directory of the config file, not to the working directory, so a
+//! config and the files next to it can be moved together
+//! ([`resolve_path`]). The returned [`Bootstrap`] keeps the paths as
+//! written; whoever opens the files resolves them with [`resolve_path`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::config::v1::{
+    Bootstrap, Chain, Destination, Endpoint, HostPort, Listener, Sender, SmtpListener,
+    StaticResources, TlsMode, endpoint, filter, listener, routing_policy, storage,
+};
+
+/// Port used for a nameserver given as a bare IP.
+pub const DNS_PORT: u16 = 53;
+
+/// How much of a PEM file is read to find its `-----BEGIN` marker. Enough
+/// for any certificate chain header; bounded so that a path pointing at a
+/// huge file or a device does not stall validation.
+const PEM_SNIFF_LEN: u64 = 64 * 1024;
+
+/// One thing wrong with a config, without its location (see
+/// [`ConfigError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// The config file itself could not be read.
+    #[error("cannot read config file: {0}")]
+    ReadConfig(String),
+    /// Not well-formed YAML (or a duplicate key, an alias bomb, …).
+    #[error("invalid YAML: {0}")]
+    Yaml(String),
+    /// Well-formed YAML that does not fit the schema: unknown field, wrong
+    /// type, unknown enum value, two members of a oneof set.
+    #[error("{0}")]
+    Schema(String),
+    /// A required string is empty or a required message is absent.
+    #[error("must be set")]
+    Missing,
+    /// None of a oneof's members is set.
+    #[error("must set one of: {0}")]
+    OneofMissing(&'static str),
+    /// A name (or address) that must be unique is used twice.
+    #[error("duplicate {kind} {value:?} (also used at {first})")]
+    Duplicate {
+        kind: &'static str,
+        value: String,
+        first: String,
+    },
+    /// Not an `IP:port` socket address.
+    #[error("invalid socket address {value:?}: expected IP:port, e.g. 127.0.0.1:2525")]
+    BadSocketAddr { value: String },
+    /// Not an `IP` or `IP:port`.
+    #[error("invalid nameserver {value:?}: expected IP or IP:port, e.g. 127.0.0.1:5353")]
+    BadNameserver { value: String },
+    /// A port outside 1..=65535.
+    #[error("port {0} is out of range 1..=65535")]
+    BadPort(u32),
+    /// A referenced file does not exist. `value` is the path as written,
+    /// `resolved` where it was looked for.
+    #[error("file not found: {value}{}", resolved_suffix(.value, .resolved))]
+    FileNotFound { value: String, resolved: PathBuf },
+    /// A referenced file exists but cannot be read.
+    #[error("cannot read file {value}{}: {reason}", resolved_suffix(.value, .resolved))]
+    FileUnreadable {
+        value: String,
+        resolved: PathBuf,
+        reason: String,
+    },
+    /// A file that must be PEM has no `-----BEGIN` line.
+    #[error("not a PEM file (no -----BEGIN line): {value}")]
+    NotPem { value: String },
+    /// One of a pair of fields that go together is set without the other.
+    #[error("must be set together with {0}")]
+    RequiredWith(&'static str),
+    /// `implicit_tls` without a certificate.
+    #[error("implicit_tls requires tls (cert and key)")]
+    ImplicitTlsWithoutTls,
+    /// AUTH configured where it can never be offered: AUTH needs TLS, or
+    /// the explicit loopback exception.
+    #[error(
+        "AUTH is only offered over TLS and this listener has no tls: set tls, \
+         or allow_plaintext_on_loopback for local clients"
+    )]
+    AuthWithoutTls,
+    /// A reference to a resource that does not exist.
+    #[error("unknown {kind} {name:?}")]
+    UnknownRef { kind: &'static str, name: String },
+    /// A listener's sender has no chain for the listener's tag.
+    #[error("sender {sender:?} has no chain for tag {tag:?} and no default chain")]
+    NoChainForTag { sender: String, tag: String },
+    /// A sender without a default chain has a tag without a chain too.
+    #[error("must be set: tag {tag:?} names no chain")]
+    NoDefaultChain { tag: String },
+    /// An endpoint of the wrong kind for where it is referenced.
+    #[error("endpoint {name:?} is a {found} endpoint, expected {expected}")]
+    WrongEndpointKind {
+        name: String,
+        found: &'static str,
+        expected: &'static str,
+    },
+    /// `host_list` on a destination whose endpoint does not connect to hosts.
+    #[error("host_list only applies to smtp endpoints; endpoint {name:?} is {found}")]
+    HostListNotApplicable { name: String, found: &'static str },
+    /// An SMTP endpoint used without any host to connect to.
+    #[error(
+        "smtp endpoint {name:?} has no hosts: set host_list on the destination \
+         or hosts on the endpoint"
+    )]
+    NoHosts { name: String },
+    /// A sub-address delimiter longer than one character.
+    #[error("must be at most one character, got {0:?}")]
+    BadDelimiter(String),
+    /// A router with both a policy and a static destination: the router
+    /// would ignore the destination.
+    #[error("is ignored when policy is set; give the policy its own destination")]
+    DestinationWithPolicy,
+    /// A negative duration.
+    #[error("must not be negative")]
+    NegativeDuration,
+    /// An enum number that names no value (possible in binary protobuf).
+    #[error("unknown enum value {0}")]
+    UnknownEnumValue(i32),
+    /// A chain with no way to deliver anything.
+    #[error(
+        "chain delivers nowhere: add a router with a destination (static, \
+         address_list with destination, or dest_domain) or set the chain's endpoint"
+    )]
+    NoDelivery,
+}
+
+/// ` (resolved to …)` when the resolved path differs from the written one.
+fn resolved_suffix(value: &str, resolved: &Path) -> String {
+    if Path::new(value) == resolved {
+        String::new()
+    } else {
+        format!(" (resolved to {})", resolved.display())
+    }
+}
+
+/// One problem and where it is: `path` is the field path in snake_case
+/// proto field names with `[index]` for list elements (empty for problems
+/// with the file as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub problem: Problem,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.path, self.problem)
+        }
+    }
+}
+
+/// Every problem found in one config file. Displays one line per problem,
+/// each prefixed with the file name, e.g.
+/// `koukan.yaml: static_resources.listeners[1].smtp.tls.cert: file not found: certs/x.pem`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.file, .errors))]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    /// Never empty; in the order the file was checked.
+    pub errors: Vec<ConfigError>,
+}
+
+fn render(file: &Path, errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {e}", file.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigErrors {
+    fn one(file: &Path, path: impl Into<String>, problem: Problem) -> Self {
+        Self {
+            file: file.to_owned(),
+            errors: vec![ConfigError {
+                path: path.into(),
+                problem,
+            }],
+        }
+    }
+}
+
+/// Resolves a path written in the config file `config_file`: absolute
+/// paths are kept, relative ones are taken relative to the config file's
+/// directory (so `certs/mx.pem` in `/etc/koukan/koukan.yaml` is
+/// `/etc/koukan/certs/mx.pem`, and `data/maildir` in
+/// `configs/quickstart.yaml` is `configs/data/maildir`).
+pub fn resolve_path(config_file: &Path, value: &str) -> PathBuf {
+    let value = Path::new(value);
+    if value.is_absolute() {
+        return value.to_owned();
+    }
+    match config_file.parent() {
+        Some(dir) => dir.join(value),
+        None => value.to_owned(),
+    }
+}
+
+/// Parses a nameserver as written in `dns.nameservers`: `IP:port`, or a
+/// bare IP meaning port 53.
+pub fn parse_nameserver(value: &str) -> Option<SocketAddr> {
+    value.parse::<SocketAddr>().ok().or_else(|| {
+        value
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, DNS_PORT))
+    })
+}
+
+/// Parses YAML text into a [`Bootstrap`] without semantic checks.
+/// `file_name` only labels errors. An empty document is an empty
+/// bootstrap (which [`validate`] then rejects for its missing `node`).
+pub fn parse_bootstrap(file_name: &Path, yaml: &str) -> Result<Bootstrap, ConfigErrors> {
+    let value: serde_json::Value = serde_saphyr::from_str(yaml).map_err(|e| {
+        // The plain message ("line 2 column 6: …"); the default rendering
+        // adds a multi-line source snippet.
+        let plain = e.render_with_options(serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+        });
+        ConfigErrors::one(file_name, "", Problem::Yaml(one_line(&plain)))
+    })?;
+    let value = match value {
+        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+        v => v,
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        // The path of the root is "."; report it as no path.
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigErrors::one(file_name, path, Problem::Schema(e.into_inner().to_string()))
+    })
+}
+
+/// Keeps the one-error-per-line format should a message span lines.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Reads, parses and validates the bootstrap file at `path`. Relative paths
+/// inside it are checked relative to its directory; the returned value
+/// keeps them as written (see [`resolve_path`]).
+pub fn load_bootstrap_file(path: &Path) -> Result<Bootstrap, ConfigErrors> {
+    let yaml = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one(path, "", Problem::ReadConfig(e.to_string())))?;
+    let bootstrap = parse_bootstrap(path, &yaml)?;
+    validate(path, &bootstrap)?;
+    Ok(bootstrap)
+}
+
+/// Checks everything the schema cannot: required fields, unique names and
+/// addresses, references between resources, ports, files. Reports every
+/// problem, not just the first. `file_name` labels errors and anchors
+/// relative paths ([`resolve_path`]).
+pub fn validate(file_name: &Path, bootstrap: &Bootstrap) -> Result<(), ConfigErrors> {
+    let mut v = Validator {
+        file: file_name,
+        errors: Vec::new(),
+        addresses: HashMap::new(),
+    };
+    v.bootstrap(bootstrap);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors {
+            file: file_name.to_owned(),
+            errors: v.errors,
+        })
+    }
+}
+
+/// What a name refers to, for reference checks.
+struct Named<'a, T> {
+    path: String,
+    value: &'a T,
+}
+
+/// Index of resources by name; the first of duplicates wins (duplicates
+/// are reported separately).
+struct Index<'a, T>(HashMap<&'a str, Named<'a, T>>);
+
+impl<'a, T> Index<'a, T> {
+    fn get(&self, name: &str) -> Option<&'a T> {
+        self.0.get(name).map(|n| n.value)
+    }
+}
+
+struct Validator<'f> {
+    file: &'f Path,
+    errors: Vec<ConfigError>,
+    /// Socket addresses bound so far (admin, listeners) → where.
+    addresses: HashMap<SocketAddr, String>,
+}
+
+fn endpoint_kind(e: &Endpoint) -> &'static str {
+    match e.endpoint {
+        Some(endpoint::Endpoint::Smtp(_)) => "smtp",
+        Some(endpoint::Endpoint::Maildir(_)) => "maildir",
+        None => "unset",
+    }
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: impl Into<String>, problem: Problem) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            problem,
+        });
+    }
+
+    fn required(&mut self, path: impl Into<String>, value: &str) -> bool {
+        if value.is_empty() {
+            self.err(path, Problem::Missing);
+            false
+        } else {
+            true
+        }
+    }
+
+    fn bootstrap(&mut self, b: &Bootstrap) {
+        match &b.node {
+            Some(node) => {
+                self.required("node.id", &node.id);
+            }
+            None => self.err("node", Problem::Missing),
+        }
+        if let Some(admin) = &b.admin
+            && self.required("admin.address", &admin.address)
+        {
+            self.bind_address("admin.address", &admin.address);
+        }
+        if let Some(s) = &b.storage {
+            match &s.backend {
+                Some(storage::Backend::Embedded(e)) => {
+                    self.required("storage.embedded.path", &e.path);
+                }
+                None => self.err("storage", Problem::OneofMissing("embedded")),
+            }
+        }
+        if let Some(dns) = &b.dns {
+            for (i, ns) in dns.nameservers.iter().enumerate() {
+                if parse_nameserver(ns).is_none() {
+                    self.err(
+                        format!("dns.nameservers[{i}]"),
+                        Problem::BadNameserver { value: ns.clone() },
+                    );
+                }
+            }
+        }
+        if let Some(r) = &b.static_resources {
+            self.static_resources(r);
+        }
+    }
+
+    /// Parses a socket address to bind and checks it is not bound twice.
+    fn bind_address(&mut self, path: &str, value: &str) {
+        match value.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if let Some(first) = self.addresses.get(&addr) {
+                    let first = first.clone();
+                    self.err(
+                        path,
+                        Problem::Duplicate {
+                            kind: "address",
+                            value: value.to_owned(),
+                            first,
+                        },
+                    );
+                } else {
+                    self.addresses.insert(addr, path.to_owned());
+                }
+            }
+            Err(_) => self.err(
+                path,
+                Problem::BadSocketAddr {
+                    value: value.to_owned(),
+                },
+            ),
+        }
+    }
+
+    /// Builds a name index of `items`, reporting empty and duplicate names.
+    fn index<'a, T>(
+        &mut self,
+        kind: &'static str,
+        list_path: &str,
+        items: &'a [T],
+        name: impl Fn(&T) -> &str,
+    ) -> Index<'a, T> {
+        let mut index: HashMap<&'a str, Named<'a, T>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{list_path}[{i}]");
+            let n = name(item);
+            if !self.required(format!("{path}.name"), n) {
+                continue;
+            }
+            if let Some(first) = index.get(n) {
+                let first = first.path.clone();
+                self.err(
+                    format!("{path}.name"),
+                    Problem::Duplicate {
+                        kind,
+                        value: n.to_owned(),
+                        first,
+                    },
+                );
+            } else {
+                index.insert(n, Named { path, value: item });
+            }
+        }
+        Index(index)
+    }
+
+    fn static_resources(&mut self, r: &StaticResources) {
+        const SR: &str = "static_resources";
+        let listeners = format!("{SR}.listeners");
+        let senders_path = format!("{SR}.senders");
+        let chains_path = format!("{SR}.chains");
+        let endpoints_path = format!("{SR}.endpoints");
+        // Listener names are only checked for uniqueness: nothing refers
+        // to a listener.
+        self.index("listener name", &listeners, &r.listeners, |l| &l.name);
+        let senders = self.index("sender name", &senders_path, &r.senders, |s| &s.name);
+        let chains = self.index("chain name", &chains_path, &r.chains, |c| &c.name);
+        let endpoints = self.index("endpoint name", &endpoints_path, &r.endpoints, |e| &e.name);
+
+        for (i, l) in r.listeners.iter().enumerate() {
+            self.listener(&format!("{listeners}[{i}]"), l, &senders);
+        }
+        for (i, s) in r.senders.iter().enumerate() {
+            self.sender(&format!("{senders_path}[{i}]"), s, &chains);
+        }
+        for (i, c) in r.chains.iter().enumerate() {
+            self.chain(&format!("{chains_path}[{i}]"), c, &endpoints);
+        }
+        for (i, e) in r.endpoints.iter().enumerate() {
+            self.endpoint(&format!("{endpoints_path}[{i}]"), e);
+        }
+    }
+
+    fn listener(&mut self, path: &str, l: &Listener, senders: &Index<'_, Sender>) {
+        if self.required(format!("{path}.address"), &l.address) {
+            self.bind_address(&format!("{path}.address"), &l.address);
+        }
+        match &l.protocol {
+            Some(listener::Protocol::Smtp(s)) => {
+                self.smtp_listener(&format!("{path}.smtp"), s, senders)
+            }
+            None => self.err(path, Problem::OneofMissing("smtp")),
+        }
+    }
+
+    fn smtp_listener(&mut self, path: &str, s: &SmtpListener, senders: &Index<'_, Sender>) {
+        if self.required(format!("{path}.sender"), &s.sender) {
+            match senders.get(&s.sender) {
+                None => self.err(
+                    format!("{path}.sender"),
+                    Problem::UnknownRef {
+                        kind: "sender",
+                        name: s.sender.clone(),
+                    },
+                ),
+                Some(sender) => {
+                    // Mail from this listener must find a chain; catching
+                    // it here beats rejecting every transaction at runtime.
+                    let tag_chain = sender
+                        .tags
+                        .iter()
+                        .find(|t| t.name == s.tag)
+                        .is_some_and(|t| !t.chain.is_empty());
+                    if !tag_chain && sender.chain.is_empty() {
+                        self.err(
+                            format!("{path}.tag"),
+                            Problem::NoChainForTag {
+                                sender: s.sender.clone(),
+                                tag: s.tag.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+
+        // An empty `tls: {}` is the same as no TLS; only half a pair is
+        // an error.
+        let has_tls = match &s.tls {
+            Some(tls) => {
+                let tp = format!("{path}.tls");
+                match (tls.cert.is_empty(), tls.key.is_empty()) {
+                    (false, false) => {
+                        self.pem_file(&format!("{tp}.cert"), &tls.cert);
+                        self.pem_file(&format!("{tp}.key"), &tls.key);
+                        true
+                    }
+                    (true, false) => {
+                        self.err(format!("{tp}.cert"), Problem::RequiredWith("key"));
+                        true
+                    }
+                    (false, true) => {
+                        self.err(format!("{tp}.key"), Problem::RequiredWith("cert"));
+                        true
+                    }
+                    (true, true) => false,
+                }
+            }
+            None => false,
+        };
+        if s.implicit_tls && !has_tls {
+            self.err(
+                format!("{path}.implicit_tls"),
+                Problem::ImplicitTlsWithoutTls,
+            );
+        }
+
+        if let Some(auth) = &s.auth {
+            let ap = format!("{path}.auth");
+            if self.required(format!("{ap}.secrets"), &auth.secrets) {
+                self.readable_file(&format!("{ap}.secrets"), &auth.secrets);
+            }
+            if !has_tls && !auth.allow_plaintext_on_loopback {
+                self.err(ap, Problem::AuthWithoutTls);
+            }
+        }
+
+        if let Some(limits) = &s.limits {
+            let lp = format!("{path}.limits");
+            self.duration(&format!("{lp}.command_timeout"), &limits.command_timeout);
+            self.duration(&format!("{lp}.data_timeout"), &limits.data_timeout);
+            self.duration(&format!("{lp}.drain_timeout"), &limits.drain_timeout);
+        }
+    }
+
+    fn sender(&mut self, path: &str, s: &Sender, chains: &Index<'_, Chain>) {
+        let mut tag_names: HashMap<&str, String> = HashMap::new();
+        for (i, t) in s.tags.iter().enumerate() {
+            let tp = format!("{path}.tags[{i}]");
+            if t.name.is_empty() {
+                self.err(format!("{tp}.name"), Problem::Missing);
+            } else if let Some(first) = tag_names.get(t.name.as_str()) {
+                let first = first.clone();
+                self.err(
+                    format!("{tp}.name"),
+                    Problem::Duplicate {
+                        kind: "tag name",
+                        value: t.name.clone(),
+                        first,
+                    },
+                );
+            } else {
+                tag_names.insert(&t.name, tp.clone());
+            }
+            if t.chain.is_empty() {
+                if s.chain.is_empty() {
+                    self.err(
+                        format!("{path}.chain"),
+                        Problem::NoDefaultChain {
+                            tag: t.name.clone(),
+                        },
+                    );
+                }
+            } else {
+                self.chain_ref(&format!("{tp}.chain"), &t.chain, chains);
+            }
+        }
+        if s.chain.is_empty() {
+            if s.tags.is_empty() {
+                self.err(format!("{path}.chain"), Problem::Missing);
+            }
+        } else {
+            self.chain_ref(&format!("{path}.chain"), &s.chain, chains);
+        }
+    }
+
+    fn chain_ref(&mut self, path: &str, name: &str, chains: &Index<'_, Chain>) {
+        if chains.get(name).is_none() {
+            self.err(
+                path,
+                Problem::UnknownRef {
+                    kind: "chain",
+                    name: name.to_owned(),
+                },
+            );
+        }
+    }
+
+    fn chain(&mut self, path: &str, c: &Chain, endpoints: &Index<'_, Endpoint>) {
+        let mut delivers = false;
+        let mut filter_names: HashMap<&str, String> = HashMap::new();
+        for (i, f) in c.filters.iter().enumerate() {
+            let fp = format!("{path}.filters[{i}]");
+            if !f.name.is_empty() {
+                if let Some(first) = filter_names.get(f.name.as_str()) {
+                    let first = first.clone();
+                    self.err(
+                        format!("{fp}.name"),
+                        Problem::Duplicate {
+                            kind: "filter name",
+                            value: f.name.clone(),
+                            first,
+                        },
+                    );
+                } else {
+                    filter_names.insert(&f.name, fp.clone());
+                }
+            }
+            match &f.filter {
+                Some(filter::Filter::Router(r)) => {
+                    let rp = format!("{fp}.router");
+                    match r.policy.as_ref() {
+                        Some(p) => {
+                            if r.destination.is_some() {
+                                self.err(
+                                    format!("{rp}.destination"),
+                                    Problem::DestinationWithPolicy,
+                                );
+                            }
+                            let pp = format!("{rp}.policy");
+                            match &p.policy {
+                                Some(routing_policy::Policy::AddressList(a)) => {
+                                    let ap = format!("{pp}.address_list");
+                                    for (j, d) in a.domains.iter().enumerate() {
+                                        self.required(format!("{ap}.domains[{j}]"), d);
+                                    }
+                                    for (j, d) in a.prefixes.iter().enumerate() {
+                                        self.required(format!("{ap}.prefixes[{j}]"), d);
+                                    }
+                                    if a.delimiter.chars().count() > 1 {
+                                        self.err(
+                                            format!("{ap}.delimiter"),
+                                            Problem::BadDelimiter(a.delimiter.clone()),
+                                        );
+                                    }
+                                    if let Some(d) = &a.destination {
+                                        delivers = true;
+                                        self.destination(
+                                            &format!("{ap}.destination"),
+                                            d,
+                                            endpoints,
+                                        );
+                                    }
+                                }
+                                Some(routing_policy::Policy::DestDomain(d)) => {
+                                    delivers = true;
+                                    let dp = format!("{pp}.dest_domain");
+                                    if d.dest_port > u32::from(u16::MAX) {
+                                        self.err(
+                                            format!("{dp}.dest_port"),
+                                            Problem::BadPort(d.dest_port),
+                                        );
+                                    }
+                                    let ep = format!("{dp}.endpoint");
+                                    if self.required(&ep, &d.endpoint) {
+                                        // MX routing needs a client that
+                                        // connects to hosts.
+                                        match endpoints.get(&d.endpoint) {
+                                            None => self.unknown_endpoint(&ep, &d.endpoint),
+                                            Some(e) if endpoint_kind(e) != "smtp" => self.err(
+                                                ep,
+                                                Problem::WrongEndpointKind {
+                                                    name: d.endpoint.clone(),
+                                                    found: endpoint_kind(e),
+                                                    expected: "smtp",
+                                                },
+                                            ),
+                                            Some(_) => {}
+                                        }
+                                    }
+                                }
+                                None => {
+                                    self.err(pp, Problem::OneofMissing("address_list, dest_domain"))
+                                }
+                            }
+                        }
+                        None => {
+                            if let Some(d) = &r.destination {
+                                delivers = true;
+                                self.destination(&format!("{rp}.destination"), d, endpoints);
+                            }
+                        }
+                    }
+                }
+                Some(filter::Filter::ReceivedHeader(_)) => {}
+                None => self.err(fp, Problem::OneofMissing("router, received_header")),
+            }
+        }
+        if !c.endpoint.is_empty() {
+            delivers = true;
+            let ep = format!("{path}.endpoint");
+            match endpoints.get(&c.endpoint) {
+                None => self.unknown_endpoint(&ep, &c.endpoint),
+                Some(e) => self.endpoint_has_hosts(&ep, e),
+            }
+        }
+        if !delivers {
+            self.err(path, Problem::NoDelivery);
+        }
+    }
+
+    fn unknown_endpoint(&mut self, path: &str, name: &str) {
+        self.err(
+            path,
+            Problem::UnknownRef {
+                kind: "endpoint",
+                name: name.to_owned(),
+            },
+        );
+    }
+
+    /// An SMTP endpoint reached without a host list of its own must have
+    /// `hosts`.
+    fn endpoint_has_hosts(&mut self, path: &str, e: &Endpoint) {
+        if let Some(endpoint::Endpoint::Smtp(s)) = &e.endpoint
+            && s.hosts.is_empty()
+        {
+            self.err(
+                path,
+                Problem::NoHosts {
+                    name: e.name.clone(),
+                },
+            );
+        }
+    }
+
+    fn destination(&mut self, path: &str, d: &Destination, endpoints: &Index<'_, Endpoint>) {
+        let ep = format!("{path}.endpoint");
+        if self.required(&ep, &d.endpoint) {
+            match endpoints.get(&d.endpoint) {
+                None => self.unknown_endpoint(&ep, &d.endpoint),
+                Some(e) if d.host_list.is_empty() => self.endpoint_has_hosts(&ep, e),
+                Some(e) if endpoint_kind(e) != "smtp" => self.err(
+                    format!("{path}.host_list"),
+                    Problem::HostListNotApplicable {
+                        name: d.endpoint.clone(),
+                        found: endpoint_kind(e),
+                    },
+                ),
+                Some(_) => {}
+            }
+        }
+        self.host_ports(&format!("{path}.host_list"), &d.host_list);
+    }
+
+    fn host_ports(&mut self, path: &str, list: &[HostPort]) {
+        for (i, h) in list.iter().enumerate() {
+            self.required(format!("{path}[{i}].host"), &h.host);
+            if !(1..=u32::from(u16::MAX)).contains(&h.port) {
+                self.err(format!("{path}[{i}].port"), Problem::BadPort(h.port));
+            }
+        }
+    }
+
+    fn endpoint(&mut self, path: &str, e: &Endpoint) {
+        match &e.endpoint {
+            Some(endpoint::Endpoint::Smtp(s)) => {
+                let sp = format!("{path}.smtp");
+                self.required(format!("{sp}.ehlo_hostname"), &s.ehlo_hostname);
+                self.host_ports(&format!("{sp}.hosts"), &s.hosts);
+                if TlsMode::try_from(s.tls).is_err() {
+                    self.err(format!("{sp}.tls"), Problem::UnknownEnumValue(s.tls));
+                }
+                if !s.ca_file.is_empty() {
+                    self.pem_file(&format!("{sp}.ca_file"), &s.ca_file);
+                }
+                self.duration(&format!("{sp}.connect_timeout"), &s.connect_timeout);
+                self.duration(&format!("{sp}.command_timeout"), &s.command_timeout);
+                self.duration(&format!("{sp}.data_timeout"), &s.data_timeout);
+            }
+            Some(endpoint::Endpoint::Maildir(m)) => {
+                self.required(format!("{path}.maildir.path"), &m.path);
+            }
+            None => self.err(path, Problem::OneofMissing("smtp, maildir")),
+        }
+    }
+
+    fn duration(&mut self, path: &str, d: &Option<pbjson_types::Duration>) {
+        if let Some(d) = d
+            && (d.seconds < 0 || d.nanos < 0)
+        {
+            self.err(path, Problem::NegativeDuration);
+        }
+    }
+
+    /// Reads the start of a file the config refers to; reports and returns
+    /// `None` if it is missing or unreadable.
+    fn sniff_file(&mut self, path: &str, value: &str) -> Option<Vec<u8>> {
+        let resolved = resolve_path(self.file, value);
+        let result = std::fs::File::open(&resolved).and_then(|f| {
+            let mut buf = Vec::new();
+            f.take(PEM_SNIFF_LEN).read_to_end(&mut buf)?;
+            Ok(buf)
+        });
+        match result {
+            Ok(buf) => Some(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.err(
+                    path,
+                    Problem::FileNotFound {
+                        value: value.to_owned(),
+                        resolved,
+                    },
+                );
+                None
+            }
+            Err(e) => {
+                self.err(
+                    path,
+                    Problem::FileUnreadable {
+                        value: value.to_owned(),
+                        resolved,
+                        reason: e.to_string(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    fn readable_file(&mut self, path: &str, value: &str) {
+        self.sniff_file(path, value);
+    }
+
+    /// A cheap PEM check: full parsing is the TLS layer's job, but a DER
+    /// file or a swapped path is caught here with a clear message.
+    fn pem_file(&mut self, path: &str, value: &str) {
+        if let Some(buf) = self.sniff_file(path, value)
+            && !buf.windows(b"-----BEGIN".len()).any(|w| w == b"-----BEGIN")
+        {
+            self.err(
+                path,
+                Problem::NotPem {
+                    value: value.to_owned(),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "load_tests.rs"]
+mod tests;

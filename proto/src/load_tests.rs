@@ -1,0 +1,1216 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::config::v1::{AddressListPolicy, DestDomainPolicy};
+use crate::config::v1::{
+    Admin, Dns, EmbeddedStorage, Filter, HostPort, MaildirEndpoint, Node, ReceivedHeaderFilter,
+    RouterFilter, RoutingPolicy, SenderTag, SmtpAuth, SmtpEndpoint, SmtpLimits, Storage, Tls,
+    filter, routing_policy,
+};
+
+/// The quickstart shape: one SMTP listener, one sender, a chain with
+/// received_header and two routers, a maildir endpoint.
+const QUICKSTART: &str = r#"
+node:
+  id: test
+admin:
+  address: 127.0.0.1:9901
+storage:
+  embedded:
+    path: data/koukan.db
+static_resources:
+  listeners:
+  - name: smtp
+    address: 127.0.0.1:2525
+    smtp:
+      hostname: localhost
+      sender: smtp-in
+  senders:
+  - name: smtp-in
+    chain: inbound
+  chains:
+  - name: inbound
+    filters:
+    - received_header:
+        received_hostname: localhost
+    - router:
+        policy:
+          address_list:
+            domains: [example.com]
+            destination:
+              endpoint: local-maildir
+    - router: {}
+  endpoints:
+  - name: local-maildir
+    maildir:
+      path: data/maildir
+"#;
+
+/// A config file name in a fresh directory, for checks of relative paths.
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("koukan.yaml")
+    }
+    /// Creates `name` (relative to the config's directory) with `content`.
+    fn file(&self, name: &str, content: &str) {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+}
+
+const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+fn parse(yaml: &str) -> Result<Bootstrap, ConfigErrors> {
+    parse_bootstrap(Path::new("koukan.yaml"), yaml)
+}
+
+fn quickstart() -> Bootstrap {
+    parse(QUICKSTART).expect("quickstart parses")
+}
+
+fn res(b: &mut Bootstrap) -> &mut StaticResources {
+    b.static_resources.as_mut().unwrap()
+}
+
+fn smtp_listener(b: &mut Bootstrap, i: usize) -> &mut SmtpListener {
+    match res(b).listeners[i].protocol.as_mut().unwrap() {
+        listener::Protocol::Smtp(s) => s,
+    }
+}
+
+fn router(b: &mut Bootstrap, chain: usize, f: usize) -> &mut RouterFilter {
+    match res(b).chains[chain].filters[f].filter.as_mut().unwrap() {
+        filter::Filter::Router(r) => r,
+        other => panic!("not a router: {other:?}"),
+    }
+}
+
+fn smtp_endpoint(name: &str, hosts: Vec<HostPort>) -> Endpoint {
+    Endpoint {
+        name: name.into(),
+        endpoint: Some(endpoint::Endpoint::Smtp(SmtpEndpoint {
+            ehlo_hostname: "mx.example.com".into(),
+            hosts,
+            ..Default::default()
+        })),
+    }
+}
+
+fn hp(host: &str, port: u32) -> HostPort {
+    HostPort {
+        host: host.into(),
+        port,
+    }
+}
+
+/// Validates `b` as if read from `dir`'s config file; returns the errors as
+/// (path, problem) pairs.
+fn check_in(dir: &Dir, b: &Bootstrap) -> Vec<(String, Problem)> {
+    match validate(&dir.config(), b) {
+        Ok(()) => vec![],
+        Err(e) => {
+            assert_eq!(e.file, dir.config());
+            assert!(!e.errors.is_empty());
+            e.errors.into_iter().map(|e| (e.path, e.problem)).collect()
+        }
+    }
+}
+
+fn check(b: &Bootstrap) -> Vec<(String, Problem)> {
+    check_in(&Dir::new(), b)
+}
+
+/// Asserts that validation reports exactly one error, at `path`.
+fn only_error(b: &Bootstrap, path: &str) -> Problem {
+    let errs = check(b);
+    assert_eq!(errs.len(), 1, "expected one error at {path}, got {errs:#?}");
+    assert_eq!(errs[0].0, path, "{errs:#?}");
+    errs.into_iter().next().unwrap().1
+}
+
+// ---- parsing ----
+
+#[test]
+fn quickstart_is_valid() {
+    let b = quickstart();
+    assert_eq!(b.node.as_ref().unwrap().id, "test");
+    let r = b.static_resources.as_ref().unwrap();
+    assert_eq!(r.listeners[0].address, "127.0.0.1:2525");
+    assert_eq!(r.chains[0].filters.len(), 3);
+    assert!(matches!(
+        r.chains[0].filters[0].filter,
+        Some(filter::Filter::ReceivedHeader(ReceivedHeaderFilter { ref received_hostname }))
+            if received_hostname == "localhost"
+    ));
+    assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn unknown_field_is_an_error() {
+    let yaml = QUICKSTART.replace("      hostname: localhost", "      hostnme: localhost");
+    let e = parse(&yaml).unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    // The path ends with the unknown key itself.
+    assert_eq!(
+        e.errors[0].path,
+        "static_resources.listeners[0].smtp.hostnme"
+    );
+    let Problem::Schema(msg) = &e.errors[0].problem else {
+        panic!("{e}")
+    };
+    assert!(msg.contains("unknown field `hostnme`"), "{msg}");
+}
+
+#[test]
+fn unknown_top_level_field_is_an_error() {
+    let e = parse("node: {id: x}\nlisteners: []\n").unwrap_err();
+    assert_eq!(e.errors[0].path, "listeners");
+    assert!(e.to_string().contains("unknown field `listeners`"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_field_path() {
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in",
+        "      sender: smtp-in\n      limits:\n        max_recipients: lots",
+    );
+    let e = parse(&yaml).unwrap_err();
+    assert_eq!(
+        e.errors[0].path,
+        "static_resources.listeners[0].smtp.limits.max_recipients"
+    );
+    assert!(matches!(e.errors[0].problem, Problem::Schema(_)));
+    let line = e.to_string();
+    assert!(
+        line.starts_with("koukan.yaml: static_resources.listeners[0].smtp.limits.max_recipients: "),
+        "{line}"
+    );
+}
+
+#[test]
+fn list_where_a_message_is_expected() {
+    let e = parse("node: {id: x}\nstatic_resources:\n  listeners:\n  - name: a\n    smtp: []\n")
+        .unwrap_err();
+    assert_eq!(e.errors[0].path, "static_resources.listeners[0].smtp");
+}
+
+#[test]
+fn durations_parse_from_strings() {
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in",
+        "      sender: smtp-in\n      limits:\n        command_timeout: 30s\n        data_timeout: 1.5s\n        max_message_size: \"1048576\"",
+    );
+    let mut b = parse(&yaml).unwrap();
+    let limits = smtp_listener(&mut b, 0).limits.unwrap();
+    let ct = limits.command_timeout.unwrap();
+    assert_eq!((ct.seconds, ct.nanos), (30, 0));
+    let dt = limits.data_timeout.unwrap();
+    assert_eq!((dt.seconds, dt.nanos), (1, 500_000_000));
+    // 64-bit integers may be strings (proto JSON) or numbers.
+    assert_eq!(limits.max_message_size, 1_048_576);
+    assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn duration_without_unit_is_rejected() {
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in",
+        "      sender: smtp-in\n      limits:\n        command_timeout: 30",
+    );
+    let e = parse(&yaml).unwrap_err();
+    assert_eq!(
+        e.errors[0].path,
+        "static_resources.listeners[0].smtp.limits.command_timeout"
+    );
+}
+
+#[test]
+fn negative_duration_is_rejected() {
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in",
+        "      sender: smtp-in\n      limits:\n        drain_timeout: -1s",
+    );
+    let b = parse(&yaml).unwrap();
+    assert_eq!(
+        only_error(
+            &b,
+            "static_resources.listeners[0].smtp.limits.drain_timeout"
+        ),
+        Problem::NegativeDuration
+    );
+}
+
+#[test]
+fn camel_case_keys_are_accepted() {
+    let yaml = QUICKSTART
+        .replace("static_resources:", "staticResources:")
+        .replace(
+            "received_header:\n        received_hostname",
+            "receivedHeader:\n        receivedHostname",
+        );
+    assert_eq!(parse(&yaml).unwrap(), quickstart());
+}
+
+#[test]
+fn two_members_of_a_oneof_are_rejected() {
+    let yaml = QUICKSTART.replace(
+        "    - router: {}",
+        "    - router: {}\n      received_header: {}",
+    );
+    let e = parse(&yaml).unwrap_err();
+    assert_eq!(e.errors[0].path, "static_resources.chains[0].filters[2]");
+    assert!(e.to_string().contains("duplicate field"), "{e}");
+}
+
+#[test]
+fn enums_parse_by_name() {
+    let yaml = |tls: &str| {
+        format!(
+            "node: {{id: x}}\nstatic_resources:\n  endpoints:\n  - name: e\n    smtp: {{ehlo_hostname: h, tls: {tls}}}\n"
+        )
+    };
+    let b = parse(&yaml("REQUIRED")).unwrap();
+    let Some(endpoint::Endpoint::Smtp(s)) = &b.static_resources.unwrap().endpoints[0].endpoint
+    else {
+        panic!()
+    };
+    assert_eq!(s.tls(), TlsMode::Required);
+    let e = parse(&yaml("required")).unwrap_err();
+    assert_eq!(e.errors[0].path, "static_resources.endpoints[0].smtp.tls");
+}
+
+#[test]
+fn yaml_syntax_error_is_one_line() {
+    let e = parse("node: {id: x\nadmin: [").unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    assert!(matches!(e.errors[0].problem, Problem::Yaml(_)));
+    let s = e.to_string();
+    assert!(s.starts_with("koukan.yaml: invalid YAML: "), "{s}");
+    assert!(!s.contains('\n'), "{s}");
+}
+
+#[test]
+fn duplicate_yaml_keys_are_rejected() {
+    let e = parse("node: {id: x}\nnode: {id: y}\n").unwrap_err();
+    assert!(matches!(e.errors[0].problem, Problem::Yaml(_)), "{e}");
+}
+
+#[test]
+fn empty_document_needs_a_node() {
+    let b = parse("").unwrap();
+    assert_eq!(only_error(&b, "node"), Problem::Missing);
+    let b = parse("node: {}").unwrap();
+    assert_eq!(only_error(&b, "node.id"), Problem::Missing);
+}
+
+#[test]
+fn serializes_with_snake_case_names() {
+    let json = serde_json::to_value(quickstart()).unwrap();
+    assert!(json.get("static_resources").is_some(), "{json}");
+    // Round trip through JSON gives the same message.
+    let back: Bootstrap = serde_json::from_value(json).unwrap();
+    assert_eq!(back, quickstart());
+}
+
+// ---- loading and error display ----
+
+#[test]
+fn load_reports_missing_config_file_with_its_name() {
+    let e = load_bootstrap_file(Path::new("/nonexistent/koukan.yaml")).unwrap_err();
+    assert!(matches!(e.errors[0].problem, Problem::ReadConfig(_)));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/koukan.yaml: cannot read config file: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn load_resolves_files_relative_to_the_config() {
+    let dir = Dir::new();
+    dir.file("certs/mx.crt", PEM);
+    dir.file("certs/mx.key", "-----BEGIN PRIVATE KEY-----\n");
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in",
+        "      sender: smtp-in\n      tls: {cert: certs/mx.crt, key: certs/mx.key}",
+    );
+    dir.file("koukan.yaml", &yaml);
+    let b = load_bootstrap_file(&dir.config()).unwrap();
+    // Paths are kept as written.
+    let mut b2 = b.clone();
+    assert_eq!(
+        smtp_listener(&mut b2, 0).tls.as_ref().unwrap().cert,
+        "certs/mx.crt"
+    );
+
+    // The same config read from elsewhere does not find the files.
+    let other = Dir::new();
+    let errs = check_in(&other, &b);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(matches!(errs[0].1, Problem::FileNotFound { .. }));
+}
+
+#[test]
+fn display_is_one_line_per_error_prefixed_with_the_file() {
+    let e = ConfigErrors {
+        file: PathBuf::from("koukan.yaml"),
+        errors: vec![
+            ConfigError {
+                path: "static_resources.listeners[1].smtp.tls.cert".into(),
+                problem: Problem::FileNotFound {
+                    value: "certs/x.pem".into(),
+                    resolved: PathBuf::from("certs/x.pem"),
+                },
+            },
+            ConfigError {
+                path: "node.id".into(),
+                problem: Problem::Missing,
+            },
+        ],
+    };
+    assert_eq!(
+        e.to_string(),
+        "koukan.yaml: static_resources.listeners[1].smtp.tls.cert: file not found: certs/x.pem\n\
+         koukan.yaml: node.id: must be set"
+    );
+}
+
+#[test]
+fn file_not_found_shows_the_resolved_path() {
+    let p = Problem::FileNotFound {
+        value: "certs/x.pem".into(),
+        resolved: PathBuf::from("/etc/koukan/certs/x.pem"),
+    };
+    assert_eq!(
+        p.to_string(),
+        "file not found: certs/x.pem (resolved to /etc/koukan/certs/x.pem)"
+    );
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let mut b = quickstart();
+    b.node = Some(Node { id: String::new() });
+    b.admin = Some(Admin {
+        address: "localhost".into(),
+    });
+    res(&mut b).listeners[0].address = "nowhere".into();
+    smtp_listener(&mut b, 0).sender = "ghost".into();
+    res(&mut b).senders[0].chain = "missing".into();
+    res(&mut b).endpoints[0].endpoint = Some(endpoint::Endpoint::Maildir(MaildirEndpoint {
+        path: String::new(),
+    }));
+    let e = validate(Path::new("koukan.yaml"), &b).unwrap_err();
+    let paths: Vec<_> = e.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "node.id",
+            "admin.address",
+            "static_resources.listeners[0].address",
+            "static_resources.listeners[0].smtp.sender",
+            "static_resources.senders[0].chain",
+            "static_resources.endpoints[0].maildir.path",
+        ]
+    );
+    assert_eq!(e.to_string().lines().count(), 6);
+    assert!(
+        e.to_string()
+            .lines()
+            .all(|l| l.starts_with("koukan.yaml: "))
+    );
+}
+
+// ---- one test per validation rule ----
+
+#[test]
+fn listener_names_must_be_set_and_unique() {
+    let mut b = quickstart();
+    let mut second = res(&mut b).listeners[0].clone();
+    second.address = "127.0.0.1:2526".into();
+    res(&mut b).listeners.push(second);
+    assert!(matches!(
+        only_error(&b, "static_resources.listeners[1].name"),
+        Problem::Duplicate { kind: "listener name", ref first, .. }
+            if first == "static_resources.listeners[0]"
+    ));
+    res(&mut b).listeners[1].name = String::new();
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[1].name"),
+        Problem::Missing
+    );
+}
+
+#[test]
+fn listener_addresses_must_parse_and_be_unique() {
+    let mut b = quickstart();
+    let mut second = res(&mut b).listeners[0].clone();
+    second.name = "smtp2".into();
+    res(&mut b).listeners.push(second);
+    assert!(matches!(
+        only_error(&b, "static_resources.listeners[1].address"),
+        Problem::Duplicate {
+            kind: "address",
+            ..
+        }
+    ));
+    res(&mut b).listeners[1].address = "localhost:25".into();
+    assert!(matches!(
+        only_error(&b, "static_resources.listeners[1].address"),
+        Problem::BadSocketAddr { .. }
+    ));
+    // The admin server counts as a bound address too.
+    res(&mut b).listeners[1].address = "127.0.0.1:9901".into();
+    assert!(matches!(
+        only_error(&b, "static_resources.listeners[1].address"),
+        Problem::Duplicate { ref first, .. } if first == "admin.address"
+    ));
+}
+
+#[test]
+fn listener_needs_a_protocol() {
+    let mut b = quickstart();
+    res(&mut b).listeners[0].protocol = None;
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0]"),
+        Problem::OneofMissing("smtp")
+    );
+}
+
+#[test]
+fn tls_files_must_exist_and_be_pem() {
+    let dir = Dir::new();
+    dir.file("cert.pem", PEM);
+    dir.file("key.der", "\x30\x03binary");
+    let mut b = quickstart();
+    smtp_listener(&mut b, 0).tls = Some(Tls {
+        cert: "cert.pem".into(),
+        key: "key.der".into(),
+    });
+    let errs = check_in(&dir, &b);
+    assert_eq!(
+        errs,
+        vec![(
+            "static_resources.listeners[0].smtp.tls.key".into(),
+            Problem::NotPem {
+                value: "key.der".into()
+            }
+        )]
+    );
+
+    smtp_listener(&mut b, 0).tls = Some(Tls {
+        cert: "/x/y.pem".into(),
+        key: "cert.pem".into(),
+    });
+    let errs = check_in(&dir, &b);
+    assert_eq!(
+        errs,
+        vec![(
+            "static_resources.listeners[0].smtp.tls.cert".into(),
+            Problem::FileNotFound {
+                value: "/x/y.pem".into(),
+                resolved: PathBuf::from("/x/y.pem"),
+            }
+        )]
+    );
+    assert_eq!(
+        errs[0].1.to_string(),
+        "file not found: /x/y.pem",
+        "absolute paths are shown once"
+    );
+
+    // A directory is not a readable file.
+    smtp_listener(&mut b, 0).tls = Some(Tls {
+        cert: ".".into(),
+        key: "cert.pem".into(),
+    });
+    let errs = check_in(&dir, &b);
+    assert!(
+        matches!(errs[..], [(_, Problem::FileUnreadable { .. })]),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn tls_cert_and_key_go_together() {
+    let mut b = quickstart();
+    smtp_listener(&mut b, 0).tls = Some(Tls {
+        cert: String::new(),
+        key: "/k.pem".into(),
+    });
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0].smtp.tls.cert"),
+        Problem::RequiredWith("key")
+    );
+    smtp_listener(&mut b, 0).tls = Some(Tls {
+        cert: "/c.pem".into(),
+        key: String::new(),
+    });
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0].smtp.tls.key"),
+        Problem::RequiredWith("cert")
+    );
+    // Neither: no TLS, fine.
+    smtp_listener(&mut b, 0).tls = Some(Tls::default());
+    assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn implicit_tls_needs_tls() {
+    let mut b = quickstart();
+    smtp_listener(&mut b, 0).implicit_tls = true;
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0].smtp.implicit_tls"),
+        Problem::ImplicitTlsWithoutTls
+    );
+}
+
+#[test]
+fn auth_needs_a_secrets_file_and_tls() {
+    let dir = Dir::new();
+    dir.file("secrets.json", "{}");
+    let mut b = quickstart();
+    smtp_listener(&mut b, 0).auth = Some(SmtpAuth {
+        secrets: "secrets.json".into(),
+        require: true,
+        allow_plaintext_on_loopback: true,
+    });
+    assert_eq!(check_in(&dir, &b), vec![]);
+
+    smtp_listener(&mut b, 0).auth = Some(SmtpAuth {
+        secrets: "nope.json".into(),
+        require: true,
+        allow_plaintext_on_loopback: false,
+    });
+    let errs = check_in(&dir, &b);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(errs[0].0, "static_resources.listeners[0].smtp.auth.secrets");
+    assert!(matches!(errs[0].1, Problem::FileNotFound { .. }));
+    assert_eq!(
+        errs[1],
+        (
+            "static_resources.listeners[0].smtp.auth".into(),
+            Problem::AuthWithoutTls
+        )
+    );
+
+    smtp_listener(&mut b, 0).auth = Some(SmtpAuth {
+        secrets: String::new(),
+        require: false,
+        allow_plaintext_on_loopback: true,
+    });
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0].smtp.auth.secrets"),
+        Problem::Missing
+    );
+}
+
+#[test]
+fn listener_sender_must_exist() {
+    let mut b = quickstart();
+    smtp_listener(&mut b, 0).sender = "ghost".into();
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0].smtp.sender"),
+        Problem::UnknownRef {
+            kind: "sender",
+            name: "ghost".into()
+        }
+    );
+    smtp_listener(&mut b, 0).sender = String::new();
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0].smtp.sender"),
+        Problem::Missing
+    );
+}
+
+#[test]
+fn listener_tag_must_lead_to_a_chain() {
+    let mut b = quickstart();
+    let s = &mut res(&mut b).senders[0];
+    s.chain = String::new();
+    s.tags = vec![SenderTag {
+        name: "mx".into(),
+        chain: "inbound".into(),
+    }];
+    smtp_listener(&mut b, 0).tag = "msa".into();
+    assert_eq!(
+        only_error(&b, "static_resources.listeners[0].smtp.tag"),
+        Problem::NoChainForTag {
+            sender: "smtp-in".into(),
+            tag: "msa".into()
+        }
+    );
+    smtp_listener(&mut b, 0).tag = "mx".into();
+    assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn sender_chains_must_exist() {
+    let mut b = quickstart();
+    let s = &mut res(&mut b).senders[0];
+    s.chain = "nope".into();
+    s.tags = vec![
+        SenderTag {
+            name: "a".into(),
+            chain: "also-nope".into(),
+        },
+        SenderTag {
+            name: "a".into(),
+            chain: String::new(),
+        },
+    ];
+    let errs = check(&b);
+    assert_eq!(
+        errs,
+        vec![
+            (
+                "static_resources.senders[0].tags[0].chain".into(),
+                Problem::UnknownRef {
+                    kind: "chain",
+                    name: "also-nope".into()
+                }
+            ),
+            (
+                "static_resources.senders[0].tags[1].name".into(),
+                Problem::Duplicate {
+                    kind: "tag name",
+                    value: "a".into(),
+                    first: "static_resources.senders[0].tags[0]".into()
+                }
+            ),
+            (
+                "static_resources.senders[0].chain".into(),
+                Problem::UnknownRef {
+                    kind: "chain",
+                    name: "nope".into()
+                }
+            ),
+        ]
+    );
+}
+
+#[test]
+fn sender_needs_a_default_chain_unless_every_tag_has_one() {
+    let mut b = quickstart();
+    res(&mut b).senders[0].chain = String::new();
+    // Also the listener (no tag) has no chain now.
+    let errs = check(&b);
+    assert_eq!(
+        errs.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [
+            "static_resources.listeners[0].smtp.tag",
+            "static_resources.senders[0].chain"
+        ]
+    );
+    assert_eq!(errs[1].1, Problem::Missing);
+
+    let s = &mut res(&mut b).senders[0];
+    s.tags = vec![SenderTag {
+        name: "t".into(),
+        chain: String::new(),
+    }];
+    let errs = check(&b);
+    assert_eq!(
+        errs[1],
+        (
+            "static_resources.senders[0].chain".into(),
+            Problem::NoDefaultChain { tag: "t".into() }
+        )
+    );
+}
+
+#[test]
+fn sender_and_chain_and_endpoint_names_are_unique() {
+    let mut b = quickstart();
+    let r = res(&mut b);
+    r.senders.push(r.senders[0].clone());
+    r.chains.push(r.chains[0].clone());
+    r.endpoints.push(r.endpoints[0].clone());
+    let errs = check(&b);
+    let kinds: Vec<_> = errs
+        .iter()
+        .map(|(p, e)| match e {
+            Problem::Duplicate { kind, .. } => (p.as_str(), *kind),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("static_resources.senders[1].name", "sender name"),
+            ("static_resources.chains[1].name", "chain name"),
+            ("static_resources.endpoints[1].name", "endpoint name"),
+        ]
+    );
+}
+
+#[test]
+fn router_destination_endpoint_must_exist() {
+    let mut b = quickstart();
+    let Some(routing_policy::Policy::AddressList(a)) = router(&mut b, 0, 1)
+        .policy
+        .as_mut()
+        .unwrap()
+        .policy
+        .as_mut()
+    else {
+        panic!()
+    };
+    a.destination.as_mut().unwrap().endpoint = "elsewhere".into();
+    let p = "static_resources.chains[0].filters[1].router.policy.address_list.destination.endpoint";
+    assert_eq!(
+        only_error(&b, p),
+        Problem::UnknownRef {
+            kind: "endpoint",
+            name: "elsewhere".into()
+        }
+    );
+}
+
+#[test]
+fn static_router_destination_is_checked() {
+    let mut b = quickstart();
+    res(&mut b).endpoints.push(smtp_endpoint("relay", vec![]));
+    *router(&mut b, 0, 2) = RouterFilter {
+        policy: None,
+        destination: Some(Destination {
+            endpoint: "relay".into(),
+            host_list: vec![hp("smarthost", 0), hp("", 70000)],
+        }),
+    };
+    let p = "static_resources.chains[0].filters[2].router.destination.host_list";
+    assert_eq!(
+        check(&b),
+        vec![
+            (format!("{p}[0].port"), Problem::BadPort(0)),
+            (format!("{p}[1].host"), Problem::Missing),
+            (format!("{p}[1].port"), Problem::BadPort(70000)),
+        ]
+    );
+    // Without a host list the endpoint must have hosts of its own.
+    router(&mut b, 0, 2).destination.as_mut().unwrap().host_list = vec![];
+    assert_eq!(
+        only_error(
+            &b,
+            "static_resources.chains[0].filters[2].router.destination.endpoint"
+        ),
+        Problem::NoHosts {
+            name: "relay".into()
+        }
+    );
+    // A maildir takes no host list.
+    *router(&mut b, 0, 2) = RouterFilter {
+        policy: None,
+        destination: Some(Destination {
+            endpoint: "local-maildir".into(),
+            host_list: vec![hp("h", 25)],
+        }),
+    };
+    assert!(matches!(
+        only_error(
+            &b,
+            "static_resources.chains[0].filters[2].router.destination.host_list"
+        ),
+        Problem::HostListNotApplicable { .. }
+    ));
+    // Empty endpoint name.
+    router(&mut b, 0, 2).destination = Some(Destination::default());
+    assert_eq!(
+        only_error(
+            &b,
+            "static_resources.chains[0].filters[2].router.destination.endpoint"
+        ),
+        Problem::Missing
+    );
+}
+
+#[test]
+fn router_policy_and_destination_are_exclusive() {
+    let mut b = quickstart();
+    router(&mut b, 0, 1).destination = Some(Destination {
+        endpoint: "local-maildir".into(),
+        host_list: vec![],
+    });
+    assert_eq!(
+        only_error(
+            &b,
+            "static_resources.chains[0].filters[1].router.destination"
+        ),
+        Problem::DestinationWithPolicy
+    );
+}
+
+#[test]
+fn empty_policy_is_rejected() {
+    let mut b = quickstart();
+    router(&mut b, 0, 1).policy = Some(RoutingPolicy { policy: None });
+    let errs = check(&b);
+    assert_eq!(
+        errs[0],
+        (
+            "static_resources.chains[0].filters[1].router.policy".into(),
+            Problem::OneofMissing("address_list, dest_domain")
+        )
+    );
+}
+
+#[test]
+fn address_list_delimiter_is_one_char_and_lists_have_no_empty_entries() {
+    let mut b = quickstart();
+    router(&mut b, 0, 1).policy = Some(RoutingPolicy {
+        policy: Some(routing_policy::Policy::AddressList(AddressListPolicy {
+            domains: vec!["example.com".into(), String::new()],
+            prefixes: vec![String::new()],
+            delimiter: "+-".into(),
+            destination: Some(Destination {
+                endpoint: "local-maildir".into(),
+                host_list: vec![],
+            }),
+        })),
+    });
+    let p = "static_resources.chains[0].filters[1].router.policy.address_list";
+    assert_eq!(
+        check(&b),
+        vec![
+            (format!("{p}.domains[1]"), Problem::Missing),
+            (format!("{p}.prefixes[0]"), Problem::Missing),
+            (format!("{p}.delimiter"), Problem::BadDelimiter("+-".into())),
+        ]
+    );
+    // One multi-byte character is fine.
+    let Some(routing_policy::Policy::AddressList(a)) = router(&mut b, 0, 1)
+        .policy
+        .as_mut()
+        .unwrap()
+        .policy
+        .as_mut()
+    else {
+        panic!()
+    };
+    a.domains.pop();
+    a.prefixes.clear();
+    a.delimiter = "é".into();
+    assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn dest_domain_needs_an_smtp_endpoint_and_a_valid_port() {
+    let mut b = quickstart();
+    res(&mut b)
+        .endpoints
+        .push(smtp_endpoint("internet", vec![]));
+    router(&mut b, 0, 1).policy = Some(RoutingPolicy {
+        policy: Some(routing_policy::Policy::DestDomain(DestDomainPolicy {
+            endpoint: "internet".into(),
+            dest_port: 0,
+        })),
+    });
+    // MX routing needs no endpoint hosts, and port 0 means 25.
+    assert_eq!(check(&b), vec![]);
+
+    router(&mut b, 0, 1).policy = Some(RoutingPolicy {
+        policy: Some(routing_policy::Policy::DestDomain(DestDomainPolicy {
+            endpoint: "local-maildir".into(),
+            dest_port: 65536,
+        })),
+    });
+    let p = "static_resources.chains[0].filters[1].router.policy.dest_domain";
+    assert_eq!(
+        check(&b),
+        vec![
+            (format!("{p}.dest_port"), Problem::BadPort(65536)),
+            (
+                format!("{p}.endpoint"),
+                Problem::WrongEndpointKind {
+                    name: "local-maildir".into(),
+                    found: "maildir",
+                    expected: "smtp"
+                }
+            ),
+        ]
+    );
+    router(&mut b, 0, 1).policy = Some(RoutingPolicy {
+        policy: Some(routing_policy::Policy::DestDomain(DestDomainPolicy {
+            endpoint: "nope".into(),
+            dest_port: 25,
+        })),
+    });
+    assert!(matches!(
+        only_error(&b, &format!("{p}.endpoint")),
+        Problem::UnknownRef {
+            kind: "endpoint",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn chain_endpoint_must_exist() {
+    let mut b = quickstart();
+    res(&mut b).chains[0].endpoint = "nope".into();
+    assert!(matches!(
+        only_error(&b, "static_resources.chains[0].endpoint"),
+        Problem::UnknownRef {
+            kind: "endpoint",
+            ..
+        }
+    ));
+    res(&mut b).endpoints.push(smtp_endpoint("relay", vec![]));
+    res(&mut b).chains[0].endpoint = "relay".into();
+    assert!(matches!(
+        only_error(&b, "static_resources.chains[0].endpoint"),
+        Problem::NoHosts { .. }
+    ));
+}
+
+#[test]
+fn chain_must_deliver_somewhere() {
+    let mut b = quickstart();
+    // Drop the address_list router: only received_header and the
+    // reject-all router remain.
+    res(&mut b).chains[0].filters.remove(1);
+    assert_eq!(
+        only_error(&b, "static_resources.chains[0]"),
+        Problem::NoDelivery
+    );
+    // A default endpoint is enough.
+    res(&mut b).chains[0].endpoint = "local-maildir".into();
+    assert_eq!(check(&b), vec![]);
+    // So is an address_list with a destination (the quickstart itself).
+    assert_eq!(check(&quickstart()), vec![]);
+}
+
+#[test]
+fn filter_needs_a_type_and_unique_names() {
+    let mut b = quickstart();
+    let c = &mut res(&mut b).chains[0];
+    c.filters[0].name = "f".into();
+    c.filters[1].name = "f".into();
+    c.filters.push(Filter {
+        name: String::new(),
+        filter: None,
+    });
+    assert_eq!(
+        check(&b),
+        vec![
+            (
+                "static_resources.chains[0].filters[1].name".into(),
+                Problem::Duplicate {
+                    kind: "filter name",
+                    value: "f".into(),
+                    first: "static_resources.chains[0].filters[0]".into()
+                }
+            ),
+            (
+                "static_resources.chains[0].filters[3]".into(),
+                Problem::OneofMissing("router, received_header")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn smtp_endpoint_rules() {
+    let dir = Dir::new();
+    dir.file("ca.pem", PEM);
+    let mut b = quickstart();
+    let mut e = smtp_endpoint("relay", vec![hp("relay.example.com", 587), hp("x", 0)]);
+    let Some(endpoint::Endpoint::Smtp(s)) = e.endpoint.as_mut() else {
+        panic!()
+    };
+    s.ehlo_hostname = String::new();
+    s.tls = 7;
+    s.ca_file = "ca.pem".into();
+    s.connect_timeout = Some(pbjson_types::Duration {
+        seconds: -5,
+        nanos: 0,
+    });
+    res(&mut b).endpoints.push(e);
+    let p = "static_resources.endpoints[1].smtp";
+    assert_eq!(
+        check_in(&dir, &b),
+        vec![
+            (format!("{p}.ehlo_hostname"), Problem::Missing),
+            (format!("{p}.hosts[1].port"), Problem::BadPort(0)),
+            (format!("{p}.tls"), Problem::UnknownEnumValue(7)),
+            (format!("{p}.connect_timeout"), Problem::NegativeDuration),
+        ]
+    );
+    let Some(endpoint::Endpoint::Smtp(s)) = res(&mut b).endpoints[1].endpoint.as_mut() else {
+        panic!()
+    };
+    s.ca_file = "missing-ca.pem".into();
+    let errs = check_in(&dir, &b);
+    assert!(
+        errs.iter().any(|(path, e)| path == &format!("{p}.ca_file")
+            && matches!(e, Problem::FileNotFound { .. }))
+    );
+}
+
+#[test]
+fn endpoint_needs_a_kind_and_maildir_a_path() {
+    let mut b = quickstart();
+    res(&mut b).endpoints[0].endpoint = Some(endpoint::Endpoint::Maildir(MaildirEndpoint {
+        path: String::new(),
+    }));
+    assert_eq!(
+        only_error(&b, "static_resources.endpoints[0].maildir.path"),
+        Problem::Missing
+    );
+    res(&mut b).endpoints[0].endpoint = None;
+    assert_eq!(
+        only_error(&b, "static_resources.endpoints[0]"),
+        Problem::OneofMissing("smtp, maildir")
+    );
+}
+
+#[test]
+fn admin_storage_and_dns_rules() {
+    let mut b = quickstart();
+    b.admin = Some(Admin {
+        address: String::new(),
+    });
+    assert_eq!(only_error(&b, "admin.address"), Problem::Missing);
+    b.admin = None;
+    assert_eq!(check(&b), vec![], "admin is optional");
+
+    b.storage = Some(Storage { backend: None });
+    assert_eq!(only_error(&b, "storage"), Problem::OneofMissing("embedded"));
+    b.storage = Some(Storage {
+        backend: Some(storage::Backend::Embedded(EmbeddedStorage {
+            path: String::new(),
+        })),
+    });
+    assert_eq!(only_error(&b, "storage.embedded.path"), Problem::Missing);
+    b.storage = None;
+
+    b.dns = Some(Dns {
+        nameservers: vec![
+            "127.0.0.1:5353".into(),
+            "9.9.9.9".into(),
+            "[::1]:53".into(),
+            "::1".into(),
+            "dns.google".into(),
+        ],
+    });
+    assert_eq!(
+        only_error(&b, "dns.nameservers[4]"),
+        Problem::BadNameserver {
+            value: "dns.google".into()
+        }
+    );
+}
+
+#[test]
+fn limits_are_parsed() {
+    let mut b = quickstart();
+    smtp_listener(&mut b, 0).limits = Some(SmtpLimits {
+        max_message_size: 1 << 20,
+        ..Default::default()
+    });
+    assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn nameserver_parsing() {
+    assert_eq!(
+        parse_nameserver("127.0.0.1:5353"),
+        Some("127.0.0.1:5353".parse().unwrap())
+    );
+    assert_eq!(
+        parse_nameserver("10.0.0.1"),
+        Some("10.0.0.1:53".parse().unwrap())
+    );
+    assert_eq!(parse_nameserver("::1"), Some("[::1]:53".parse().unwrap()));
+    assert_eq!(parse_nameserver("resolver"), None);
+}
+
+#[test]
+fn path_resolution() {
+    let cfg = Path::new("/etc/koukan/koukan.yaml");
+    assert_eq!(
+        resolve_path(cfg, "certs/a.pem"),
+        Path::new("/etc/koukan/certs/a.pem")
+    );
+    assert_eq!(resolve_path(cfg, "/abs/a.pem"), Path::new("/abs/a.pem"));
+    assert_eq!(
+        resolve_path(Path::new("configs/quickstart.yaml"), "data/maildir"),
+        Path::new("configs/data/maildir")
+    );
+    // A bare file name: its directory is the working directory.
+    assert_eq!(
+        resolve_path(Path::new("koukan.yaml"), "data/maildir"),
+        Path::new("data/maildir")
+    );
+}
+
+// ---- the shipped examples ----
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(name)
+}
+
+#[test]
+fn example_quickstart_loads() {
+    let b = load_bootstrap_file(&example("quickstart.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(b.node.unwrap().id, "quickstart");
+}
+
+#[test]
+fn example_relay_loads() {
+    load_bootstrap_file(&example("relay.yaml")).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn example_mx_gateway_only_lacks_its_secret_files() {
+    // The certificate, key, CA and AUTH secrets are not shipped; every
+    // other rule must pass.
+    let e = load_bootstrap_file(&example("mx-gateway.yaml")).unwrap_err();
+    let missing: Vec<_> = e
+        .errors
+        .iter()
+        .map(|e| match &e.problem {
+            Problem::FileNotFound { value, .. } => value.as_str(),
+            _ => panic!("unexpected error: {e}"),
+        })
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "certs/mx.example.com.crt",
+            "certs/mx.example.com.key",
+            "certs/mx.example.com.crt",
+            "certs/mx.example.com.key",
+            "secrets/smtp-auth.json",
+            "certs/mx.example.com.crt",
+            "certs/mx.example.com.key",
+            "secrets/smtp-auth.json",
+            "certs/internal-ca.pem",
+        ]
+    );
+
+    // With the files in place it is valid.
+    let dir = Dir::new();
+    dir.file("certs/mx.example.com.crt", PEM);
+    dir.file("certs/mx.example.com.key", "-----BEGIN PRIVATE KEY-----\n");
+    dir.file("certs/internal-ca.pem", PEM);
+    dir.file("secrets/smtp-auth.json", "{}");
+    let b = parse_bootstrap(
+        &dir.config(),
+        &std::fs::read_to_string(example("mx-gateway.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(check_in(&dir, &b), vec![]);
+}

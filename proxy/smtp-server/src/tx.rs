@@ -1,0 +1,174 @@
+//! One mail transaction of a session: its chain, envelope counters and the
+//! summary line logged when it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use koukan_filters::{BoxTxService, Mailbox, Response, TxContext, TxUpdate, UpdateResponse};
+use tower::{Service, ServiceExt};
+
+use crate::metrics::SmtpMetrics;
+use crate::reply;
+
+/// How a transaction ended (the `outcome` label and log field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Final data response 2xx.
+    Delivered,
+    /// Final data response 5xx.
+    Rejected,
+    /// Final data response 4xx.
+    TempFail,
+    /// The chain refused MAIL.
+    MailRejected,
+    /// RSET, EHLO, STARTTLS, QUIT or disconnect before the end of data.
+    Aborted,
+    /// The message exceeded the size limit.
+    TooBig,
+    /// The client or the chain did not answer in time.
+    Timeout,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Rejected => "rejected",
+            Outcome::TempFail => "tempfail",
+            Outcome::MailRejected => "mail_rejected",
+            Outcome::Aborted => "aborted",
+            Outcome::TooBig => "too_big",
+            Outcome::Timeout => "timeout",
+        }
+    }
+
+    pub fn of_final(resp: &Response) -> Self {
+        if resp.is_ok() {
+            Outcome::Delivered
+        } else if resp.is_temp() {
+            Outcome::TempFail
+        } else {
+            Outcome::Rejected
+        }
+    }
+}
+
+pub(crate) struct Transaction {
+    pub ctx: Arc<TxContext>,
+    /// `None` once the upstream transaction was dropped (message too big,
+    /// chain timed out): dropping the service is what cancels upstream.
+    svc: Option<BoxTxService>,
+    pub mail_from: Mailbox,
+    /// RCPTs forwarded to the chain (counted against `max_recipients`).
+    pub rcpts_total: usize,
+    /// RCPTs the chain answered 2xx.
+    pub rcpts_accepted: usize,
+    /// Message octets forwarded or (once failed) received.
+    pub size: u64,
+    pub started: Instant,
+    /// BDAT was used; DATA is no longer allowed (RFC 3030 §2).
+    pub bdat: bool,
+    /// The transaction already has its final answer (early data response
+    /// from the chain, size exceeded, chain timeout): the rest of the
+    /// message is read and discarded, then this is the reply.
+    pub failed: Option<(Response, Outcome)>,
+    timeout: Duration,
+}
+
+impl Transaction {
+    pub fn new(
+        ctx: Arc<TxContext>,
+        svc: BoxTxService,
+        mail_from: Mailbox,
+        chain_timeout: Duration,
+    ) -> Self {
+        Self {
+            ctx,
+            svc: Some(svc),
+            mail_from,
+            rcpts_total: 0,
+            rcpts_accepted: 0,
+            size: 0,
+            started: Instant::now(),
+            bdat: false,
+            failed: None,
+            timeout: chain_timeout,
+        }
+    }
+
+    /// Sends one update through the chain. The chain maps its own failures
+    /// to responses; we only bound how long it may take. After a timeout
+    /// the chain's state is unknown, so it is dropped and the transaction
+    /// is marked failed.
+    pub async fn send(&mut self, update: TxUpdate) -> UpdateResponse {
+        let Some(svc) = self.svc.as_mut() else {
+            let resp = self
+                .failed
+                .as_ref()
+                .map(|(r, _)| r.clone())
+                .unwrap_or_else(|| reply::UNANSWERED.response());
+            return UpdateResponse::fill(&update, &resp);
+        };
+        // Kept to answer every part of the update if the chain times out
+        // (cheap: body bytes are reference counted).
+        let shape = update.clone();
+        let call = async {
+            let svc = svc.ready().await?;
+            svc.call(update).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(never)) => match never {},
+            Err(_) => {
+                let resp = reply::UPSTREAM_TIMEOUT.response();
+                self.fail(resp.clone(), Outcome::Timeout);
+                UpdateResponse::fill(&shape, &resp)
+            }
+        }
+    }
+
+    /// Records the final answer and drops the upstream transaction.
+    pub fn fail(&mut self, resp: Response, outcome: Outcome) {
+        self.svc = None;
+        if self.failed.is_none() {
+            self.failed = Some((resp, outcome));
+        }
+    }
+
+    /// Logs the one summary line and counts the outcome.
+    pub fn finish(
+        self,
+        outcome: Outcome,
+        reply: Option<&Response>,
+        listener: &str,
+        peer: SocketAddr,
+        metrics: &SmtpMetrics,
+    ) {
+        let reply = reply.map_or_else(|| "-".to_owned(), |r| r.to_string());
+        tracing::info!(
+            target: "koukan::tx",
+            tx = %self.ctx.id,
+            listener,
+            peer = %peer,
+            mail_from = %self.mail_from.address,
+            rcpts = %format_args!("{}/{}", self.rcpts_accepted, self.rcpts_total),
+            size = self.size,
+            outcome = outcome.as_str(),
+            reply = %reply,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "transaction"
+        );
+        metrics.transaction(listener, outcome.as_str());
+        if matches!(
+            outcome,
+            Outcome::Delivered | Outcome::Rejected | Outcome::TempFail
+        ) {
+            metrics
+                .messages_bytes_total
+                .get_or_create(&SmtpMetrics::listener(listener))
+                .inc_by(self.size);
+        }
+        // Dropping `self.svc` here cancels whatever upstream still holds.
+    }
+}

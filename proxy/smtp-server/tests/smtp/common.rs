@@ -1,0 +1,378 @@
+//! Test fixtures: a recording chain, a listener on 127.0.0.1 and a small
+//! SMTP client.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use koukan_filters::{
+    BoxTxService, Mailbox, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse, boxed,
+};
+use koukan_smtp_server::{
+    Listener, ListenerHandle, Secrets, SessionConfig, SmtpMetrics, TransactionFactory,
+    hash_secret_with_params,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the chain saw of one update (body data kept only when asked, so
+/// big-message tests stay small).
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub tx: usize,
+    pub mail_from: Option<Mailbox>,
+    pub rcpts: Vec<String>,
+    pub body: Option<(Bytes, usize, bool)>,
+}
+
+type Responder = dyn Fn(&TxUpdate) -> UpdateResponse + Send + Sync;
+
+/// Answers 250 to MAIL and RCPT and `250 2.0.0 queued` at the end of data.
+pub fn accept_all(u: &TxUpdate) -> UpdateResponse {
+    UpdateResponse {
+        mail: u
+            .mail_from
+            .as_ref()
+            .map(|_| Response::new(250, "2.1.0 sender ok")),
+        rcpts: u
+            .rcpt_to
+            .iter()
+            .map(|_| Response::new(250, "2.1.5 recipient ok"))
+            .collect(),
+        data: u
+            .body
+            .as_ref()
+            .filter(|b| b.last)
+            .map(|_| Response::new(250, "2.0.0 queued")),
+    }
+}
+
+#[derive(Default)]
+pub struct Record {
+    pub seen: Mutex<Vec<Seen>>,
+    pub sessions: Mutex<Vec<Arc<SessionInfo>>>,
+    pub dropped: AtomicUsize,
+}
+
+pub struct TestFactory {
+    pub record: Arc<Record>,
+    responder: Arc<Responder>,
+    keep_bodies: bool,
+    next_id: AtomicUsize,
+}
+
+impl TestFactory {
+    pub fn new() -> Self {
+        Self::with(accept_all)
+    }
+
+    pub fn with(f: impl Fn(&TxUpdate) -> UpdateResponse + Send + Sync + 'static) -> Self {
+        Self {
+            record: Arc::default(),
+            responder: Arc::new(f),
+            keep_bodies: true,
+            next_id: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn without_bodies(mut self) -> Self {
+        self.keep_bodies = false;
+        self
+    }
+}
+
+impl TransactionFactory for TestFactory {
+    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
+        let n = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.record.sessions.lock().unwrap().push(session.clone());
+        let ctx = TxContext {
+            id: format!("tx{n}"),
+            session,
+            sender: String::new(),
+            tag: String::new(),
+            started: SystemTime::now(),
+        };
+        let svc = TestService {
+            tx: n,
+            record: self.record.clone(),
+            responder: self.responder.clone(),
+            keep_bodies: self.keep_bodies,
+        };
+        (Arc::new(ctx), boxed(svc))
+    }
+}
+
+struct TestService {
+    tx: usize,
+    record: Arc<Record>,
+    responder: Arc<Responder>,
+    keep_bodies: bool,
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        self.record.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl tower::Service<TxUpdate> for TestService {
+    type Response = UpdateResponse;
+    type Error = Infallible;
+    type Future = Ready<Result<UpdateResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, u: TxUpdate) -> Self::Future {
+        let resp = (self.responder)(&u);
+        self.record.seen.lock().unwrap().push(Seen {
+            tx: self.tx,
+            mail_from: u.mail_from.clone(),
+            rcpts: u
+                .rcpt_to
+                .iter()
+                .map(|r| r.mailbox.address.clone())
+                .collect(),
+            body: u.body.as_ref().map(|b| {
+                let data = if self.keep_bodies {
+                    b.data.clone()
+                } else {
+                    Bytes::new()
+                };
+                (data, b.data.len(), b.last)
+            }),
+        });
+        ready(Ok(resp))
+    }
+}
+
+impl Record {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Concatenated body of transaction `tx`.
+    pub fn body(&self, tx: usize) -> Vec<u8> {
+        self.seen()
+            .iter()
+            .filter(|s| s.tx == tx)
+            .filter_map(|s| s.body.as_ref())
+            .flat_map(|(d, _, _)| d.to_vec())
+            .collect()
+    }
+}
+
+pub fn config() -> SessionConfig {
+    let mut cfg = SessionConfig::new("test", "mx.test.example");
+    cfg.limits.command_timeout = Duration::from_secs(10);
+    cfg.limits.data_block_timeout = Duration::from_secs(10);
+    cfg.limits.drain_timeout = Duration::from_secs(5);
+    cfg
+}
+
+/// Cheap Argon2 hashes: these tests check the protocol, not the cost.
+pub fn secrets() -> Arc<Secrets> {
+    let params = argon2::Params::new(64, 1, 1, None).unwrap();
+    let users = HashMap::from([(
+        "alice".to_owned(),
+        hash_secret_with_params("wonderland", params),
+    )]);
+    Arc::new(Secrets::from_map(users).unwrap())
+}
+
+pub struct Tls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+pub fn tls() -> Tls {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let server = koukan_smtp_server::tls_config_from_pem(
+        ck.cert.pem().as_bytes(),
+        ck.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Tls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub record: Arc<Record>,
+    pub metrics: Arc<SmtpMetrics>,
+    pub shutdown: watch::Sender<bool>,
+    pub cfg: watch::Sender<Arc<SessionConfig>>,
+    pub handle: ListenerHandle,
+    pub task: JoinHandle<()>,
+}
+
+pub async fn start(cfg: SessionConfig, factory: TestFactory) -> Server {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let record = factory.record.clone();
+    let metrics = Arc::new(SmtpMetrics::new());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg));
+    let (listener, handle) =
+        Listener::new(tcp, cfg_rx, Arc::new(factory), shutdown_rx, metrics.clone());
+    let task = tokio::spawn(listener.run());
+    Server {
+        addr,
+        record,
+        metrics,
+        shutdown,
+        cfg: cfg_tx,
+        handle,
+        task,
+    }
+}
+
+impl Server {
+    pub async fn connect(&self) -> Client<TcpStream> {
+        Client::new(TcpStream::connect(self.addr).await.unwrap())
+    }
+
+    /// Connects and reads the greeting.
+    pub async fn session(&self) -> Client<TcpStream> {
+        let mut c = self.connect().await;
+        assert_eq!(c.reply().await, "220 mx.test.example ESMTP koukan");
+        c
+    }
+
+    pub async fn tls_connect(
+        &self,
+        tls: &Tls,
+    ) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        Client::new(connector.connect(name, tcp).await.unwrap())
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut reg = prometheus_client::registry::Registry::default();
+        self.metrics.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
+    }
+}
+
+/// A line-level SMTP client. Replies are returned as their lines joined by
+/// `\n` (without CRLF), e.g. `"250 2.0.0 OK"`.
+pub struct Client<S> {
+    pub io: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, data: impl AsRef<[u8]>) {
+        tokio::time::timeout(IO_TIMEOUT, self.io.write_all(data.as_ref()))
+            .await
+            .expect("write timed out")
+            .unwrap();
+    }
+
+    /// Reads one line (without CRLF); `None` at end of stream.
+    pub async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let s = String::from_utf8(line).unwrap();
+                return Some(s.trim_end_matches(['\r', '\n']).to_owned());
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(IO_TIMEOUT, self.io.read(&mut chunk))
+                .await
+                .expect("read timed out")
+                .unwrap_or(0);
+            if n == 0 {
+                assert!(self.buf.is_empty(), "partial line at EOF: {:?}", self.buf);
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub async fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let line = self
+                .line()
+                .await
+                .expect("connection closed, expected a reply");
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return lines.join("\n");
+            }
+        }
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n")).await;
+        self.reply().await
+    }
+
+    /// The server closed the connection (after everything already read).
+    pub async fn expect_eof(&mut self) {
+        assert_eq!(self.line().await, None);
+    }
+
+    pub async fn ehlo(&mut self) -> String {
+        self.cmd("EHLO client.example").await
+    }
+
+    pub fn into_inner(self) -> S {
+        assert!(self.buf.is_empty(), "unread data: {:?}", self.buf);
+        self.io
+    }
+}
+
+/// The EHLO reply of a plain listener without AUTH.
+pub fn ehlo_plain(size: u64) -> String {
+    [
+        "250-mx.test.example".to_owned(),
+        "250-PIPELINING".to_owned(),
+        "250-8BITMIME".to_owned(),
+        "250-SMTPUTF8".to_owned(),
+        format!("250-SIZE {size}"),
+        "250-ENHANCEDSTATUSCODES".to_owned(),
+        "250-CHUNKING".to_owned(),
+        "250 HELP".to_owned(),
+    ]
+    .join("\n")
+}

@@ -1,0 +1,221 @@
+//! Message data: DATA unstuffing and chunking, BDAT, size limits, timeouts.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::common::*;
+
+const CHUNK: usize = 64 * 1024;
+
+async fn open_tx(srv: &Server) -> Client<tokio::net::TcpStream> {
+    let mut c = srv.session().await;
+    c.ehlo().await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.org>").await,
+        "250 2.1.0 sender ok"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<b@example.net>").await,
+        "250 2.1.5 recipient ok"
+    );
+    c
+}
+
+#[tokio::test]
+async fn data_is_unstuffed_and_sent_in_64k_chunks() {
+    let srv = start(config(), TestFactory::new()).await;
+    let mut c = open_tx(&srv).await;
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    // Wire form: leading dots doubled (also on the first line), plus lines
+    // long enough to need several chunks.
+    let mut wire = b"..first line starts with a dot\r\n".to_vec();
+    let mut expected = b".first line starts with a dot\r\n".to_vec();
+    for i in 0..200 {
+        let line = format!("line {i} {}\r\n", "x".repeat(1500));
+        wire.extend_from_slice(line.as_bytes());
+        expected.extend_from_slice(line.as_bytes());
+        wire.extend_from_slice(b"..\r\n...dots\r\n");
+        expected.extend_from_slice(b".\r\n..dots\r\n");
+    }
+    // A bare "\n.\n" is not the end (SMTP smuggling defence).
+    wire.extend_from_slice(b"tail\n.\nmore\r\n.\r\n");
+    expected.extend_from_slice(b"tail\n.\nmore\r\n");
+    c.send(&wire).await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+
+    assert_eq!(srv.record.body(0), expected);
+    let chunks: Vec<(usize, bool)> = srv
+        .record
+        .seen()
+        .iter()
+        .filter_map(|s| s.body.as_ref().map(|(_, n, last)| (*n, *last)))
+        .collect();
+    assert!(chunks.len() >= 5, "{chunks:?}");
+    assert!(chunks.iter().all(|(n, _)| *n <= CHUNK), "{chunks:?}");
+    let (last, rest) = chunks.split_last().unwrap();
+    assert!(last.1 && rest.iter().all(|(_, l)| !l), "{chunks:?}");
+    assert!(rest.iter().any(|(n, _)| *n >= CHUNK - 1), "{chunks:?}");
+}
+
+#[tokio::test]
+async fn empty_message_and_message_split_around_the_terminator() {
+    let srv = start(config(), TestFactory::new()).await;
+    let mut c = open_tx(&srv).await;
+    c.cmd("DATA").await;
+    c.send(".\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+    let seen = srv.record.seen();
+    let body = seen.last().unwrap().body.clone().unwrap();
+    assert_eq!((body.0.as_ref(), body.2), (&b""[..], true));
+
+    // The terminator arriving in pieces.
+    c.cmd("MAIL FROM:<a@example.org>").await;
+    c.cmd("RCPT TO:<b@example.net>").await;
+    c.cmd("DATA").await;
+    for piece in ["abc\r", "\n", ".", "\r", "\n"] {
+        c.send(piece).await;
+        c.io.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+    assert_eq!(srv.record.body(1), b"abc\r\n");
+}
+
+#[tokio::test]
+async fn bdat_chunks_last_and_zero_last() {
+    let srv = start(config(), TestFactory::new()).await;
+    let mut c = open_tx(&srv).await;
+    // Pipelined: two chunks in one write.
+    c.send("BDAT 5\r\nhelloBDAT 7\r\n, world").await;
+    assert_eq!(c.reply().await, "250 2.0.0 5 octets received");
+    assert_eq!(c.reply().await, "250 2.0.0 7 octets received");
+    assert_eq!(c.cmd("DATA").await, "503 5.5.1 DATA not allowed after BDAT");
+    c.send("BDAT 3 LAST\r\n!\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+    assert_eq!(srv.record.body(0), b"hello, world!\r\n");
+    let lasts: Vec<bool> = srv
+        .record
+        .seen()
+        .iter()
+        .filter_map(|s| s.body.as_ref().map(|b| b.2))
+        .collect();
+    assert_eq!(lasts, [false, false, true]);
+
+    // BDAT 0 LAST ends a transaction with an empty final chunk.
+    c.cmd("MAIL FROM:<a@example.org>").await;
+    c.cmd("RCPT TO:<b@example.net>").await;
+    assert_eq!(c.cmd("BDAT 0 LAST").await, "250 2.0.0 queued");
+    let seen = srv.record.seen();
+    let body = seen.last().unwrap().body.clone().unwrap();
+    assert_eq!((body.1, body.2), (0, true));
+
+    // A big chunk goes upstream in 64 KiB pieces.
+    c.cmd("MAIL FROM:<a@example.org>").await;
+    c.cmd("RCPT TO:<b@example.net>").await;
+    let big = vec![b'q'; 200_000];
+    c.send(format!("BDAT {} LAST\r\n", big.len())).await;
+    c.send(&big).await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+    assert_eq!(srv.record.body(2), big);
+    let sizes: Vec<usize> = srv
+        .record
+        .seen()
+        .iter()
+        .filter(|s| s.tx == 2)
+        .filter_map(|s| s.body.as_ref().map(|b| b.1))
+        .collect();
+    assert_eq!(sizes, [CHUNK, CHUNK, CHUNK, 200_000 - 3 * CHUNK]);
+}
+
+#[tokio::test]
+async fn message_over_the_size_limit_is_refused_after_its_end() {
+    let mut cfg = config();
+    cfg.limits.max_message_size = 1000;
+    let srv = start(cfg, TestFactory::new()).await;
+    let mut c = open_tx(&srv).await;
+    c.cmd("DATA").await;
+    c.send(format!("{}\r\n.\r\n", "a".repeat(5000))).await;
+    assert_eq!(
+        c.reply().await,
+        "552 5.3.4 message size exceeds fixed maximum message size"
+    );
+    assert_eq!(srv.record.dropped(), 1, "upstream transaction dropped");
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
+    assert_eq!(
+        c.cmd("RCPT TO:<b@example.net>").await,
+        "503 5.5.1 need MAIL command first"
+    );
+
+    // BDAT: the declared chunk already exceeds the limit; its octets are
+    // skipped and the transaction stays failed until LAST.
+    c.cmd("MAIL FROM:<a@example.org>").await;
+    c.cmd("RCPT TO:<b@example.net>").await;
+    c.send(format!("BDAT 600\r\n{}", "b".repeat(600))).await;
+    assert_eq!(c.reply().await, "250 2.0.0 600 octets received");
+    c.send(format!("BDAT 600\r\n{}", "b".repeat(600))).await;
+    assert_eq!(
+        c.reply().await,
+        "552 5.3.4 message size exceeds fixed maximum message size"
+    );
+    c.send("BDAT 1 LAST\r\nb").await;
+    assert_eq!(
+        c.reply().await,
+        "552 5.3.4 message size exceeds fixed maximum message size"
+    );
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
+    let m = srv.metrics_text();
+    assert!(m.contains(r#"outcome="too_big"} 2"#), "{m}");
+}
+
+#[tokio::test]
+async fn stalled_data_times_out() {
+    let mut cfg = config();
+    cfg.limits.data_block_timeout = Duration::from_millis(300);
+    let srv = start(cfg, TestFactory::new()).await;
+    let mut c = open_tx(&srv).await;
+    c.cmd("DATA").await;
+    c.send("partial message\r\n").await;
+    assert_eq!(c.reply().await, "421 4.4.2 timeout, closing connection");
+    c.expect_eof().await;
+    assert_eq!(srv.record.dropped(), 1);
+}
+
+/// VmHWM (peak resident set) of this process in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn hundred_megabyte_message_streams_with_flat_memory() {
+    let mut cfg = config();
+    cfg.limits.max_message_size = 200 * 1024 * 1024;
+    let srv = start(cfg, TestFactory::new().without_bodies()).await;
+    let mut c = open_tx(&srv).await;
+    c.cmd("DATA").await;
+    let before = peak_rss_kib();
+    let line = format!("{}\r\n", "m".repeat(998));
+    let block = line.repeat(1000); // 1 MB
+    for _ in 0..100 {
+        c.send(&block).await;
+    }
+    c.send(".\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+    let seen = srv.record.seen();
+    let total: usize = seen
+        .iter()
+        .filter_map(|s| s.body.as_ref().map(|b| b.1))
+        .sum();
+    assert_eq!(total, 100 * 1000 * 1000);
+    assert!(
+        seen.iter()
+            .filter_map(|s| s.body.as_ref())
+            .all(|b| b.1 <= CHUNK)
+    );
+    if let (Some(before), Some(after)) = (before, peak_rss_kib()) {
+        let grown_mib = (after.saturating_sub(before)) / 1024;
+        assert!(grown_mib < 50, "peak memory grew by {grown_mib} MiB");
+    }
+}

@@ -1,0 +1,91 @@
+//! Builds a transaction's stack from the snapshot current at MAIL time.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use koukan_filters::received_header::ReceivedHeaderLayer;
+use koukan_filters::router::RouterLayer;
+use koukan_filters::{BoxTxService, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse};
+use koukan_smtp_server::TransactionFactory;
+use tower::Layer;
+
+use crate::endpoints::Dispatcher;
+use crate::runtime::{ChainSpec, FilterSpec, Runtime};
+
+pub fn new_tx_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Stacks the chain's filters over its terminal, first filter outermost.
+pub fn build_stack(runtime: &Runtime, chain: &ChainSpec, ctx: &Arc<TxContext>) -> BoxTxService {
+    let mut svc = koukan_filters::boxed(Dispatcher::new(
+        runtime.endpoints.clone(),
+        chain.default_destination.clone(),
+    ));
+    for f in chain.filters.iter().rev() {
+        svc = match f {
+            FilterSpec::Router(cfg) => {
+                koukan_filters::boxed(RouterLayer::new(cfg.clone()).layer(svc))
+            }
+            FilterSpec::ReceivedHeader(cfg) => {
+                koukan_filters::boxed(ReceivedHeaderLayer::new(cfg.clone(), ctx.clone()).layer(svc))
+            }
+        };
+    }
+    svc
+}
+
+/// The chain factory of one listener. It reads the running snapshot at
+/// every MAIL, so a reload applies to the next transaction and never to
+/// one in flight.
+pub struct ListenerTransactions {
+    pub address: std::net::SocketAddr,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+}
+
+/// Answers everything with a fixed reply: a listener whose sender or chain
+/// vanished in a reload still gives clients a clear temporary error.
+struct Refuse(Response);
+
+impl tower::Service<TxUpdate> for Refuse {
+    type Response = UpdateResponse;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Ready<Result<UpdateResponse, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, u: TxUpdate) -> Self::Future {
+        futures::future::ready(Ok(UpdateResponse::fill(&u, &self.0)))
+    }
+}
+
+impl TransactionFactory for ListenerTransactions {
+    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
+        let runtime = self.runtime.load_full();
+        let spec = runtime.listeners.iter().find(|l| l.address == self.address);
+        let (sender, tag) = spec
+            .map(|l| (l.sender.clone(), l.tag.clone()))
+            .unwrap_or_default();
+        let ctx = Arc::new(TxContext {
+            id: new_tx_id(),
+            session,
+            sender: sender.clone(),
+            tag: tag.clone(),
+            started: SystemTime::now(),
+        });
+        let svc = match runtime.chain_for(&sender, &tag) {
+            Some(chain) => build_stack(&runtime, chain, &ctx),
+            None => koukan_filters::boxed(Refuse(Response::new(
+                451,
+                "4.3.5 no chain configured for this listener",
+            ))),
+        };
+        (ctx, svc)
+    }
+}

@@ -1,0 +1,125 @@
+//! The SMTP listeners of the running config and their reload.
+//!
+//! Listeners are keyed by address: one whose address is unchanged across a
+//! reload keeps its socket (no refused connections) and takes the new
+//! session config for new connections; a removed one stops accepting and
+//! drains its sessions; a new one is bound before the new config is
+//! committed, so a port that cannot be bound refuses the whole reload.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use koukan_smtp_server::{SessionConfig, SmtpMetrics};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::chains::ListenerTransactions;
+use crate::runtime::Runtime;
+
+struct Running {
+    name: String,
+    config: watch::Sender<Arc<SessionConfig>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+pub struct ListenerSet {
+    running: HashMap<SocketAddr, Running>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<SmtpMetrics>,
+}
+
+/// Sockets bound for a snapshot that is not applied yet.
+pub struct Bound(HashMap<SocketAddr, TcpListener>);
+
+impl ListenerSet {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<SmtpMetrics>) -> Self {
+        Self {
+            running: HashMap::new(),
+            runtime,
+            metrics,
+        }
+    }
+
+    /// Binds the addresses `next` adds; changes nothing else.
+    pub async fn bind_new(&self, next: &Runtime) -> anyhow::Result<Bound> {
+        let mut bound = HashMap::new();
+        for l in &next.listeners {
+            if self.running.contains_key(&l.address) {
+                continue;
+            }
+            let socket = TcpListener::bind(l.address)
+                .await
+                .with_context(|| format!("listener {}: binding {}", l.name, l.address))?;
+            bound.insert(l.address, socket);
+        }
+        Ok(Bound(bound))
+    }
+
+    /// Makes the running listeners match `next` (already swapped into the
+    /// shared runtime).
+    pub fn apply(&mut self, next: &Runtime, mut bound: Bound) {
+        let wanted: HashMap<SocketAddr, _> =
+            next.listeners.iter().map(|l| (l.address, l)).collect();
+        let removed: Vec<SocketAddr> = self
+            .running
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for addr in removed {
+            if let Some(r) = self.running.remove(&addr) {
+                tracing::info!(listener = %r.name, %addr, "listener removed; draining");
+                let _ = r.stop.send(true);
+            }
+        }
+        for (addr, spec) in wanted {
+            if let Some(r) = self.running.get_mut(&addr) {
+                r.name = spec.name.clone();
+                let _ = r.config.send(spec.session.clone());
+                continue;
+            }
+            let Some(socket) = bound.0.remove(&addr) else {
+                tracing::error!(listener = %spec.name, %addr, "listener was not bound");
+                continue;
+            };
+            let (config_tx, config_rx) = watch::channel(spec.session.clone());
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let factory = Arc::new(ListenerTransactions {
+                address: addr,
+                runtime: self.runtime.clone(),
+            });
+            let metrics = self.metrics.clone();
+            let name = spec.name.clone();
+            tracing::info!(listener = %name, %addr, "listening");
+            let task = tokio::spawn(async move {
+                koukan_smtp_server::run_listener(socket, config_rx, factory, stop_rx, metrics)
+                    .await;
+            });
+            self.running.insert(
+                addr,
+                Running {
+                    name,
+                    config: config_tx,
+                    stop: stop_tx,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops accepting everywhere and waits until every listener has
+    /// drained (each bounded by its drain timeout).
+    pub async fn shutdown(self) {
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
+        }
+        for (_, r) in self.running {
+            let _ = r.task.await;
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The running configuration: one immutable snapshot built from a validated
+//! bootstrap, shared through `ArcSwap`. A transaction keeps the snapshot it
+//! started with; a reload swaps in a new one for new transactions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use koukan_filters::received_header::ReceivedHeaderConfig;
+use koukan_filters::router::{AddressList, RouterConfig, RoutingPolicy};
+use koukan_filters::{BoxTxService, Destination, HostPort, Hosts, Response};
+use koukan_proto::config::v1 as pb;
+use koukan_smtp_client::{ClientConfig, Resolver, SmtpClient, TlsMode};
+use koukan_smtp_server::{Limits, Secrets, SessionConfig};
+
+use crate::endpoints::EndpointFactory;
+use crate::endpoints::maildir::{Maildir, MaildirConfig};
+
+/// A filter of a chain, with its parsed config shared by every
+/// transaction built from it.
+#[derive(Debug)]
+pub enum FilterSpec {
+    Router(Arc<RouterConfig>),
+    ReceivedHeader(Arc<ReceivedHeaderConfig>),
+}
+
+#[derive(Debug)]
+pub struct ChainSpec {
+    pub name: String,
+    pub filters: Vec<FilterSpec>,
+    pub default_destination: Option<Arc<Destination>>,
+}
+
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub session: Arc<SessionConfig>,
+    pub sender: String,
+    pub tag: String,
+}
+
+struct SenderSpec {
+    chain: String,
+    tags: HashMap<String, String>,
+}
+
+enum EndpointKind {
+    Smtp {
+        client: Arc<ClientConfig>,
+        tls: Arc<rustls::ClientConfig>,
+    },
+    Maildir(Arc<MaildirConfig>),
+}
+
+/// Builds upstream transactions for the endpoints of one snapshot.
+pub struct Endpoints {
+    kinds: HashMap<String, EndpointKind>,
+    resolver: Arc<Resolver>,
+}
+
+impl EndpointFactory for Endpoints {
+    fn connect(&self, d: &Destination) -> Result<BoxTxService, Response> {
+        match self.kinds.get(&d.endpoint) {
+            Some(EndpointKind::Smtp { client, tls }) => Ok(koukan_filters::boxed(SmtpClient::new(
+                client.clone(),
+                self.resolver.clone(),
+                tls.clone(),
+                d.hosts.clone(),
+            ))),
+            Some(EndpointKind::Maildir(cfg)) => {
+                Ok(koukan_filters::boxed(Maildir::new(cfg.clone())))
+            }
+            None => Err(Response::new(
+                451,
+                format!("4.3.5 endpoint {} is not configured", d.endpoint),
+            )),
+        }
+    }
+}
+
+pub struct Runtime {
+    pub node_id: String,
+    pub admin: SocketAddr,
+    pub listeners: Vec<ListenerSpec>,
+    chains: HashMap<String, Arc<ChainSpec>>,
+    senders: HashMap<String, SenderSpec>,
+    pub endpoints: Arc<Endpoints>,
+}
+
+impl Runtime {
+    /// The chain for a sender and tag: the tag's chain if it names one,
+    /// else the sender's.
+    pub fn chain_for(&self, sender: &str, tag: &str) -> Option<&Arc<ChainSpec>> {
+        let s = self.senders.get(sender)?;
+        let name = s.tags.get(tag).unwrap_or(&s.chain);
+        self.chains.get(name)
+    }
+}
+
+fn duration(d: &Option<pbjson_types::Duration>, default: Duration) -> Duration {
+    match d {
+        Some(d) if d.seconds > 0 || d.nanos > 0 => {
+            Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+        }
+        _ => default,
+    }
+}
+
+fn nonzero<T: Default + PartialEq>(v: T, default: T) -> T {
+    if v == T::default() { default } else { v }
+}
+
+/// Paths in the config are relative to the config file's directory.
+fn resolve(config_file: &Path, p: &str) -> PathBuf {
+    koukan_proto::load::resolve_path(config_file, p)
+}
+
+fn host_ports(list: &[pb::HostPort]) -> Vec<HostPort> {
+    list.iter()
+        .map(|h| HostPort {
+            host: h.host.clone(),
+            port: nonzero(h.port, 25) as u16,
+        })
+        .collect()
+}
+
+fn destination(d: &pb::Destination) -> Arc<Destination> {
+    Arc::new(Destination {
+        endpoint: d.endpoint.clone(),
+        hosts: if d.host_list.is_empty() {
+            Hosts::EndpointDefault
+        } else {
+            Hosts::Static(host_ports(&d.host_list))
+        },
+    })
+}
+
+fn router(r: &pb::RouterFilter) -> RouterConfig {
+    use pb::routing_policy::Policy;
+    let policy = r
+        .policy
+        .as_ref()
+        .and_then(|p| p.policy.as_ref())
+        .map(|p| match p {
+            Policy::AddressList(a) => RoutingPolicy::AddressList(AddressList {
+                domains: a.domains.iter().map(|d| d.to_lowercase()).collect(),
+                prefixes: a.prefixes.iter().map(|d| d.to_lowercase()).collect(),
+                delimiter: a.delimiter.chars().next(),
+                destination: a.destination.as_ref().map(destination),
+            }),
+            Policy::DestDomain(d) => RoutingPolicy::DestDomain {
+                endpoint: d.endpoint.clone(),
+                port: nonzero(d.dest_port, 25) as u16,
+            },
+        });
+    RouterConfig {
+        policy,
+        destination: r.destination.as_ref().map(destination),
+    }
+}
+
+fn tls_server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading key {}", key.display()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    Ok(Arc::new(cfg))
+}
+
+fn session_config(
+    config_file: &Path,
+    name: &str,
+    s: &pb::SmtpListener,
+) -> anyhow::Result<Arc<SessionConfig>> {
+    let tls = match &s.tls {
+        Some(t) if !t.cert.is_empty() => Some(tls_server_config(
+            &resolve(config_file, &t.cert),
+            &resolve(config_file, &t.key),
+        )?),
+        _ => None,
+    };
+    let (auth, require_auth, loopback) = match &s.auth {
+        Some(a) if !a.secrets.is_empty() => {
+            let path = resolve(config_file, &a.secrets);
+            let secrets = Secrets::load(&path)
+                .with_context(|| format!("loading secrets {}", path.display()))?;
+            (
+                Some(Arc::new(secrets)),
+                a.require,
+                a.allow_plaintext_on_loopback,
+            )
+        }
+        _ => (None, false, false),
+    };
+    let d = Limits::default();
+    let limits = match &s.limits {
+        Some(l) => Limits {
+            max_message_size: nonzero(l.max_message_size, d.max_message_size),
+            max_recipients: nonzero(l.max_recipients as usize, d.max_recipients),
+            max_line_length: nonzero(l.max_line_length as usize, d.max_line_length),
+            max_connections: nonzero(l.max_connections as usize, d.max_connections),
+            max_bad_commands: nonzero(l.max_bad_commands, d.max_bad_commands),
+            command_timeout: duration(&l.command_timeout, d.command_timeout),
+            data_block_timeout: duration(&l.data_timeout, d.data_block_timeout),
+            drain_timeout: duration(&l.drain_timeout, d.drain_timeout),
+            ..d
+        },
+        None => d,
+    };
+    let hostname = if s.hostname.is_empty() {
+        gethostname::gethostname().to_string_lossy().into_owned()
+    } else {
+        s.hostname.clone()
+    };
+    Ok(Arc::new(SessionConfig {
+        listener_name: name.to_owned(),
+        hostname,
+        tls,
+        implicit_tls: s.implicit_tls,
+        auth,
+        auth_allow_plaintext_loopback: loopback,
+        require_auth,
+        limits,
+    }))
+}
+
+fn client_config(config_file: &Path, e: &pb::SmtpEndpoint) -> ClientConfig {
+    let d = ClientConfig::default();
+    ClientConfig {
+        ehlo_hostname: e.ehlo_hostname.clone(),
+        verify_certificates: e.verify_certificates,
+        extra_ca_file: (!e.ca_file.is_empty()).then(|| resolve(config_file, &e.ca_file)),
+        tls: match pb::TlsMode::try_from(e.tls) {
+            Ok(pb::TlsMode::Required) => TlsMode::Required,
+            Ok(pb::TlsMode::Disabled) => TlsMode::Disabled,
+            _ => TlsMode::Opportunistic,
+        },
+        use_chunking: !e.disable_chunking,
+        connect_timeout: duration(&e.connect_timeout, d.connect_timeout),
+        command_timeout: duration(&e.command_timeout, d.command_timeout),
+        data_block_timeout: duration(&e.data_timeout, d.data_block_timeout),
+        max_hosts: nonzero(e.max_hosts as usize, d.max_hosts),
+        default_hosts: host_ports(&e.hosts),
+        ..d
+    }
+}
+
+impl Runtime {
+    /// Builds a snapshot from a bootstrap that passed validation. What
+    /// validation cannot see (a certificate that does not parse, a secrets
+    /// file with bad JSON) fails here, naming the resource.
+    pub fn build(config_path: &Path, b: &pb::Bootstrap) -> anyhow::Result<Self> {
+        let res = b.static_resources.clone().unwrap_or_default();
+
+        let mut listeners = Vec::new();
+        for (i, l) in res.listeners.iter().enumerate() {
+            let Some(pb::listener::Protocol::Smtp(s)) = &l.protocol else {
+                continue;
+            };
+            let session = session_config(config_path, &l.name, s)
+                .with_context(|| format!("static_resources.listeners[{i}] ({})", l.name))?;
+            listeners.push(ListenerSpec {
+                name: l.name.clone(),
+                address: l
+                    .address
+                    .parse()
+                    .map_err(|e| anyhow!("static_resources.listeners[{i}].address: {e}"))?,
+                session,
+                sender: s.sender.clone(),
+                tag: s.tag.clone(),
+            });
+        }
+
+        let chains = res
+            .chains
+            .iter()
+            .map(|c| {
+                let filters = c
+                    .filters
+                    .iter()
+                    .filter_map(|f| f.filter.as_ref())
+                    .map(|f| match f {
+                        pb::filter::Filter::Router(r) => FilterSpec::Router(Arc::new(router(r))),
+                        pb::filter::Filter::ReceivedHeader(r) => {
+                            FilterSpec::ReceivedHeader(Arc::new(ReceivedHeaderConfig {
+                                received_hostname: r.received_hostname.clone(),
+                            }))
+                        }
+                    })
+                    .collect();
+                let default_destination = (!c.endpoint.is_empty()).then(|| {
+                    Arc::new(Destination {
+                        endpoint: c.endpoint.clone(),
+                        hosts: Hosts::EndpointDefault,
+                    })
+                });
+                (
+                    c.name.clone(),
+                    Arc::new(ChainSpec {
+                        name: c.name.clone(),
+                        filters,
+                        default_destination,
+                    }),
+                )
+            })
+            .collect();
+
+        let senders = res
+            .senders
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    SenderSpec {
+                        chain: s.chain.clone(),
+                        tags: s
+                            .tags
+                            .iter()
+                            .filter(|t| !t.chain.is_empty())
+                            .map(|t| (t.name.clone(), t.chain.clone()))
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+
+        let mut kinds = HashMap::new();
+        for (i, e) in res.endpoints.iter().enumerate() {
+            let kind = match &e.endpoint {
+                Some(pb::endpoint::Endpoint::Smtp(s)) => {
+                    let client = client_config(config_path, s);
+                    let tls = client.build_tls().with_context(|| {
+                        format!("static_resources.endpoints[{i}].smtp ({})", e.name)
+                    })?;
+                    EndpointKind::Smtp {
+                        client: Arc::new(client),
+                        tls,
+                    }
+                }
+                Some(pb::endpoint::Endpoint::Maildir(m)) => {
+                    EndpointKind::Maildir(Arc::new(MaildirConfig {
+                        path: resolve(config_path, &m.path),
+                    }))
+                }
+                None => continue,
+            };
+            kinds.insert(e.name.clone(), kind);
+        }
+
+        // Validation has checked every entry parses.
+        let nameservers: Vec<SocketAddr> = b
+            .dns
+            .iter()
+            .flat_map(|d| d.nameservers.iter())
+            .filter_map(|n| koukan_proto::load::parse_nameserver(n))
+            .collect();
+        let resolver = if nameservers.is_empty() {
+            Resolver::system().context("system DNS resolver")?
+        } else {
+            Resolver::new(nameservers)
+        };
+
+        let admin = b
+            .admin
+            .as_ref()
+            .map(|a| a.address.as_str())
+            .filter(|a| !a.is_empty())
+            .unwrap_or("127.0.0.1:9901")
+            .parse()
+            .context("admin.address")?;
+
+        Ok(Self {
+            node_id: b.node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+            admin,
+            listeners,
+            chains,
+            senders,
+            endpoints: Arc::new(Endpoints {
+                kinds,
+                resolver: Arc::new(resolver),
+            }),
+        })
+    }
+}

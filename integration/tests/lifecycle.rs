@@ -82,7 +82,7 @@ fn sighup_reload_applies_to_new_transactions_and_keeps_the_socket() {
     let sink = SmtpSink::start(&sink_dir.path().join("sink"), &[]).unwrap();
     let smtp = loopback(free_port());
     let config = relay_config(smtp, sink.addr, "{}");
-    let mut k = Koukan::start(&config).unwrap();
+    let k = Koukan::start(&config).unwrap();
 
     // A session opened before the reload, mid-transaction.
     let mut early = RawSmtp::connect(smtp).unwrap();

@@ -185,7 +185,7 @@ mod tests {
         })
     }
 
-    fn run(ctx: Arc<TxContext>, rcpts: &[&str], smtputf8: bool) -> String {
+    async fn run(ctx: Arc<TxContext>, rcpts: &[&str], smtputf8: bool) -> String {
         let cap = Capture::default();
         let cfg = Arc::new(ReceivedHeaderConfig {
             received_hostname: "relay1.example.net".into(),
@@ -195,16 +195,22 @@ mod tests {
         if smtputf8 {
             mail = mail.with_param("SMTPUTF8", None);
         }
-        let _ = svc.call(TxUpdate::mail(mail));
-        let _ = svc.call(TxUpdate::rcpts(rcpts.iter().map(|r| Mailbox::new(*r))));
-        let _ = svc.call(TxUpdate::body(&b"Subject: x\r\n\r\nhi\r\n"[..], false));
-        let _ = svc.call(TxUpdate::body(&b"more\r\n"[..], true));
+        svc.call(TxUpdate::mail(mail)).await.unwrap();
+        svc.call(TxUpdate::rcpts(rcpts.iter().map(|r| Mailbox::new(*r))))
+            .await
+            .unwrap();
+        svc.call(TxUpdate::body(&b"Subject: x\r\n\r\nhi\r\n"[..], false))
+            .await
+            .unwrap();
+        svc.call(TxUpdate::body(&b"more\r\n"[..], true))
+            .await
+            .unwrap();
         String::from_utf8(cap.0.lock().unwrap().clone()).unwrap()
     }
 
-    #[test]
-    fn trace_line_with_tls_auth_and_single_rcpt() {
-        let msg = run(ctx(true, true), &["inbox@app.example.com"], false);
+    #[tokio::test]
+    async fn trace_line_with_tls_auth_and_single_rcpt() {
+        let msg = run(ctx(true, true), &["inbox@app.example.com"], false).await;
         let (header, rest) = msg.split_once("\r\n\t").unwrap();
         assert_eq!(header, "Received: from mx1.example.org ([198.51.100.7])");
         assert!(rest.starts_with("by relay1.example.net\r\n\twith ESMTPSA (using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tid tx1\r\n\tfor <inbox@app.example.com>;\r\n\t"), "{rest}");
@@ -212,12 +218,12 @@ mod tests {
         assert_eq!(msg.matches("Received:").count(), 1, "prepended once");
     }
 
-    #[test]
-    fn protocol_names_and_for_clause() {
-        let plain = run(ctx(false, false), &["a@x", "b@x"], false);
+    #[tokio::test]
+    async fn protocol_names_and_for_clause() {
+        let plain = run(ctx(false, false), &["a@x", "b@x"], false).await;
         assert!(plain.contains("with ESMTP\r\n"));
         assert!(!plain.contains("for <"), "no for clause with two rcpts");
-        let utf8 = run(ctx(true, false), &["a@x"], true);
+        let utf8 = run(ctx(true, false), &["a@x"], true).await;
         assert!(utf8.contains("with UTF8SMTPS "));
     }
 }

@@ -152,6 +152,8 @@ impl SmtpSink {
 
     /// The messages dumped so far (smtp-sink writes the envelope as
     /// `X-Client-Addr`, `X-Mail-Args`, `X-Rcpt-Args` lines before the data).
+    /// smtp-sink also dumps transactions that never reached DATA (MAIL then
+    /// RSET); those carry no Received line of its own and are left out.
     pub fn messages(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|rd| {
@@ -159,6 +161,7 @@ impl SmtpSink {
                     .filter(|e| e.path().is_file())
                     .filter_map(|e| std::fs::read(e.path()).ok())
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .filter(|m| m.contains("by smtp-sink (smtp-sink)"))
                     .collect()
             })
             .unwrap_or_default();

@@ -2,6 +2,8 @@
 //! python3 smtplib clients) on loopback and cleans them up.
 #![forbid(unsafe_code)]
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -125,19 +127,21 @@ impl SmtpSink {
     }
 
     pub fn start_on(ip: &str, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_at(format!("{ip}:{}", free_port()).parse()?, dir, extra)
+    }
+
+    pub fn start_at(addr: SocketAddr, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         // smtp-sink drops privileges when run as root; the dump directory
         // must stay writable for that user.
         Command::new("chmod").arg("0777").arg(dir).status()?;
-        let port = free_port();
-        let addr: SocketAddr = format!("{ip}:{port}").parse()?;
         let mut cmd = Command::new(smtp_sink_bin());
         cmd.args(extra)
             .arg("-u")
             .arg("nobody")
             .arg("-d")
             .arg(format!("{}/", dir.display()))
-            .arg(format!("{ip}:{port}"))
+            .arg(addr.to_string())
             .arg("256")
             .stdout(Stdio::null())
             .stderr(Stdio::null());

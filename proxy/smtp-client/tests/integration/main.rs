@@ -1,7 +1,6 @@
 //! End-to-end tests of the SMTP client against real sockets on loopback: a
 //! scripted SMTP server and an authoritative DNS server.
 
-mod dns_server;
 mod mx;
 mod smtp;
 mod smtp_server;

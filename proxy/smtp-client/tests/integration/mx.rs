@@ -6,9 +6,9 @@ use std::time::Duration;
 use koukan_filters::transaction::Hosts;
 use koukan_smtp_client::{Host, ResolveError, Resolver, tls_client_config};
 
-use crate::dns_server::{DnsServer, Rr};
 use crate::smtp_server::{Script, SmtpServer};
 use crate::*;
+use koukan_integration::dns::{DnsServer, Rr};
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)

@@ -13,6 +13,7 @@ use hickory_server::store::in_memory::InMemoryAuthority;
 use tokio::net::{TcpListener, UdpSocket};
 
 pub enum Rr {
+    /// Owner, preference, exchange (`"."` with preference 0 is a null MX).
     Mx(&'static str, u16, &'static str),
     A(&'static str, Ipv4Addr),
     Txt(&'static str, &'static str),

@@ -191,6 +191,11 @@ fn sigterm_drains_in_flight_transaction_and_refuses_new_sessions() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(http_get(k.admin, "/ready").map(|r| r.0).unwrap_or(503), 503);
 
+    // New sessions are told to go elsewhere.
+    let mut late = RawSmtp::connect(smtp).unwrap();
+    let r = late.reply().unwrap();
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+
     // The transaction in flight completes.
     assert!(busy.cmd("DATA").unwrap().starts_with("354"));
     busy.send(b"Subject: drained\r\n\r\nx\r\n.\r\n").unwrap();

@@ -114,7 +114,7 @@ impl Listener {
                     Ok((stream, peer)) => {
                         let cfg = cfg_source.borrow().clone();
                         if active.load(Ordering::SeqCst) >= cfg.limits.max_connections {
-                            refuse(stream, peer, &cfg, &metrics);
+                            refuse(stream, peer, &cfg, &metrics, reply::TOO_MANY_CONNECTIONS);
                             continue;
                         }
                         active.fetch_add(1, Ordering::SeqCst);
@@ -140,14 +140,24 @@ impl Listener {
                 },
             }
         }
-        drop(tcp);
         sessions_shutdown.send_replace(true);
-        let drain = cfg_source.borrow().limits.drain_timeout + DRAIN_GRACE;
+        let cfg = cfg_source.borrow().clone();
+        let drain = cfg.limits.drain_timeout + DRAIN_GRACE;
         info!(listener = %name, sessions = sessions.len(), "SMTP listener stopping");
+        // While sessions drain, the socket stays open so new clients get a
+        // clear 421 (and retry elsewhere) rather than a refused connection.
         let drained = tokio::time::timeout(drain, async {
-            while sessions.join_next().await.is_some() {}
+            loop {
+                tokio::select! {
+                    done = sessions.join_next() => if done.is_none() { break },
+                    accepted = tcp.accept() => if let Ok((stream, peer)) = accepted {
+                        refuse(stream, peer, &cfg, &metrics, reply::SHUTTING_DOWN);
+                    },
+                }
+            }
         })
         .await;
+        drop(tcp);
         if drained.is_err() {
             warn!(listener = %name, sessions = sessions.len(), "drain timeout; aborting sessions");
             sessions.abort_all();
@@ -171,10 +181,16 @@ pub async fn run_listener(
     listener.run().await;
 }
 
-/// Over the connection limit: one non-blocking write of the 421 and close,
-/// so a flood of connections can never tie up the accept loop.
-fn refuse(stream: TcpStream, peer: SocketAddr, cfg: &SessionConfig, metrics: &SmtpMetrics) {
-    debug!(listener = %cfg.listener_name, peer = %peer, "too many connections");
+/// Over the connection limit or draining: one non-blocking write of the 421
+/// and close, so a flood of connections can never tie up the accept loop.
+fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    cfg: &SessionConfig,
+    metrics: &SmtpMetrics,
+    why: reply::Reply,
+) {
+    debug!(listener = %cfg.listener_name, peer = %peer, reason = %why.response(), "connection refused");
     metrics
         .connections_refused_total
         .get_or_create(&SmtpMetrics::listener(&cfg.listener_name))
@@ -182,7 +198,7 @@ fn refuse(stream: TcpStream, peer: SocketAddr, cfg: &SessionConfig, metrics: &Sm
     // On an implicit-TLS port the client expects a handshake, not text.
     if !cfg.implicit_tls {
         let mut msg = Vec::new();
-        reply::TOO_MANY_CONNECTIONS.response().write_wire(&mut msg);
+        why.response().write_wire(&mut msg);
         let _ = stream.try_write(&msg);
     }
 }

@@ -88,6 +88,7 @@ start=$(date +%s.%N)
 /usr/sbin/smtp-source -s 1 -m 1 -l 104857600 -f sender@example.com -t rcpt@example.net "127.0.0.1:$RELAY" >/dev/null
 end=$(date +%s.%N)
 echo "100 MB message via koukan: $(python3 -c "print(f'{$end-$start:.2f}')") s, koukan peak RSS $(( $(rss_kb) / 1024 )) MB"
-failures=$(grep -c 'outcome="\?\(temp\|perm\)' "$work/koukan.log" || true)
-echo "koukan transactions with 4xx/5xx outcome: $failures"
+total=$(grep -c 'koukan::tx' "$work/koukan.log" || true)
+delivered=$(grep -c 'outcome="\?delivered' "$work/koukan.log" || true)
+echo "koukan transactions: $total, delivered: $delivered"
 echo "ratio koukan/direct: ${ratio[1024/10]}"

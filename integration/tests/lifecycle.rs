@@ -102,6 +102,7 @@ fn sighup_reload_applies_to_new_transactions_and_keeps_the_socket() {
             "received_hostname: koukan.test",
             "received_hostname: reloaded.test",
         )
+        .replace("hostname: koukan.test\n", "hostname: reloaded.test\n")
         .replace("{admin}", &admin);
     std::fs::write(&k.config_path, &reloaded).unwrap();
     k.proc.signal("HUP");
@@ -123,6 +124,12 @@ fn sighup_reload_applies_to_new_transactions_and_keeps_the_socket() {
     assert!(early.reply().unwrap().starts_with("250"));
     let msgs = sink.wait_messages(1, Duration::from_secs(5));
     assert!(msgs[0].contains("by koukan.test"), "{}", msgs[0]);
+
+    // The socket was kept (same port, never closed) and new sessions get
+    // the new session config.
+    let mut fresh = RawSmtp::connect(smtp).unwrap();
+    let greeting = fresh.reply().unwrap();
+    assert!(greeting.starts_with("220 reloaded.test"), "{greeting}");
 
     // The same session's next transaction and new sessions use the new one.
     let out = smtplib_send(

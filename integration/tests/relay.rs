@@ -331,3 +331,67 @@ fn metrics_health_and_ready() {
     assert!(body.contains("koukan_smtp_"), "{body}");
     assert!(body.contains("koukan_config_generation"), "{body}");
 }
+
+/// One inbound transaction maps to one upstream transaction: a recipient
+/// routed elsewhere gets 451 4.5.3 and reaches its own destination when
+/// the client retries it in a separate transaction.
+#[test]
+fn second_destination_in_one_transaction_gets_451_and_retries_cleanly() {
+    let dirs = tempfile::tempdir().unwrap();
+    let sink_a = SmtpSink::start(&dirs.path().join("a"), &[]).unwrap();
+    let sink_b = SmtpSink::start(&dirs.path().join("b"), &[]).unwrap();
+    let smtp = loopback(free_port());
+    let yaml = format!(
+        r#"
+node: {{id: two-destinations}}
+admin: {{address: "{{admin}}"}}
+static_resources:
+  listeners:
+  - name: mx
+    address: "{smtp}"
+    smtp: {{hostname: koukan.test, sender: inbound}}
+  senders: [{{name: inbound, chain: split}}]
+  chains:
+  - name: split
+    filters:
+    - router:
+        policy:
+          address_list:
+            domains: [a.test]
+            destination: {{endpoint: upstream, host_list: [{{host: 127.0.0.1, port: {pa}}}]}}
+    - router:
+        policy:
+          address_list:
+            domains: [b.test]
+            destination: {{endpoint: upstream, host_list: [{{host: 127.0.0.1, port: {pb}}}]}}
+    - router: {{}}
+  endpoints:
+  - name: upstream
+    smtp: {{ehlo_hostname: koukan.test}}
+"#,
+        pa = sink_a.addr.port(),
+        pb = sink_b.addr.port()
+    );
+    let _k = Koukan::start(&yaml).unwrap();
+    let out = smtplib_send(
+        smtp,
+        "alice@example.com",
+        &["x@a.test", "y@b.test", "z@a.test", "nobody@c.test"],
+        MSG,
+        &[],
+        "",
+    );
+    assert!(out.starts_with("OK "), "{out}");
+    assert!(out.contains(r#""y@b.test": [451, "4.5.3"#), "{out}");
+    assert!(out.contains(r#""nobody@c.test": [550, "5.1.1"#), "{out}");
+    let a = sink_a.wait_messages(1, Duration::from_secs(5));
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].matches("X-Rcpt-Args: <").count(), 2, "{}", a[0]);
+    assert!(sink_b.messages().is_empty());
+    // The client's retry of the deferred recipient.
+    assert_eq!(
+        smtplib_send(smtp, "alice@example.com", &["y@b.test"], MSG, &[], ""),
+        "OK {}"
+    );
+    assert_eq!(sink_b.wait_messages(1, Duration::from_secs(5)).len(), 1);
+}

@@ -27,7 +27,9 @@ static_resources:
         policy: {{dest_domain: {{endpoint: mx, dest_port: {port}}}}}
   endpoints:
   - name: mx
-    smtp: {{ehlo_hostname: koukan.test, connect_timeout: 2s}}
+    # No connection reuse: each delivery resolves and picks its host afresh
+    # (a cached connection to mx2 would otherwise be reused once mx1 is up).
+    smtp: {{ehlo_hostname: koukan.test, connect_timeout: 2s, connection_reuse: {{disabled: true}}}}
 "#
     )
 }

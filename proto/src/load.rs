@@ -798,6 +798,12 @@ impl Validator<'_> {
                 self.duration(&format!("{sp}.connect_timeout"), &s.connect_timeout);
                 self.duration(&format!("{sp}.command_timeout"), &s.command_timeout);
                 self.duration(&format!("{sp}.data_timeout"), &s.data_timeout);
+                if let Some(r) = &s.connection_reuse {
+                    self.duration(
+                        &format!("{sp}.connection_reuse.idle_timeout"),
+                        &r.idle_timeout,
+                    );
+                }
             }
             Some(endpoint::Endpoint::Maildir(m)) => {
                 self.required(format!("{path}.maildir.path"), &m.path);

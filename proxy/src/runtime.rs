@@ -13,7 +13,7 @@ use koukan_filters::received_header::ReceivedHeaderConfig;
 use koukan_filters::router::{AddressList, RouterConfig, RoutingPolicy};
 use koukan_filters::{BoxTxService, Destination, HostPort, Hosts, Response};
 use koukan_proto::config::v1 as pb;
-use koukan_smtp_client::{ClientConfig, Resolver, SmtpClient, TlsMode};
+use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, TlsMode};
 use koukan_smtp_server::{Limits, Secrets, SessionConfig};
 
 use crate::endpoints::EndpointFactory;
@@ -51,6 +51,9 @@ enum EndpointKind {
     Smtp {
         client: Arc<ClientConfig>,
         tls: Arc<rustls::ClientConfig>,
+        /// Idle upstream sessions of this endpoint, shared by its
+        /// transactions; dropped (and QUIT) with the snapshot.
+        pool: ConnectionPool,
     },
     Maildir(Arc<MaildirConfig>),
 }
@@ -64,12 +67,15 @@ pub struct Endpoints {
 impl EndpointFactory for Endpoints {
     fn connect(&self, d: &Destination) -> Result<BoxTxService, Response> {
         match self.kinds.get(&d.endpoint) {
-            Some(EndpointKind::Smtp { client, tls }) => Ok(koukan_filters::boxed(SmtpClient::new(
-                client.clone(),
-                self.resolver.clone(),
-                tls.clone(),
-                d.hosts.clone(),
-            ))),
+            Some(EndpointKind::Smtp { client, tls, pool }) => {
+                Ok(koukan_filters::boxed(SmtpClient::pooled(
+                    client.clone(),
+                    self.resolver.clone(),
+                    tls.clone(),
+                    d.hosts.clone(),
+                    pool.clone(),
+                )))
+            }
             Some(EndpointKind::Maildir(cfg)) => {
                 Ok(koukan_filters::boxed(Maildir::new(cfg.clone())))
             }
@@ -253,6 +259,26 @@ fn client_config(config_file: &Path, e: &pb::SmtpEndpoint) -> ClientConfig {
         command_timeout: duration(&e.command_timeout, d.command_timeout),
         data_block_timeout: duration(&e.data_timeout, d.data_block_timeout),
         max_hosts: nonzero(e.max_hosts as usize, d.max_hosts),
+        max_idle_per_destination: match &e.connection_reuse {
+            Some(r) if r.disabled => 0,
+            Some(r) => nonzero(
+                r.max_idle_per_destination as usize,
+                d.max_idle_per_destination,
+            ),
+            None => d.max_idle_per_destination,
+        },
+        idle_timeout: e.connection_reuse.as_ref().map_or(d.idle_timeout, |r| {
+            duration(&r.idle_timeout, d.idle_timeout)
+        }),
+        max_transactions_per_connection: e.connection_reuse.as_ref().map_or(
+            d.max_transactions_per_connection,
+            |r| {
+                nonzero(
+                    r.max_transactions_per_connection as usize,
+                    d.max_transactions_per_connection,
+                )
+            },
+        ),
         default_hosts: host_ports(&e.hosts),
         ..d
     }
@@ -346,6 +372,7 @@ impl Runtime {
                         format!("static_resources.endpoints[{i}].smtp ({})", e.name)
                     })?;
                     EndpointKind::Smtp {
+                        pool: ConnectionPool::new(&client),
                         client: Arc::new(client),
                         tls,
                     }

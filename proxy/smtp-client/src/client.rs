@@ -16,6 +16,18 @@
 //!   accepted recipient, a failed BDAT, a lost connection, a DATA
 //!   rejection), the data response is returned on that update so the caller
 //!   can stop streaming the body.
+//!
+//! Connection reuse (with a [`ConnectionPool`]):
+//! - the session comes from the pool when it has one for this destination;
+//!   if MAIL on a reused session fails at the I/O level or gets 421 (the
+//!   peer closed it while idle), nothing was accepted, so the session is
+//!   discarded and the transaction starts again on a fresh connection;
+//! - after the final reply to the message data (anything but 421) the
+//!   session goes back to the pool as is; after a refused MAIL, no accepted
+//!   recipient or a refused DATA/BDAT it goes back only once RSET succeeded
+//!   (in the background); after anything else (I/O error, timeout, 421,
+//!   unexpected reply, a drop mid-transaction) it is closed as without a
+//!   pool.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -36,6 +48,7 @@ use crate::config::ClientConfig;
 use crate::connection::{ConnError, Connection, Reply, Step, quit_in_background};
 use crate::dotstuff::DotStuffer;
 use crate::envelope::{MailNeeds, mail_command, rcpt_command, use_bdat};
+use crate::pool::ConnectionPool;
 use crate::resolver::Resolver;
 use crate::session::{self, Session, Target};
 
@@ -56,6 +69,17 @@ struct Ctx {
     resolver: Arc<Resolver>,
     tls: Arc<rustls::ClientConfig>,
     hosts: Hosts,
+    pool: Option<ConnectionPool>,
+}
+
+/// How a session that ended a transaction cleanly can take a new MAIL.
+#[derive(Clone, Copy, Debug)]
+enum Reuse {
+    /// Right away (after the final reply to the message data).
+    Now,
+    /// After reading `pending` replies to commands already sent and a
+    /// successful RSET.
+    AfterRset { pending: usize },
 }
 
 enum State {
@@ -80,11 +104,37 @@ enum State {
 }
 
 impl SmtpClient {
+    /// A client that opens its own connection and QUITs it after the
+    /// transaction.
     pub fn new(
         cfg: Arc<ClientConfig>,
         resolver: Arc<Resolver>,
         tls: Arc<rustls::ClientConfig>,
         hosts: Hosts,
+    ) -> Self {
+        Self::build(cfg, resolver, tls, hosts, None)
+    }
+
+    /// A client that reuses an idle session to `hosts` from `pool` when
+    /// there is one, and leaves its session there after a clean end of
+    /// transaction instead of QUITting it. `pool` should be built from the
+    /// same `cfg` (it takes its bounds from there).
+    pub fn pooled(
+        cfg: Arc<ClientConfig>,
+        resolver: Arc<Resolver>,
+        tls: Arc<rustls::ClientConfig>,
+        hosts: Hosts,
+        pool: ConnectionPool,
+    ) -> Self {
+        Self::build(cfg, resolver, tls, hosts, Some(pool))
+    }
+
+    fn build(
+        cfg: Arc<ClientConfig>,
+        resolver: Arc<Resolver>,
+        tls: Arc<rustls::ClientConfig>,
+        hosts: Hosts,
+        pool: Option<ConnectionPool>,
     ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
@@ -93,6 +143,7 @@ impl SmtpClient {
                     resolver,
                     tls,
                     hosts,
+                    pool,
                 },
                 state: State::Idle,
             })),
@@ -176,6 +227,18 @@ struct EnvelopeOutcome {
     /// Set when the transaction cannot continue (MAIL failed, or the
     /// connection broke); it is also the answer of everything unanswered.
     failure: Option<Response>,
+    /// MAIL failed at the I/O level or got 421: on a reused session, the
+    /// peer had closed it while idle, and nothing was accepted.
+    stale: bool,
+    /// MAIL got an ordinary refusal: the session is still usable once the
+    /// replies to this many pipelined RCPTs are read and RSET succeeds.
+    refused_pending: Option<usize>,
+}
+
+/// Whether a reply leaves the session in a known state: a completion reply
+/// other than 421 (service closing).
+fn settled(reply: &Reply) -> bool {
+    matches!(reply.class(), 2 | 4 | 5) && reply.code != 421
 }
 
 impl Inner {
@@ -237,35 +300,82 @@ impl Ctx {
             let all = vec![resp.clone(); rcpts.len()];
             (State::Failed(resp.clone()), Some(resp), all)
         };
-        let mut sess = match self.connect().await {
-            Ok(s) => s,
-            Err(resp) => return fail(resp),
-        };
-        let chunking = use_bdat(&sess.ext, self.cfg.use_chunking);
-        let (mail_cmd, needs) = match mail_command(mb, &sess.ext, sess.tls.is_some(), chunking) {
-            Ok(x) => x,
-            Err(resp) => {
-                quit_in_background(sess.conn);
-                return fail(resp);
+        let mut allow_reuse = true;
+        loop {
+            let pooled = match &self.pool {
+                Some(pool) if allow_reuse => pool.take(&self.hosts),
+                _ => None,
+            };
+            let reused = pooled.is_some();
+            let mut sess = match pooled {
+                Some(sess) => sess,
+                None => match self.connect().await {
+                    Ok(s) => s,
+                    Err(resp) => return fail(resp),
+                },
+            };
+            let chunking = use_bdat(&sess.ext, self.cfg.use_chunking);
+            let (mail_cmd, needs) = match mail_command(mb, &sess.ext, sess.tls.is_some(), chunking)
+            {
+                Ok(x) => x,
+                Err(resp) => {
+                    // Nothing was sent: the session is as we got it.
+                    self.release(sess, Reuse::Now);
+                    return fail(resp);
+                }
+            };
+            let cmds = rcpts
+                .iter()
+                .map(|r| rcpt_command(&r.mailbox, &sess.ext))
+                .collect();
+            sess.transactions += 1;
+            let outcome = self.send_envelope(&mut sess, Some(&mail_cmd), cmds).await;
+            if reused && outcome.stale {
+                // Closed while idle; MAIL was not accepted, so starting
+                // over is safe. Not from the pool again: its other
+                // sessions to this peer are likely gone too.
+                tracing::debug!(peer = %sess.conn.peer, "reused upstream session is gone, reconnecting");
+                allow_reuse = false;
+                continue;
             }
-        };
-        let cmds = rcpts
-            .iter()
-            .map(|r| rcpt_command(&r.mailbox, &sess.ext))
-            .collect();
-        let outcome = self.send_envelope(&mut sess, Some(&mail_cmd), cmds).await;
-        let state = match outcome.failure {
-            Some(failure) => {
-                quit_in_background(sess.conn);
-                State::Failed(failure)
+            let state = match outcome.failure {
+                Some(failure) => {
+                    match outcome.refused_pending {
+                        Some(pending) => self.release(sess, Reuse::AfterRset { pending }),
+                        None => quit_in_background(sess.conn),
+                    }
+                    State::Failed(failure)
+                }
+                None => State::Envelope {
+                    sess,
+                    accepted: outcome.accepted,
+                    needs,
+                },
+            };
+            return (state, outcome.mail, outcome.rcpts);
+        }
+    }
+
+    /// The transaction is over and the session can take a new MAIL as
+    /// `how` says: back to the pool, or QUIT when there is none.
+    fn release(&self, sess: Session, how: Reuse) {
+        match (&self.pool, how) {
+            (Some(pool), Reuse::Now) => pool.put(self.hosts.clone(), sess),
+            (Some(pool), Reuse::AfterRset { pending }) => {
+                pool.reset_and_put(self.hosts.clone(), sess, pending, self.cfg.command_timeout)
             }
-            None => State::Envelope {
-                sess,
-                accepted: outcome.accepted,
-                needs,
-            },
-        };
-        (state, outcome.mail, outcome.rcpts)
+            (None, _) => quit_in_background(sess.conn),
+        }
+    }
+
+    /// Ends the session after `reply` closed the transaction: reusable as
+    /// `how` says if the reply left it in a known state, else QUIT.
+    fn release_after(&self, sess: Session, reply: &Reply, how: Reuse) {
+        if settled(reply) {
+            self.release(sess, how);
+        } else {
+            quit_in_background(sess.conn);
+        }
     }
 
     async fn add_rcpts(&self, state: State, rcpts: &[Recipient]) -> (State, Vec<Response>) {
@@ -343,6 +453,7 @@ impl Ctx {
                     .write(batch.as_bytes(), Step::new("sending MAIL/RCPT", timeout))
                     .await
             {
+                out.stale = mail.is_some() && is_io(&e);
                 broken(&mut out, lost(conn, &e), rcpts.len());
                 return out;
             }
@@ -358,14 +469,24 @@ impl Ctx {
                 Ok(reply) => {
                     let resp = completion(&reply, "MAIL");
                     if !resp.is_ok() {
-                        // Pipelined RCPT replies (503s) are left unread: the
-                        // connection is being abandoned.
+                        out.stale = reply.code == 421;
+                        if settled(&reply) {
+                            // The pipelined RCPTs' replies (503s) are still
+                            // to be read before the session is reused.
+                            let sent = if pipelining {
+                                rcpts.iter().flatten().count()
+                            } else {
+                                0
+                            };
+                            out.refused_pending = Some(sent);
+                        }
                         broken(&mut out, resp, rcpts.len());
                         return out;
                     }
                     out.mail = Some(resp);
                 }
                 Err(e) => {
+                    out.stale = is_io(&e);
                     broken(&mut out, lost(conn, &e), rcpts.len());
                     return out;
                 }
@@ -408,7 +529,7 @@ impl Ctx {
             State::Envelope {
                 sess, accepted: 0, ..
             } => {
-                quit_in_background(sess.conn);
+                self.release(sess, Reuse::AfterRset { pending: 0 });
                 let resp = Response::new(554, "5.5.1 no valid recipients");
                 (State::Finished(resp.clone()), Some(resp))
             }
@@ -442,7 +563,13 @@ impl Ctx {
                     4 | 5 => reply.response(),
                     _ => completion_never_ok(&reply, "DATA"),
                 };
-                quit_in_background(sess.conn);
+                if reply.class() == 2 {
+                    // A 250 to DATA: whatever the peer thinks is going on,
+                    // it is not a state we can reuse.
+                    quit_in_background(sess.conn);
+                } else {
+                    self.release_after(sess, &reply, Reuse::AfterRset { pending: 0 });
+                }
                 (State::Finished(resp.clone()), Some(resp))
             }
             Err(e) => finished(lost(&sess.conn, &e)),
@@ -475,7 +602,9 @@ impl Ctx {
         );
         match sess.conn.read_reply(step).await {
             Ok(reply) => {
-                quit_in_background(sess.conn);
+                // RFC 5321 4.1.1.4: the reply ends the transaction whatever
+                // it says; no RSET needed.
+                self.release_after(sess, &reply, Reuse::Now);
                 finished(completion(&reply, "end of data"))
             }
             Err(e) => finished(lost(&sess.conn, &e)),
@@ -512,7 +641,14 @@ impl Ctx {
                 if resp.is_ok() && !chunk.last {
                     return (State::Bdat { sess }, None);
                 }
-                quit_in_background(sess.conn);
+                let how = if chunk.last {
+                    Reuse::Now
+                } else {
+                    // A refused intermediate chunk leaves the transaction
+                    // open (RFC 3030 2); RSET ends it.
+                    Reuse::AfterRset { pending: 0 }
+                };
+                self.release_after(sess, &reply, how);
                 finished(resp)
             }
             Err(e) => finished(lost(&sess.conn, &e)),
@@ -601,6 +737,12 @@ impl Ctx {
         }
         Ok(targets)
     }
+}
+
+/// A failure showing the connection itself is gone (not a timeout: a peer
+/// that stopped answering is not worth a second wait).
+fn is_io(e: &ConnError) -> bool {
+    matches!(e, ConnError::Closed(_) | ConnError::Io(..))
 }
 
 fn finished(resp: Response) -> (State, Option<Response>) {

@@ -56,6 +56,19 @@ pub struct ClientConfig {
     pub max_hosts: usize,
     /// Hosts used for [`koukan_filters::transaction::Hosts::EndpointDefault`].
     pub default_hosts: Vec<HostPort>,
+    /// Connection reuse (see [`crate::ConnectionPool`]): how many idle
+    /// upstream sessions to keep per destination after a transaction ends
+    /// cleanly; more are QUIT. `0` disables reuse (one connection per
+    /// transaction, QUIT after it).
+    pub max_idle_per_destination: usize,
+    /// How long an idle upstream session may wait for the next transaction
+    /// before it is QUIT. Keep it well below the peers' own idle timeout
+    /// (RFC 5321 4.5.3.2.7: at least 5 minutes; Postfix's smtpd cuts idle
+    /// clients much sooner under load). Zero disables reuse.
+    pub idle_timeout: Duration,
+    /// How many transactions one upstream connection carries before it is
+    /// QUIT instead of being kept; `0` means no limit.
+    pub max_transactions_per_connection: usize,
 }
 
 impl Default for ClientConfig {
@@ -74,6 +87,9 @@ impl Default for ClientConfig {
             data_end_timeout: Duration::from_secs(600),
             max_hosts: 5,
             default_hosts: Vec::new(),
+            max_idle_per_destination: 16,
+            idle_timeout: Duration::from_secs(5),
+            max_transactions_per_connection: 100,
         }
     }
 }

@@ -10,6 +10,7 @@
 use std::io;
 use std::time::Duration;
 
+use futures::FutureExt;
 use koukan_filters::transaction::Response;
 use smtp_proto::response::parser::ResponseReceiver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -103,6 +104,20 @@ impl Connection {
     /// Whether the peer sent bytes we have not consumed as replies yet.
     pub fn has_buffered_input(&self) -> bool {
         !self.rbuf.is_empty()
+    }
+
+    /// Whether an idle connection still looks usable: nothing unread and
+    /// nothing arriving. A peer that closed it (EOF, reset) or said
+    /// something unsolicited (typically a 421 before closing) fails. Never
+    /// waits: the socket is polled once.
+    pub fn idle_probe(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        // Pending means open and silent; any completion (data, EOF, error)
+        // means the session is no longer in the state we left it in.
+        self.io.read(&mut byte).now_or_never().is_none()
     }
 
     /// The raw stream, for the STARTTLS handshake. Callers must check

@@ -87,6 +87,8 @@ pub(crate) struct Session {
     pub conn: Connection,
     pub ext: Extensions,
     pub tls: Option<TlsInfo>,
+    /// Transactions (MAIL commands) started on this session so far.
+    pub transactions: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +179,7 @@ pub(crate) async fn open(
             conn,
             ext,
             tls: None,
+            transactions: 0,
         });
     }
 
@@ -190,6 +193,7 @@ pub(crate) async fn open(
         conn,
         ext,
         tls: Some(info),
+        transactions: 0,
     })
 }
 

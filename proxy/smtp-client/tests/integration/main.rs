@@ -2,6 +2,7 @@
 //! scripted SMTP server and an authoritative DNS server.
 
 mod mx;
+mod pool;
 mod smtp;
 mod smtp_server;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 use koukan_filters::transaction::{
     HostPort, Hosts, Mailbox, Recipient, Response, TxUpdate, UpdateResponse,
 };
-use koukan_smtp_client::{ClientConfig, Resolver, SmtpClient, tls_client_config};
+use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, tls_client_config};
 use tower::{Service, ServiceExt};
 
 pub fn test_config() -> ClientConfig {
@@ -59,6 +60,18 @@ pub fn client_with(
     resolver: Resolver,
 ) -> SmtpClient {
     SmtpClient::new(Arc::new(cfg), Arc::new(resolver), tls, hosts)
+}
+
+/// A client of `pool` (built from the same `cfg` by the caller), with the
+/// non-verifying TLS configuration and no DNS.
+pub fn pooled_client(cfg: &Arc<ClientConfig>, hosts: Hosts, pool: &ConnectionPool) -> SmtpClient {
+    SmtpClient::pooled(
+        cfg.clone(),
+        Arc::new(Resolver::new(vec![])),
+        tls_client_config(false, None).unwrap(),
+        hosts,
+        pool.clone(),
+    )
 }
 
 pub async fn send(c: &mut SmtpClient, u: TxUpdate) -> UpdateResponse {

@@ -31,7 +31,7 @@ fn server_tls(cert: CertificateDer<'static>, key: &KeyPair) -> Arc<rustls::Serve
     )
 }
 
-fn self_signed_tls() -> Arc<rustls::ServerConfig> {
+pub fn self_signed_tls() -> Arc<rustls::ServerConfig> {
     let ck = rcgen::generate_simple_self_signed(vec!["mx.test".to_owned()]).unwrap();
     server_tls(ck.cert.der().clone(), &ck.signing_key)
 }

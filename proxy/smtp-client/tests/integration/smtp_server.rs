@@ -1,6 +1,8 @@
 //! A small scripted SMTP server for tests: replies are configurable per
-//! command, everything received is recorded, STARTTLS works with a test
-//! certificate, and it can drop the connection in the middle of DATA.
+//! command, everything received is recorded per connection, STARTTLS works
+//! with a test certificate, and it can drop the connection in the middle of
+//! DATA, instead of replying to a command, or while it waits for the next
+//! command (an idle connection).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -9,7 +11,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+/// A queued reply meaning "close the connection without replying".
+pub const CLOSE: &str = "<close>";
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -24,8 +30,11 @@ pub struct Script {
     /// Replaces the whole EHLO reply (e.g. to reject EHLO).
     pub ehlo_reply: Option<String>,
     /// Queued replies per verb (`MAIL`, `RCPT`, `DATA` for the 354, `.`
-    /// for the end of data, `BDAT`, `STARTTLS`, `HELO`), used in order; the
-    /// default reply is used when the queue is empty.
+    /// for the end of data, `BDAT`, `STARTTLS`, `HELO`, `RSET`), used in
+    /// order across connections; the default reply is used when the queue
+    /// is empty. For `MAIL`, `RCPT`, `RSET` and `HELO`, [`CLOSE`] closes
+    /// the connection instead of replying, and a `421` reply is followed by
+    /// closing it.
     pub replies: HashMap<String, VecDeque<String>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Close the connection once this many body bytes have arrived in DATA.
@@ -101,15 +110,28 @@ pub struct ConnLog {
     /// For each command, the index of the socket read that delivered it:
     /// commands sharing an index arrived together (pipelined).
     pub reads: Vec<usize>,
-    /// DATA payload exactly as on the wire, including the final `.\r\n`.
+    /// DATA payload exactly as on the wire, including the final `.\r\n`
+    /// (the last message's, when the connection carried several).
     pub data: Vec<u8>,
+    /// Every complete DATA payload, in order.
+    pub messages: Vec<Vec<u8>>,
     /// BDAT payloads.
     pub bdat: Vec<Vec<u8>>,
     pub tls: bool,
     pub quit: bool,
+    /// The connection is over (QUIT, client close, or server close).
+    pub closed: bool,
+    /// The server closed it while it waited for a command
+    /// ([`SmtpServer::close_idle`]).
+    pub closed_idle: bool,
 }
 
 impl ConnLog {
+    /// How many commands with this verb arrived.
+    pub fn count(&self, verb: &str) -> usize {
+        self.verbs().iter().filter(|v| *v == verb).count()
+    }
+
     pub fn verbs(&self) -> Vec<String> {
         self.commands
             .iter()
@@ -127,6 +149,8 @@ pub struct SmtpServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<ConnLog>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Bumped to make connections waiting for a command close.
+    close_idle: watch::Sender<u64>,
 }
 
 impl Drop for SmtpServer {
@@ -148,6 +172,7 @@ impl SmtpServer {
         let log: Arc<Mutex<Vec<ConnLog>>> = Arc::default();
         let shared = Arc::new(Mutex::new(script));
         let log2 = log.clone();
+        let (close_idle, close_rx) = watch::channel(0);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
@@ -158,6 +183,9 @@ impl SmtpServer {
                     l.push(ConnLog::default());
                     l.len() - 1
                 };
+                // Only close signals sent from now on concern it.
+                let mut close_idle = close_rx.clone();
+                close_idle.borrow_and_update();
                 let conn = Conn {
                     io: Box::new(sock),
                     buf: Vec::new(),
@@ -165,15 +193,61 @@ impl SmtpServer {
                     script: shared.clone(),
                     log: log2.clone(),
                     idx,
+                    close_idle,
                 };
-                tokio::spawn(conn.serve());
+                let log3 = log2.clone();
+                tokio::spawn(async move {
+                    // The socket is closed when `serve` returns.
+                    conn.serve().await;
+                    log3.lock().unwrap()[idx].closed = true;
+                });
             }
         });
-        Self { addr, log, task }
+        Self {
+            addr,
+            log,
+            task,
+            close_idle,
+        }
     }
 
     pub fn conns(&self) -> Vec<ConnLog> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Closes (without a word, as a peer's idle timeout would) every open
+    /// connection that is waiting for a command, and waits until they are
+    /// closed. Returns how many it closed.
+    pub async fn close_idle(&self) -> usize {
+        let open: Vec<usize> = self
+            .conns()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.closed)
+            .map(|(i, _)| i)
+            .collect();
+        self.close_idle.send_modify(|g| *g += 1);
+        for _ in 0..200 {
+            let conns = self.conns();
+            if open.iter().all(|&i| conns[i].closed) {
+                return open.iter().filter(|&&i| conns[i].closed_idle).count();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("connections {open:?} did not close: {:?}", self.conns());
+    }
+
+    /// Waits until connection `conn` is over, however it ended.
+    pub async fn wait_closed(&self, conn: usize) -> ConnLog {
+        for _ in 0..300 {
+            if let Some(c) = self.conns().get(conn)
+                && c.closed
+            {
+                return c.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("connection {conn} never closed: {:?}", self.conns());
     }
 
     /// Waits until `n` connections have sent QUIT or gone (for checks made
@@ -198,6 +272,7 @@ struct Conn {
     script: Arc<Mutex<Script>>,
     log: Arc<Mutex<Vec<ConnLog>>>,
     idx: usize,
+    close_idle: watch::Receiver<u64>,
 }
 
 enum Next {
@@ -236,6 +311,36 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::fill`] while waiting for a command: with nothing
+    /// pending, [`SmtpServer::close_idle`] ends the connection.
+    async fn fill_or_close_idle(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return self.fill().await;
+        }
+        let mut close = self.close_idle.clone();
+        tokio::select! {
+            more = self.fill() => more,
+            _ = close.changed() => {
+                self.with_log(|l| l.closed_idle = true);
+                false
+            }
+        }
+    }
+
+    /// Replies to `verb` from the script; see [`Script::replies`].
+    async fn answer(&mut self, verb: &str, default: &str) -> std::io::Result<Next> {
+        let r = self.reply_for(verb, default);
+        if r == CLOSE {
+            return Ok(Next::Close);
+        }
+        self.send(&r).await?;
+        Ok(if r.starts_with("421") {
+            Next::Close
+        } else {
+            Next::Continue
+        })
+    }
+
     async fn serve(mut self) {
         let greeting = self.script.lock().unwrap().greeting.clone();
         if self.send(&greeting).await.is_err() {
@@ -247,7 +352,7 @@ impl Conn {
                     let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
                     break String::from_utf8_lossy(&line[..pos]).into_owned();
                 }
-                if !self.fill().await {
+                if !self.fill_or_close_idle().await {
                     return;
                 }
             };
@@ -294,10 +399,7 @@ impl Conn {
                 });
                 self.send(&reply).await?;
             }
-            "HELO" => {
-                let r = self.reply_for("HELO", "250 mx.test");
-                self.send(&r).await?;
-            }
+            "HELO" => return self.answer("HELO", "250 mx.test").await,
             "STARTTLS" => {
                 let r = self.reply_for("STARTTLS", "220 2.0.0 go ahead");
                 self.send(&r).await?;
@@ -326,15 +428,10 @@ impl Conn {
                 let _ = self.send("221 2.0.0 bye").await;
                 return Ok(Next::Close);
             }
-            "MAIL" => {
-                let r = self.reply_for("MAIL", "250 2.1.0 sender ok");
-                self.send(&r).await?;
-            }
-            "RCPT" => {
-                let r = self.reply_for("RCPT", "250 2.1.5 recipient ok");
-                self.send(&r).await?;
-            }
-            "RSET" | "NOOP" => self.send("250 2.0.0 ok").await?,
+            "MAIL" => return self.answer("MAIL", "250 2.1.0 sender ok").await,
+            "RCPT" => return self.answer("RCPT", "250 2.1.5 recipient ok").await,
+            "RSET" => return self.answer("RSET", "250 2.0.0 ok").await,
+            "NOOP" => self.send("250 2.0.0 ok").await?,
             _ => self.send("500 5.5.2 unknown command").await?,
         }
         Ok(Next::Continue)
@@ -364,7 +461,10 @@ impl Conn {
             {
                 self.buf = data.split_off(pos + 5);
                 let got = data[2..].to_vec();
-                self.with_log(|l| l.data = got);
+                self.with_log(|l| {
+                    l.messages.push(got.clone());
+                    l.data = got;
+                });
                 let r = self.reply_for(".", "250 2.0.0 queued as T1");
                 self.send(&r).await?;
                 return Ok(Next::Continue);

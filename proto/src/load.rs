@@ -141,6 +141,12 @@ pub enum Problem {
     /// A negative duration.
     #[error("must not be negative")]
     NegativeDuration,
+    /// A negative or non-finite number.
+    #[error("must be a finite number >= 0")]
+    BadNumber,
+    /// Store-and-forward without a storage backend.
+    #[error("needs `storage` (embedded or redis) in the bootstrap")]
+    NeedsStorage,
     /// An enum number that names no value (possible in binary protobuf).
     #[error("unknown enum value {0}")]
     UnknownEnumValue(i32),
@@ -368,7 +374,10 @@ impl Validator<'_> {
                 Some(storage::Backend::Embedded(e)) => {
                     self.required("storage.embedded.path", &e.path);
                 }
-                None => self.err("storage", Problem::OneofMissing("embedded")),
+                Some(storage::Backend::Redis(r)) => {
+                    self.required("storage.redis.url", &r.url);
+                }
+                None => self.err("storage", Problem::OneofMissing("embedded, redis")),
             }
         }
         if let Some(dns) = &b.dns {
@@ -382,7 +391,7 @@ impl Validator<'_> {
             }
         }
         if let Some(r) = &b.static_resources {
-            self.static_resources(r);
+            self.static_resources(r, b.storage.is_some());
         }
     }
 
@@ -445,7 +454,41 @@ impl Validator<'_> {
         Index(index)
     }
 
-    fn static_resources(&mut self, r: &StaticResources) {
+    /// Store-and-forward, retries and bounces of one chain.
+    fn delivery(
+        &mut self,
+        path: &str,
+        c: &Chain,
+        chains: &Index<'_, Chain>,
+        storage_configured: bool,
+    ) {
+        if let Some(sf) = &c.store_and_forward {
+            let op = format!("{path}.store_and_forward.output_chain");
+            if self.required(&op, &sf.output_chain) {
+                self.chain_ref(&op, &sf.output_chain, chains);
+            }
+            if !storage_configured {
+                self.err(format!("{path}.store_and_forward"), Problem::NeedsStorage);
+            }
+        }
+        if let Some(r) = &c.retry {
+            let rp = format!("{path}.retry");
+            self.duration(&format!("{rp}.min_attempt_time"), &r.min_attempt_time);
+            self.duration(&format!("{rp}.max_attempt_time"), &r.max_attempt_time);
+            self.duration(&format!("{rp}.deadline"), &r.deadline);
+            if r.backoff_factor < 0.0 || !r.backoff_factor.is_finite() {
+                self.err(format!("{rp}.backoff_factor"), Problem::BadNumber);
+            }
+        }
+        if let Some(n) = &c.notification {
+            let np = format!("{path}.notification.chain");
+            if self.required(&np, &n.chain) {
+                self.chain_ref(&np, &n.chain, chains);
+            }
+        }
+    }
+
+    fn static_resources(&mut self, r: &StaticResources, storage_configured: bool) {
         const SR: &str = "static_resources";
         let listeners = format!("{SR}.listeners");
         let senders_path = format!("{SR}.senders");
@@ -465,7 +508,9 @@ impl Validator<'_> {
             self.sender(&format!("{senders_path}[{i}]"), s, &chains);
         }
         for (i, c) in r.chains.iter().enumerate() {
-            self.chain(&format!("{chains_path}[{i}]"), c, &endpoints);
+            let path = format!("{chains_path}[{i}]");
+            self.chain(&path, c, &endpoints);
+            self.delivery(&path, c, &chains, storage_configured);
         }
         for (i, e) in r.endpoints.iter().enumerate() {
             self.endpoint(&format!("{endpoints_path}[{i}]"), e);
@@ -725,7 +770,8 @@ impl Validator<'_> {
                 Some(e) => self.endpoint_has_hosts(&ep, e),
             }
         }
-        if !delivers {
+        // A store-and-forward chain delivers into storage.
+        if !delivers && c.store_and_forward.is_none() {
             self.err(path, Problem::NoDelivery);
         }
     }

@@ -7,6 +7,7 @@ use crate::config::v1::{
     RouterFilter, RoutingPolicy, SenderTag, SmtpAuth, SmtpEndpoint, SmtpLimits, Storage, Tls,
     filter, routing_policy,
 };
+use crate::config::v1::{Notification, RedisStorage, RetryParams, StoreAndForward};
 
 /// The quickstart shape: one SMTP listener, one sender, a chain with
 /// received_header and two routers, a maildir endpoint.
@@ -1085,7 +1086,10 @@ fn admin_storage_and_dns_rules() {
     assert_eq!(check(&b), vec![], "admin is optional");
 
     b.storage = Some(Storage { backend: None });
-    assert_eq!(only_error(&b, "storage"), Problem::OneofMissing("embedded"));
+    assert_eq!(
+        only_error(&b, "storage"),
+        Problem::OneofMissing("embedded, redis")
+    );
     b.storage = Some(Storage {
         backend: Some(storage::Backend::Embedded(EmbeddedStorage {
             path: String::new(),
@@ -1213,4 +1217,60 @@ fn example_mx_gateway_only_lacks_its_secret_files() {
     )
     .unwrap();
     assert_eq!(check_in(&dir, &b), vec![]);
+}
+
+#[test]
+fn store_and_forward_needs_storage_and_a_known_output_chain() {
+    let mut b = quickstart();
+    b.storage = None;
+    res(&mut b).chains[0].store_and_forward = Some(StoreAndForward {
+        output_chain: "missing".into(),
+    });
+    let errs = check(&b);
+    let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "static_resources.chains[0].store_and_forward.output_chain",
+            "static_resources.chains[0].store_and_forward",
+        ],
+        "{errs:#?}"
+    );
+    assert!(matches!(errs[1].1, Problem::NeedsStorage));
+}
+
+#[test]
+fn retry_and_notification_are_checked() {
+    let mut b = quickstart();
+    let chain = &mut res(&mut b).chains[0];
+    chain.retry = Some(RetryParams {
+        backoff_factor: -1.0,
+        ..Default::default()
+    });
+    chain.notification = Some(Notification {
+        chain: "nowhere".into(),
+        mailer_daemon: String::new(),
+    });
+    let errs = check(&b);
+    let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "static_resources.chains[0].retry.backoff_factor",
+            "static_resources.chains[0].notification.chain",
+        ],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn redis_storage_needs_a_url() {
+    let mut b = quickstart();
+    b.storage = Some(Storage {
+        backend: Some(storage::Backend::Redis(RedisStorage::default())),
+    });
+    assert!(matches!(
+        only_error(&b, "storage.redis.url"),
+        Problem::Missing
+    ));
 }

@@ -4,18 +4,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use koukan_storage::{Store, StoreError, TxId};
 use prometheus_client::registry::Registry;
 
 pub struct AdminState {
     pub registry: Registry,
     ready: AtomicBool,
+    store: OnceLock<Arc<dyn Store>>,
 }
 
 impl AdminState {
@@ -23,7 +27,12 @@ impl AdminState {
         Arc::new(Self {
             registry,
             ready: AtomicBool::new(false),
+            store: OnceLock::new(),
         })
+    }
+
+    pub fn set_store(&self, store: Arc<dyn Store>) {
+        let _ = self.store.set(store);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -55,8 +64,51 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     }
 }
 
+fn json_error(status: StatusCode, message: String) -> axum::response::Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn store_error(e: StoreError) -> axum::response::Response {
+    let status = match e {
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_error(status, e.to_string())
+}
+
+/// Queue counts by state.
+async fn queue(State(state): State<Arc<AdminState>>) -> axum::response::Response {
+    let Some(store) = state.store.get() else {
+        return json_error(StatusCode::NOT_FOUND, "no storage configured".into());
+    };
+    match store.counts().await {
+        Ok(c) => Json(c).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// One stored transaction's status.
+async fn transaction(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> axum::response::Response {
+    let Some(store) = state.store.get() else {
+        return json_error(StatusCode::NOT_FOUND, "no storage configured".into());
+    };
+    match store.get_transaction(&TxId(id)).await {
+        Ok(r) => {
+            let state = r.state(std::time::SystemTime::now());
+            Json(serde_json::json!({ "state": state, "transaction": r })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
+        .route("/queue", get(queue))
+        .route("/transactions/{id}", get(transaction))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))

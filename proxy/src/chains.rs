@@ -11,6 +11,7 @@ use koukan_smtp_server::TransactionFactory;
 use tower::Layer;
 
 use crate::endpoints::Dispatcher;
+use crate::endpoints::store_writer::{StoreTarget, StoreWriter};
 use crate::runtime::{ChainSpec, FilterSpec, Runtime};
 
 pub fn new_tx_id() -> String {
@@ -19,10 +20,27 @@ pub fn new_tx_id() -> String {
 
 /// Stacks the chain's filters over its terminal, first filter outermost.
 pub fn build_stack(runtime: &Runtime, chain: &ChainSpec, ctx: &Arc<TxContext>) -> BoxTxService {
-    let mut svc = koukan_filters::boxed(Dispatcher::new(
-        runtime.endpoints.clone(),
-        chain.default_destination.clone(),
-    ));
+    let mut svc = match (&chain.output_chain, &runtime.storage) {
+        (Some(output), Some(storage)) => {
+            let out = runtime.chain(output);
+            koukan_filters::boxed(StoreWriter::new(
+                Arc::new(StoreTarget {
+                    store: storage.store.clone(),
+                    scheduler: storage.scheduler.clone(),
+                    replica: storage.replica.clone(),
+                    output_chain: output.clone(),
+                    retry: out.is_some_and(|c| c.retry.is_some()),
+                    notification: out.is_some_and(|c| c.notification.is_some()),
+                }),
+                ctx.clone(),
+            ))
+        }
+        // Validation refuses store-and-forward without storage.
+        _ => koukan_filters::boxed(Dispatcher::new(
+            runtime.endpoints.clone(),
+            chain.default_destination.clone(),
+        )),
+    };
     for f in chain.filters.iter().rev() {
         svc = match f {
             FilterSpec::Router(cfg) => {

@@ -7,4 +7,5 @@ pub mod chains;
 pub mod endpoints;
 pub mod listeners;
 pub mod runtime;
+pub mod scheduler;
 pub mod server;

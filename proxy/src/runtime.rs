@@ -18,6 +18,8 @@ use koukan_smtp_server::{Limits, Secrets, SessionConfig};
 
 use crate::endpoints::EndpointFactory;
 use crate::endpoints::maildir::{Maildir, MaildirConfig};
+use crate::scheduler::StorageCtx;
+use crate::scheduler::retry::RetryPolicy;
 
 /// A filter of a chain, with its parsed config shared by every
 /// transaction built from it.
@@ -32,6 +34,35 @@ pub struct ChainSpec {
     pub name: String,
     pub filters: Vec<FilterSpec>,
     pub default_destination: Option<Arc<Destination>>,
+    /// Store-and-forward: the chain that delivers what this one stores.
+    pub output_chain: Option<String>,
+    /// Retries of transactions this chain delivers from storage.
+    pub retry: Option<RetryPolicy>,
+    pub notification: Option<NotificationSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NotificationSpec {
+    /// The chain that delivers bounces (the notification chain's own
+    /// output chain when it stores and forwards).
+    pub output_chain: String,
+    pub mailer_daemon: Option<String>,
+}
+
+fn retry_policy(r: &pb::RetryParams) -> RetryPolicy {
+    let d = RetryPolicy::default();
+    RetryPolicy {
+        max_attempts: nonzero(r.max_attempts, d.max_attempts),
+        min_attempt_time: duration(&r.min_attempt_time, d.min_attempt_time),
+        max_attempt_time: duration(&r.max_attempt_time, d.max_attempt_time),
+        backoff_factor: if r.backoff_factor > 0.0 {
+            r.backoff_factor
+        } else {
+            d.backoff_factor
+        },
+        deadline: duration(&r.deadline, d.deadline),
+        jitter: d.jitter,
+    }
 }
 
 pub struct ListenerSpec {
@@ -94,9 +125,15 @@ pub struct Runtime {
     chains: HashMap<String, Arc<ChainSpec>>,
     senders: HashMap<String, SenderSpec>,
     pub endpoints: Arc<Endpoints>,
+    /// The process's store and scheduler, kept across reloads.
+    pub storage: Option<Arc<StorageCtx>>,
 }
 
 impl Runtime {
+    pub fn chain(&self, name: &str) -> Option<&Arc<ChainSpec>> {
+        self.chains.get(name)
+    }
+
     /// The chain for a sender and tag: the tag's chain if it names one,
     /// else the sender's.
     pub fn chain_for(&self, sender: &str, tag: &str) -> Option<&Arc<ChainSpec>> {
@@ -288,7 +325,11 @@ impl Runtime {
     /// Builds a snapshot from a bootstrap that passed validation. What
     /// validation cannot see (a certificate that does not parse, a secrets
     /// file with bad JSON) fails here, naming the resource.
-    pub fn build(config_path: &Path, b: &pb::Bootstrap) -> anyhow::Result<Self> {
+    pub fn build(
+        config_path: &Path,
+        b: &pb::Bootstrap,
+        storage: Option<Arc<StorageCtx>>,
+    ) -> anyhow::Result<Self> {
         let res = b.static_resources.clone().unwrap_or_default();
 
         let mut listeners = Vec::new();
@@ -333,12 +374,27 @@ impl Runtime {
                         hosts: Hosts::EndpointDefault,
                     })
                 });
+                let notification = c.notification.as_ref().map(|n| NotificationSpec {
+                    output_chain: res
+                        .chains
+                        .iter()
+                        .find(|x| x.name == n.chain)
+                        .and_then(|x| x.store_and_forward.as_ref())
+                        .map_or_else(|| n.chain.clone(), |sf| sf.output_chain.clone()),
+                    mailer_daemon: (!n.mailer_daemon.is_empty()).then(|| n.mailer_daemon.clone()),
+                });
                 (
                     c.name.clone(),
                     Arc::new(ChainSpec {
                         name: c.name.clone(),
                         filters,
                         default_destination,
+                        output_chain: c
+                            .store_and_forward
+                            .as_ref()
+                            .map(|sf| sf.output_chain.clone()),
+                        retry: c.retry.as_ref().map(retry_policy),
+                        notification,
                     }),
                 )
             })
@@ -415,6 +471,7 @@ impl Runtime {
             listeners,
             chains,
             senders,
+            storage,
             endpoints: Arc::new(Endpoints {
                 kinds,
                 resolver: Arc::new(resolver),

@@ -15,12 +15,67 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::admin::{self, AdminState};
 use crate::listeners::ListenerSet;
 use crate::runtime::Runtime;
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
+use koukan_storage::{ReplicaId, Store};
 
 /// Reads, validates and builds a snapshot; every problem is reported with
 /// the file name and field path.
 pub fn load(path: &Path) -> anyhow::Result<Runtime> {
+    load_with(path, None).map(|(r, _)| r)
+}
+
+fn load_with(
+    path: &Path,
+    storage: Option<Arc<StorageCtx>>,
+) -> anyhow::Result<(Runtime, koukan_proto::config::v1::Bootstrap)> {
     let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
-    Runtime::build(path, &bootstrap).with_context(|| path.display().to_string())
+    let runtime =
+        Runtime::build(path, &bootstrap, storage).with_context(|| path.display().to_string())?;
+    Ok((runtime, bootstrap))
+}
+
+/// Opens the configured store (kept for the life of the process: a reload
+/// does not reopen it).
+async fn open_store(
+    path: &Path,
+    b: &koukan_proto::config::v1::Bootstrap,
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    use koukan_proto::config::v1::storage::Backend;
+    let Some(backend) = b.storage.as_ref().and_then(|s| s.backend.as_ref()) else {
+        return Ok(None);
+    };
+    let store: Arc<dyn Store> = match backend {
+        Backend::Embedded(e) => {
+            let file = koukan_proto::load::resolve_path(path, &e.path);
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("storage.embedded.path: creating {}", dir.display())
+                })?;
+            }
+            let store = koukan_storage::embedded::EmbeddedStore::open(
+                &file,
+                koukan_storage::embedded::EmbeddedOptions::default(),
+            )
+            .with_context(|| format!("storage.embedded.path: opening {}", file.display()))?;
+            tracing::info!(path = %file.display(), "embedded store open");
+            Arc::new(store)
+        }
+        Backend::Redis(r) => {
+            let mut opts = koukan_storage::redis_store::RedisOptions {
+                allow_volatile: r.allow_volatile,
+                ..Default::default()
+            };
+            if !r.key_prefix.is_empty() {
+                opts.key_prefix = r.key_prefix.clone();
+            }
+            let store = koukan_storage::redis_store::RedisStore::connect(&r.url, opts)
+                .await
+                .with_context(|| format!("storage.redis.url: {}", r.url))?;
+            tracing::info!(url = %r.url, durability = %store.durability(), "redis store connected");
+            Arc::new(store)
+        }
+    };
+    Ok(Some(store))
 }
 
 #[derive(Clone, Default)]
@@ -59,7 +114,8 @@ async fn reload(
     shared: &Arc<ArcSwap<Runtime>>,
     listeners: &mut ListenerSet,
 ) -> anyhow::Result<()> {
-    let next = load(path)?;
+    let storage = shared.load().storage.clone();
+    let (next, _) = load_with(path, storage)?;
     if next.admin != shared.load().admin {
         tracing::warn!(admin = %next.admin, "admin address changes take effect at restart");
     }
@@ -71,7 +127,24 @@ async fn reload(
 }
 
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let runtime = load(&config_path)?;
+    let (_, bootstrap) = load_with(&config_path, None)?;
+    let store = open_store(&config_path, &bootstrap).await?;
+    let scheduler_config = SchedulerConfig::default();
+    let storage = store.map(|store| {
+        let node = bootstrap
+            .node
+            .as_ref()
+            .map(|n| n.id.as_str())
+            .unwrap_or("koukan");
+        Arc::new(StorageCtx {
+            store,
+            scheduler: SchedulerHandle::new(scheduler_config.max_receiving),
+            // Unique per process start, so a restarted replica never
+            // mistakes its predecessor's leases for its own.
+            replica: ReplicaId(format!("{node}-{:08x}", rand::random::<u32>())),
+        })
+    });
+    let (runtime, _) = load_with(&config_path, storage.clone())?;
 
     let mut registry = Registry::with_prefix("koukan");
     let smtp_metrics = Arc::new(koukan_smtp_server::SmtpMetrics::new());
@@ -92,6 +165,20 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     });
 
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
+    let (scheduler_stop, scheduler_stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler_task = storage.as_ref().map(|s| {
+        let scheduler = Arc::new(Scheduler::new(
+            s.store.clone(),
+            shared.clone(),
+            s.replica.clone(),
+            scheduler_config.clone(),
+            s.scheduler.clone(),
+        ));
+        tokio::spawn(scheduler.run(scheduler_stop_rx))
+    });
+    if let Some(s) = &storage {
+        admin_state.set_store(s.store.clone());
+    }
     let mut listeners = ListenerSet::new(shared.clone(), smtp_metrics);
     let first = shared.load_full();
     let bound = listeners.bind_new(&first).await?;
@@ -124,6 +211,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining sessions");
     admin_state.set_ready(false);
     listeners.shutdown().await;
+    let _ = scheduler_stop.send(true);
+    if let Some(task) = scheduler_task {
+        let _ = task.await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! transaction; nothing is answered 250 unless the upstream said so.
 
 pub mod maildir;
+pub mod store_writer;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -1,0 +1,205 @@
+//! Store-and-forward terminal: the message goes to durable storage and the
+//! client gets 250 only once it is there; the scheduler delivers it later
+//! through the output chain.
+//!
+//! One stored transaction per recipient, all sharing the one body blob, so
+//! each recipient is retried, bounced and reported on its own (the
+//! exploder's fan-out).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use koukan_filters::{Mailbox, Response, TxContext, TxUpdate, UpdateResponse};
+use koukan_storage::{
+    BlobId, NewTransaction, ReplicaId, Store, StoreError, StoredMailbox, StoredParam, StoredSession,
+};
+use tokio::sync::Mutex;
+use tower::Service;
+
+use crate::scheduler::{ReceivingGuard, SchedulerHandle};
+
+/// What the writer needs from the running config.
+#[derive(Clone)]
+pub struct StoreTarget {
+    pub store: Arc<dyn Store>,
+    pub scheduler: SchedulerHandle,
+    pub replica: ReplicaId,
+    pub output_chain: String,
+    pub retry: bool,
+    pub notification: bool,
+}
+
+pub fn stored_mailbox(m: &Mailbox) -> StoredMailbox {
+    StoredMailbox {
+        address: m.address.clone(),
+        params: m
+            .params
+            .iter()
+            .map(|p| StoredParam {
+                keyword: p.keyword.clone(),
+                value: p.value.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The client-facing reply for a storage failure.
+pub fn storage_error_reply(e: &StoreError) -> Response {
+    match e {
+        StoreError::Full(_) => Response::new(452, "4.3.1 insufficient system storage"),
+        _ => Response::new(451, "4.3.0 temporary storage failure, try again later"),
+    }
+}
+
+#[derive(Default)]
+struct State {
+    mail_from: Option<Mailbox>,
+    rcpts: Vec<Mailbox>,
+    blob: Option<(BlobId, u64)>,
+    failed: Option<Response>,
+}
+
+pub struct StoreWriter {
+    target: Arc<StoreTarget>,
+    ctx: Arc<TxContext>,
+    state: Arc<Mutex<State>>,
+    _receiving: ReceivingGuard,
+}
+
+impl StoreWriter {
+    pub fn new(target: Arc<StoreTarget>, ctx: Arc<TxContext>) -> Self {
+        Self {
+            _receiving: target.scheduler.receiving(),
+            target,
+            ctx,
+            state: Arc::default(),
+        }
+    }
+}
+
+async fn append(
+    target: &StoreTarget,
+    state: &mut State,
+    data: bytes::Bytes,
+    last: bool,
+) -> Result<(), StoreError> {
+    let (blob, offset) = match state.blob.take() {
+        Some(b) => b,
+        None => (target.store.create_blob().await?, 0),
+    };
+    let len = target.store.append_blob(&blob, offset, data, last).await?;
+    state.blob = Some((blob, len));
+    Ok(())
+}
+
+async fn commit(
+    target: &StoreTarget,
+    ctx: &TxContext,
+    state: &State,
+) -> Result<Vec<String>, StoreError> {
+    let Some((blob, _)) = &state.blob else {
+        return Err(StoreError::Internal("no body".into()));
+    };
+    let session = &ctx.session;
+    let stored_session = StoredSession {
+        listener: session.listener.clone(),
+        peer: Some(session.peer.to_string()),
+        ehlo_host: session.ehlo_host.clone(),
+        tls: session
+            .tls
+            .as_ref()
+            .map(|t| format!("{} {}", t.version, t.cipher)),
+        auth_user: session.auth_user.clone(),
+    };
+    let mail_from = state
+        .mail_from
+        .as_ref()
+        .map(stored_mailbox)
+        .unwrap_or(StoredMailbox {
+            address: String::new(),
+            params: Vec::new(),
+        });
+    let mut ids = Vec::with_capacity(state.rcpts.len());
+    for rcpt in &state.rcpts {
+        let id = target
+            .store
+            .create_transaction(NewTransaction {
+                sender: ctx.sender.clone(),
+                tag: ctx.tag.clone(),
+                chain: target.output_chain.clone(),
+                mail_from: mail_from.clone(),
+                rcpt_to: vec![stored_mailbox(rcpt)],
+                session: stored_session.clone(),
+                body: blob.clone(),
+                retry: target.retry,
+                // Never bounce a bounce.
+                notification: target.notification && !mail_from.address.is_empty(),
+                lease: None,
+            })
+            .await?;
+        ids.push(id.0);
+    }
+    Ok(ids)
+}
+
+impl Service<TxUpdate> for StoreWriter {
+    type Response = UpdateResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<UpdateResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, update: TxUpdate) -> Self::Future {
+        let target = self.target.clone();
+        let ctx = self.ctx.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let mut state = state.lock().await;
+            let mut resp = UpdateResponse::default();
+            if let Some(mail) = update.mail_from {
+                // Back-pressure: when delivery is saturated, new mail waits
+                // at the client rather than in our memory.
+                resp.mail = Some(if target.scheduler.saturated() {
+                    Response::new(451, "4.3.2 delivery queue full, try again later")
+                } else {
+                    state.mail_from = Some(mail);
+                    Response::new(250, "2.1.0 sender ok")
+                });
+            }
+            for rcpt in update.rcpt_to {
+                state.rcpts.push(rcpt.mailbox);
+                resp.rcpts.push(Response::new(250, "2.1.5 recipient ok"));
+            }
+            if let Some(body) = update.body {
+                if state.rcpts.is_empty() {
+                    resp.data = body
+                        .last
+                        .then(|| Response::new(554, "5.5.1 no valid recipients"));
+                } else if let Some(failed) = &state.failed {
+                    resp.data = Some(failed.clone());
+                } else if let Err(e) = append(&target, &mut state, body.data, body.last).await {
+                    tracing::warn!(tx = %ctx.id, error = %e, "storing the body failed");
+                    let r = storage_error_reply(&e);
+                    state.failed = Some(r.clone());
+                    resp.data = Some(r);
+                } else if body.last {
+                    resp.data = Some(match commit(&target, &ctx, &state).await {
+                        Ok(ids) => {
+                            target.scheduler.wake();
+                            Response::new(250, format!("2.0.0 queued as {}", ids.join(",")))
+                        }
+                        Err(e) => {
+                            tracing::warn!(tx = %ctx.id, error = %e, "storing the transaction failed");
+                            storage_error_reply(&e)
+                        }
+                    });
+                }
+            }
+            Ok(resp)
+        })
+    }
+}

@@ -1,0 +1,521 @@
+//! The output handler: claims stored transactions that are due, runs each
+//! through its output chain, records the attempt, schedules the retry or
+//! finishes it, and sends a bounce when it gives up.
+//!
+//! Delivery concurrency is bounded by a semaphore; the scheduler only
+//! claims as many transactions as it has free slots, so the queue lives in
+//! the store, never in memory. A transaction stored by this process wakes
+//! the scheduler at once (no polling delay); other replicas find it on
+//! their next poll or when its lease expires.
+
+pub mod retry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use koukan_filters::{
+    BoxTxService, Mailbox, Recipient, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse,
+};
+use koukan_storage::{
+    AttemptOutcome, AttemptResponses, NewTransaction, NextStep, ReplicaId, Store, StoreError,
+    StoredMailbox, StoredResponse, StoredSession, TxRecord,
+};
+use tokio::sync::{Notify, Semaphore};
+use tower::{Service, ServiceExt};
+
+use crate::chains::build_stack;
+use crate::runtime::Runtime;
+
+pub const REASON_SUCCESS: &str = "upstream response success";
+pub const REASON_DATA_PERM: &str = "upstream response permfail";
+pub const REASON_MAIL_PERM: &str = "upstream mail_response permfail";
+pub const REASON_RCPT_PERM: &str = "upstream rcpt_response permfail";
+pub const REASON_TEMP_NO_RETRY: &str = "upstream temporary failure, retries disabled";
+
+/// Body chunk size when streaming a stored message into the chain.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub max_concurrency: usize,
+    pub lease_ttl: Duration,
+    /// How often to look for due work when nothing woke us.
+    pub poll_interval: Duration,
+    /// Messages being received into storage at once; beyond it MAIL gets
+    /// 451 4.3.2.
+    pub max_receiving: usize,
+    pub gc_interval: Duration,
+    pub gc_ttl: Duration,
+    /// Our host name, for bounces.
+    pub hostname: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 64,
+            lease_ttl: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            max_receiving: 1000,
+            gc_interval: Duration::from_secs(300),
+            gc_ttl: Duration::from_secs(86400),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// The process's store, as the SMTP side and the scheduler share it.
+pub struct StorageCtx {
+    pub store: Arc<dyn Store>,
+    pub scheduler: SchedulerHandle,
+    pub replica: ReplicaId,
+}
+
+/// What the SMTP side holds: wake the scheduler, and back-pressure.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    wake: Arc<Notify>,
+    receiving: Arc<AtomicUsize>,
+    max_receiving: usize,
+}
+
+impl SchedulerHandle {
+    pub fn new(max_receiving: usize) -> Self {
+        Self {
+            wake: Arc::new(Notify::new()),
+            receiving: Arc::default(),
+            max_receiving,
+        }
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn saturated(&self) -> bool {
+        self.receiving.load(Ordering::Relaxed) >= self.max_receiving
+    }
+
+    /// Counts a message being received until the guard drops.
+    pub fn receiving(&self) -> ReceivingGuard {
+        self.receiving.fetch_add(1, Ordering::Relaxed);
+        ReceivingGuard(self.receiving.clone())
+    }
+}
+
+pub struct ReceivingGuard(Arc<AtomicUsize>);
+
+impl Drop for ReceivingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    replica: ReplicaId,
+    config: SchedulerConfig,
+    slots: Arc<Semaphore>,
+    handle: SchedulerHandle,
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: Arc<ArcSwap<Runtime>>,
+        replica: ReplicaId,
+        config: SchedulerConfig,
+        handle: SchedulerHandle,
+    ) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(config.max_concurrency)),
+            store,
+            runtime,
+            replica,
+            config,
+            handle,
+        }
+    }
+
+    pub fn handle(&self) -> SchedulerHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` turns true; attempts in flight then finish
+    /// (their leases would otherwise expire and hand them to a replica).
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut next_gc = tokio::time::Instant::now() + self.config.gc_interval;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = self.slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                match self
+                    .store
+                    .claim_due(
+                        &self.replica,
+                        SystemTime::now(),
+                        self.config.lease_ttl,
+                        free,
+                    )
+                    .await
+                {
+                    Ok(records) => {
+                        claimed = records.len();
+                        for record in records {
+                            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let this = self.clone();
+                            tokio::spawn(async move {
+                                let id = record.id.clone();
+                                if let Err(e) = this.attempt(record).await {
+                                    tracing::warn!(tx = %id, error = %e, "delivery attempt failed to record");
+                                }
+                                drop(permit);
+                                this.handle.wake();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming due transactions failed"),
+                }
+            }
+            if tokio::time::Instant::now() >= next_gc {
+                next_gc = tokio::time::Instant::now() + self.config.gc_interval;
+                let cutoff = SystemTime::now() - self.config.gc_ttl;
+                match self.store.gc(cutoff).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(deleted = n, "garbage-collected finished transactions")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "gc failed"),
+                }
+            }
+            // A full batch means there may be more due right now.
+            if claimed > 0 && claimed == free {
+                continue;
+            }
+            tokio::select! {
+                _ = self.handle.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Wait for attempts in flight.
+        let _ = self
+            .slots
+            .acquire_many(self.config.max_concurrency as u32)
+            .await;
+    }
+
+    async fn attempt(&self, record: TxRecord) -> Result<(), StoreError> {
+        let runtime = self.runtime.load_full();
+        let started = std::time::Instant::now();
+        let heartbeat = self.spawn_heartbeat(&record);
+        let responses = match runtime.chain(&record.tx.chain) {
+            Some(chain) => {
+                let ctx = Arc::new(context(&record));
+                let stack = build_stack(&runtime, chain, &ctx);
+                self.deliver(stack, &record).await
+            }
+            None => {
+                let r = Response::new(451, format!("4.3.5 no chain named {}", record.tx.chain));
+                AttemptResponses {
+                    mail: Some(stored(&r)),
+                    rcpt: vec![],
+                    data: None,
+                }
+            }
+        };
+        heartbeat.abort();
+        let chain = runtime.chain(&record.tx.chain);
+        let now = SystemTime::now();
+        let next = decide(
+            &record,
+            &responses,
+            chain.and_then(|c| c.retry.as_ref()),
+            now,
+        );
+        let finished = self
+            .store
+            .finish_attempt(
+                &record.id,
+                &self.replica,
+                AttemptOutcome {
+                    responses: responses.clone(),
+                    next: next.clone(),
+                },
+            )
+            .await?;
+        tracing::info!(
+            target: "koukan::delivery",
+            tx = %record.id,
+            attempt = finished.attempt_count,
+            rcpt = %record.tx.rcpt_to.first().map(|r| r.address.as_str()).unwrap_or(""),
+            outcome = ?next,
+            reply = %summary(&responses),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "delivery attempt"
+        );
+        if let NextStep::Final { reason } = &next
+            && reason != REASON_SUCCESS
+            && record.tx.notification
+            && let Some(notification) = chain.and_then(|c| c.notification.as_ref())
+            && let Err(e) = self.bounce(&record, &responses, notification, now).await
+        {
+            tracing::warn!(tx = %record.id, error = %e, "storing the bounce failed");
+        }
+        Ok(())
+    }
+
+    fn spawn_heartbeat(&self, record: &TxRecord) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let id = record.id.clone();
+        let replica = self.replica.clone();
+        let ttl = self.config.lease_ttl;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if let Err(e) = store.renew_lease(&id, &replica, ttl).await {
+                    tracing::warn!(tx = %id, error = %e, "lease renewal failed");
+                    if matches!(e, StoreError::LeaseLost(_)) {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Feeds the stored transaction through the chain, body in chunks.
+    async fn deliver(&self, mut stack: BoxTxService, record: &TxRecord) -> AttemptResponses {
+        let mut first = TxUpdate::mail(mailbox(&record.tx.mail_from));
+        first.rcpt_to = record
+            .tx
+            .rcpt_to
+            .iter()
+            .map(|r| Recipient::new(mailbox(r)))
+            .collect();
+        let r = call(&mut stack, first).await;
+        let mut out = AttemptResponses {
+            mail: r.mail.as_ref().map(stored),
+            rcpt: r.rcpts.iter().map(|x| Some(stored(x))).collect(),
+            data: None,
+        };
+        let any_ok =
+            r.mail.as_ref().is_some_and(Response::is_ok) && r.rcpts.iter().any(Response::is_ok);
+        if !any_ok {
+            return out;
+        }
+        let mut offset = 0u64;
+        loop {
+            let chunk = match self
+                .store
+                .read_blob(&record.tx.body, offset, READ_CHUNK)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(tx = %record.id, error = %e, "reading the stored body failed");
+                    out.data = Some(stored(&Response::new(
+                        451,
+                        "4.3.0 reading the stored message failed",
+                    )));
+                    return out;
+                }
+            };
+            offset += chunk.len() as u64;
+            let last = chunk.len() < READ_CHUNK;
+            let r = call(&mut stack, TxUpdate::body(chunk, last)).await;
+            if let Some(d) = r.data {
+                out.data = Some(stored(&d));
+                return out;
+            }
+            if last {
+                out.data = Some(stored(&Response::new(
+                    451,
+                    "4.3.0 no final reply from the output chain",
+                )));
+                return out;
+            }
+        }
+    }
+
+    async fn bounce(
+        &self,
+        record: &TxRecord,
+        responses: &AttemptResponses,
+        notification: &crate::runtime::NotificationSpec,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let prefix = self
+            .store
+            .read_blob(&record.tx.body, 0, koukan_dsn::MAX_HEADER_BLOCK)
+            .await
+            .unwrap_or_default();
+        let headers = koukan_dsn::header_block(&prefix);
+        let failure = failure_reply(responses);
+        let mailer_daemon = notification
+            .mailer_daemon
+            .clone()
+            .unwrap_or_else(|| format!("MAILER-DAEMON@{}", self.config.hostname));
+        let recipients = record
+            .tx
+            .rcpt_to
+            .iter()
+            .map(|r| {
+                koukan_dsn::RecipientStatus::from_reply(
+                    r.address.clone(),
+                    koukan_dsn::Action::Failed,
+                    &failure,
+                    None,
+                    now,
+                )
+            })
+            .collect();
+        let Some(dsn) = koukan_dsn::build_dsn(&koukan_dsn::DsnInput {
+            reporting_mta: &self.config.hostname,
+            mailer_daemon: &mailer_daemon,
+            original_sender: &record.tx.mail_from.address,
+            arrival_date: record.created,
+            recipients,
+            original_headers: headers,
+            original_message_id: None,
+            now,
+        }) else {
+            return Ok(());
+        };
+        let blob = self.store.create_blob().await?;
+        self.store
+            .append_blob(&blob, 0, Bytes::from(dsn), true)
+            .await?;
+        let id = self
+            .store
+            .create_transaction(NewTransaction {
+                sender: record.tx.sender.clone(),
+                tag: record.tx.tag.clone(),
+                chain: notification.output_chain.clone(),
+                mail_from: StoredMailbox {
+                    address: String::new(),
+                    params: vec![],
+                },
+                rcpt_to: vec![StoredMailbox {
+                    address: record.tx.mail_from.address.clone(),
+                    params: vec![],
+                }],
+                session: StoredSession::default(),
+                body: blob,
+                retry: true,
+                notification: false,
+                lease: None,
+            })
+            .await?;
+        tracing::info!(tx = %record.id, bounce = %id, to = %record.tx.mail_from.address, "bounce queued");
+        self.handle.wake();
+        Ok(())
+    }
+}
+
+async fn call(stack: &mut BoxTxService, update: TxUpdate) -> UpdateResponse {
+    let Ok(svc) = stack.ready().await;
+    let Ok(r) = svc.call(update).await;
+    r
+}
+
+fn mailbox(m: &StoredMailbox) -> Mailbox {
+    let mut b = Mailbox::new(m.address.clone());
+    for p in &m.params {
+        b = b.with_param(&p.keyword, p.value.as_deref());
+    }
+    b
+}
+
+fn stored(r: &Response) -> StoredResponse {
+    StoredResponse {
+        code: r.code,
+        text: r.text.clone(),
+    }
+}
+
+fn context(record: &TxRecord) -> TxContext {
+    let s = &record.tx.session;
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    TxContext {
+        id: record.id.0.clone(),
+        session: Arc::new(SessionInfo {
+            listener: s.listener.clone(),
+            peer: s
+                .peer
+                .as_deref()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(unspecified),
+            local: unspecified,
+            ehlo_host: s.ehlo_host.clone(),
+            esmtp: true,
+            tls: None,
+            auth_user: s.auth_user.clone(),
+        }),
+        sender: record.tx.sender.clone(),
+        tag: record.tx.tag.clone(),
+        started: SystemTime::now(),
+    }
+}
+
+/// The reply that failed the attempt, as "code text".
+fn failure_reply(r: &AttemptResponses) -> String {
+    let first_bad = [r.mail.as_ref()]
+        .into_iter()
+        .chain(r.rcpt.iter().map(Option::as_ref))
+        .chain([r.data.as_ref()])
+        .flatten()
+        .find(|x| !(200..300).contains(&x.code));
+    match first_bad {
+        Some(x) => format!("{} {}", x.code, x.text),
+        None => "451 4.0.0 delivery failed".into(),
+    }
+}
+
+fn summary(r: &AttemptResponses) -> String {
+    let last = r
+        .data
+        .as_ref()
+        .or_else(|| r.rcpt.iter().flatten().find(|x| x.code >= 300))
+        .or(r.mail.as_ref());
+    last.map(|x| format!("{} {}", x.code, x.text.replace('\n', " / ")))
+        .unwrap_or_default()
+}
+
+/// Success, permanent failure, or the retry policy's verdict.
+pub fn decide(
+    record: &TxRecord,
+    r: &AttemptResponses,
+    policy: Option<&retry::RetryPolicy>,
+    now: SystemTime,
+) -> NextStep {
+    let is_perm = |x: &StoredResponse| (500..600).contains(&x.code);
+    let is_ok = |x: &StoredResponse| (200..300).contains(&x.code);
+    let final_ = |reason: &str| NextStep::Final {
+        reason: reason.into(),
+    };
+    match (&r.mail, r.rcpt.first().cloned().flatten(), &r.data) {
+        (Some(m), _, _) if is_perm(m) => return final_(REASON_MAIL_PERM),
+        (Some(m), _, _) if !is_ok(m) => {}
+        (_, Some(rc), _) if is_perm(&rc) => return final_(REASON_RCPT_PERM),
+        (_, Some(rc), _) if !is_ok(&rc) => {}
+        (_, _, Some(d)) if is_ok(d) => return final_(REASON_SUCCESS),
+        (_, _, Some(d)) if is_perm(d) => return final_(REASON_DATA_PERM),
+        _ => {}
+    }
+    match (policy, record.tx.retry) {
+        (Some(p), true) => {
+            p.after_temp_failure(record.attempt_count, record.created, now, rand::random())
+        }
+        _ => final_(REASON_TEMP_NO_RETRY),
+    }
+}

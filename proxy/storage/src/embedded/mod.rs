@@ -1,0 +1,353 @@
+//! Embedded store on one SQLite file.
+//!
+//! # Layout
+//!
+//! One database file (plus SQLite's `-wal` and `-shm` beside it) in WAL
+//! mode with `foreign_keys` on. Tables: `blobs` (one row per body: length,
+//! finalized, refcount), `blob_chunks` (the body's bytes, one row per append
+//! piece of at most 256 KiB, keyed by start offset), `transactions` (the
+//! envelope as JSON plus the columns the queue needs), `schema_version`
+//! (for migrations; a file from a newer build is refused). Times are stored
+//! as milliseconds since the UNIX epoch, so every time a record returns is
+//! truncated to the millisecond.
+//!
+//! # Threads
+//!
+//! No SQLite call runs on a tokio worker. Writes go to one dedicated writer
+//! thread (the `writer` module explains it) that batches whatever
+//! is queued into one transaction and one fsync: group commit. Reads run on
+//! a small pool of read connections in tokio's blocking threads; in WAL
+//! mode they see the last commit and never wait for the writer.
+//!
+//! # Durability
+//!
+//! * `create_transaction`, `finish_attempt`, the finalizing `append_blob`
+//!   (`last = true`), `claim_due`, `renew_lease` and `cancel` return `Ok`
+//!   only after their commit was fsynced (`synchronous = FULL`). The
+//!   finalizing append and `create_transaction` sync every earlier append
+//!   of the body with them (one log, one fsync covers all frames before).
+//! * `create_blob` and non-final `append_blob` commit without fsync: they
+//!   are visible to readers at once and survive a process crash, but a
+//!   power loss may drop them until the next durable commit. The contract
+//!   allows it: a body counts only once finalized and referenced.
+//! * `gc` commits without fsync: a power loss may undo its last steps,
+//!   which the next `gc` redoes (tx deletion and refcount are atomic).
+//! * Every write's effects commit atomically: a crash never leaves half an
+//!   operation (a claim without its attempt count, a refcount without its
+//!   transaction).
+//!
+//! Limits: durability is what fsync gives on this file system; a disk or
+//! controller that acknowledges a flush it did not do loses acknowledged
+//! writes, and a network file system may not honour SQLite's locks (keep
+//! the file local). A write whose caller stops waiting (its future
+//! dropped) still takes effect if it was queued. One machine only: this is
+//! the single-sidecar store; replicas that share work use Redis.
+//!
+//! # Errors
+//!
+//! SQLITE_FULL (disk full, or the `max_size_bytes` cap) is
+//! [`StoreError::Full`](crate::StoreError::Full); busy/locked, I/O errors,
+//! read-only or unopenable files are `Unavailable`; anything else
+//! (corruption, a bug) is `Internal`. Messages name the operation.
+
+mod convert;
+mod ops;
+mod readers;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use self::convert::{new_id, to_ms, ttl_ms, wall_ms};
+use self::ops::Next;
+use self::readers::Readers;
+use self::writer::Writer;
+use crate::{
+    AttemptOutcome, BlobId, BlobInfo, NewTransaction, NextStep, QueueCounts, ReplicaId, Store,
+    StoreError, StoreResult, TxId, TxRecord,
+};
+
+pub use self::ops::CANCELLED_REASON;
+
+/// Tuning of the embedded store. `Default` suits a sidecar.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Most write requests one commit carries.
+    pub max_batch: usize,
+    /// Write requests that may wait for the writer; beyond that, writers
+    /// wait to enqueue (backpressure instead of unbounded memory).
+    pub queue_capacity: usize,
+    /// Read connections (and blocking threads) reads may use at once.
+    pub readers: usize,
+    /// How long a statement waits for a lock another process holds.
+    pub busy_timeout: Duration,
+    /// Cap on the database size; writes beyond it fail with
+    /// `StoreError::Full` (SQLite's `max_page_count`). `None`: the disk is
+    /// the limit.
+    pub max_size_bytes: Option<u64>,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            max_batch: 256,
+            queue_capacity: 1024,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_size_bytes: None,
+        }
+    }
+}
+
+/// What the writer has done since the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmbeddedStats {
+    /// Transactions committed (one per batch).
+    pub commits: u64,
+    /// Of those, commits that were fsynced.
+    pub durable_commits: u64,
+    /// Write requests carried by those commits.
+    pub writes: u64,
+    /// The most write requests one commit carried.
+    pub largest_batch: u64,
+}
+
+/// The embedded [`Store`]: one SQLite file, one writer thread, a few
+/// readers. Dropping it stops the writer once its queue is empty.
+pub struct EmbeddedStore {
+    writer: Writer,
+    readers: Readers,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the database at `path` and migrates its
+    /// schema. Blocks briefly on file I/O: call it at start-up.
+    pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Self, StoreError> {
+        let conn = schema::open_writer(path, &opts)?;
+        let writer = Writer::start(conn, opts.queue_capacity, opts.max_batch)?;
+        Ok(EmbeddedStore {
+            writer,
+            readers: Readers::new(path.to_path_buf(), opts),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> EmbeddedStats {
+        let c = &self.writer.counters;
+        EmbeddedStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            durable_commits: c.durable_commits.load(Ordering::Relaxed),
+            writes: c.jobs.load(Ordering::Relaxed),
+            largest_batch: c.largest_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// GC deletes in steps of this many rows, so one `gc` call never holds the
+/// writer (and everyone's commits) for long.
+const GC_TX_STEP: i64 = 500;
+/// Blobs per GC step: fewer, since each may take hundreds of chunk rows.
+const GC_BLOB_STEP: i64 = 32;
+
+impl Store for EmbeddedStore {
+    fn create_blob(&self) -> BoxFuture<'_, StoreResult<BlobId>> {
+        Box::pin(async move {
+            let blob = BlobId(new_id());
+            let id = blob.clone();
+            self.writer
+                .run(false, move |conn| ops::create_blob(conn, &id, wall_ms()))
+                .await?;
+            Ok(blob)
+        })
+    }
+
+    fn append_blob<'a>(
+        &'a self,
+        blob: &'a BlobId,
+        offset: u64,
+        data: Bytes,
+        last: bool,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move {
+            let blob = blob.clone();
+            // The finalizing append is durable: after it, the body is
+            // complete and may be referenced.
+            self.writer
+                .run(last, move |conn| {
+                    ops::append_blob(conn, &blob, offset, &data, last, wall_ms())
+                })
+                .await
+        })
+    }
+
+    fn read_blob<'a>(
+        &'a self,
+        blob: &'a BlobId,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'a, StoreResult<Bytes>> {
+        Box::pin(async move {
+            let blob = blob.clone();
+            self.readers
+                .run(move |conn| ops::read_blob(conn, &blob, offset, max))
+                .await
+        })
+    }
+
+    fn blob_info<'a>(&'a self, blob: &'a BlobId) -> BoxFuture<'a, StoreResult<BlobInfo>> {
+        Box::pin(async move {
+            let blob = blob.clone();
+            self.readers
+                .run(move |conn| ops::blob_info(conn, &blob))
+                .await
+        })
+    }
+
+    fn create_transaction(&self, tx: NewTransaction) -> BoxFuture<'_, StoreResult<TxId>> {
+        Box::pin(async move {
+            let id = TxId(new_id());
+            // Serialized here, off the writer thread: the writer's time is
+            // everyone's commit latency.
+            let envelope = serde_json::to_string(&tx)
+                .map_err(|e| StoreError::Internal(format!("encode transaction: {e}")))?;
+            let lease = tx.lease.map(|(owner, ttl)| (owner, ttl_ms(ttl)));
+            let body = tx.body;
+            let tx_id = id.clone();
+            self.writer
+                .run(true, move |conn| {
+                    let lease = lease.as_ref().map(|(owner, ttl)| (owner, *ttl));
+                    ops::create_transaction(conn, &tx_id, &body, &envelope, lease, wall_ms())
+                })
+                .await?;
+            Ok(id)
+        })
+    }
+
+    fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {
+        Box::pin(async move {
+            let id = id.clone();
+            self.readers
+                .run(move |conn| ops::get_transaction(conn, &id))
+                .await
+        })
+    }
+
+    fn claim_due<'a>(
+        &'a self,
+        owner: &'a ReplicaId,
+        now: SystemTime,
+        ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<TxRecord>>> {
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let owner = owner.clone();
+            let (now, ttl) = (to_ms(now), ttl_ms(ttl));
+            // Atomic because the writer runs one job at a time: two claims
+            // in one batch run one after the other, the second seeing the
+            // first's leases.
+            self.writer
+                .run(true, move |conn| {
+                    ops::claim_due(conn, &owner, now, ttl, limit, wall_ms())
+                })
+                .await
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        id: &'a TxId,
+        owner: &'a ReplicaId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let (id, owner, ttl) = (id.clone(), owner.clone(), ttl_ms(ttl));
+            self.writer
+                .run(true, move |conn| {
+                    ops::renew_lease(conn, &id, &owner, ttl, wall_ms())
+                })
+                .await
+        })
+    }
+
+    fn finish_attempt<'a>(
+        &'a self,
+        id: &'a TxId,
+        owner: &'a ReplicaId,
+        outcome: AttemptOutcome,
+    ) -> BoxFuture<'a, StoreResult<TxRecord>> {
+        Box::pin(async move {
+            let responses = serde_json::to_string(&outcome.responses)
+                .map_err(|e| StoreError::Internal(format!("encode responses: {e}")))?;
+            let next = match outcome.next {
+                NextStep::RetryAt(at) => Next::RetryAt(to_ms(at)),
+                NextStep::Final { reason } => Next::Final(reason),
+            };
+            let (id, owner) = (id.clone(), owner.clone());
+            self.writer
+                .run(true, move |conn| {
+                    ops::finish_attempt(conn, &id, &owner, &responses, &next, wall_ms())
+                })
+                .await
+        })
+    }
+
+    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let id = id.clone();
+            self.writer
+                .run(true, move |conn| ops::cancel(conn, &id, wall_ms()))
+                .await
+        })
+    }
+
+    fn gc(&self, older_than: SystemTime) -> BoxFuture<'_, StoreResult<usize>> {
+        Box::pin(async move {
+            let cutoff = to_ms(older_than);
+            let mut deleted = 0;
+            // Transactions first: they release the bodies the blob pass
+            // then finds unreferenced.
+            loop {
+                let n = self
+                    .writer
+                    .run(false, move |conn| {
+                        ops::gc_transactions(conn, cutoff, GC_TX_STEP)
+                    })
+                    .await?;
+                deleted += n;
+                if (n as i64) < GC_TX_STEP {
+                    break;
+                }
+            }
+            loop {
+                let n = self
+                    .writer
+                    .run(false, move |conn| ops::gc_blobs(conn, cutoff, GC_BLOB_STEP))
+                    .await?;
+                if (n as i64) < GC_BLOB_STEP {
+                    break;
+                }
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, StoreResult<QueueCounts>> {
+        Box::pin(async move {
+            let now = wall_ms();
+            self.readers.run(move |conn| ops::counts(conn, now)).await
+        })
+    }
+}

@@ -1,0 +1,601 @@
+//! The SQL of each store operation, as plain functions on a connection.
+//! Write functions run on the writer thread inside its batch transaction
+//! (a savepoint of it); read functions run on a pooled reader.
+
+use bytes::{Bytes, BytesMut};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::convert::{expiry, from_ms, sql_error, to_i64, to_u64};
+use super::schema::{CHUNK_MAX, CLAIMABLE_AT};
+use crate::{
+    AttemptResponses, BlobId, BlobInfo, NewTransaction, QueueCounts, ReplicaId, StoreError,
+    StoreResult, TxId, TxRecord,
+};
+
+/// Final reason recorded when a cancellation finalizes a transaction.
+pub const CANCELLED_REASON: &str = "cancelled";
+
+const TX_COLUMNS: &str = "id, envelope, created_ms, last_update_ms, version, attempt_count, \
+     next_attempt_ms, final_reason, lease_owner, lease_expires_ms, cancelled, last_responses";
+
+/// An attempt's end as stored: `RetryAt` already in milliseconds.
+pub(super) enum Next {
+    RetryAt(i64),
+    Final(String),
+}
+
+fn blob_not_found(blob: &BlobId) -> StoreError {
+    StoreError::NotFound(format!("blob {blob}"))
+}
+
+fn tx_not_found(id: &TxId) -> StoreError {
+    StoreError::NotFound(format!("transaction {id}"))
+}
+
+/// (length, finalized, refcount) of a blob.
+fn blob_row(conn: &Connection, blob: &BlobId) -> StoreResult<(u64, bool, u64)> {
+    let row = conn
+        .prepare_cached("SELECT length, finalized, refcount FROM blobs WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([&blob.0], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(|e| sql_error("read blob", e))?
+        .ok_or_else(|| blob_not_found(blob))?;
+    Ok((
+        to_u64("blob length", row.0)?,
+        row.1,
+        to_u64("blob refcount", row.2)?,
+    ))
+}
+
+pub(super) fn create_blob(conn: &Connection, blob: &BlobId, now: i64) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO blobs (id, length, finalized, refcount, created_ms, last_update_ms)
+         VALUES (?1, 0, 0, 0, ?2, ?2)",
+    )
+    .and_then(|mut s| s.execute(params![blob.0, now]))
+    .map_err(|e| sql_error("create blob", e))?;
+    Ok(())
+}
+
+pub(super) fn append_blob(
+    conn: &Connection,
+    blob: &BlobId,
+    offset: u64,
+    data: &[u8],
+    last: bool,
+    now: i64,
+) -> StoreResult<u64> {
+    let (length, finalized, _) = blob_row(conn, blob)?;
+    if finalized {
+        return Err(StoreError::BlobConflict {
+            blob: blob.clone(),
+            reason: format!("finalized at {length} bytes; no more appends"),
+        });
+    }
+    if offset != length {
+        return Err(StoreError::BlobConflict {
+            blob: blob.clone(),
+            reason: format!("append at offset {offset}, but the blob has {length} bytes"),
+        });
+    }
+    let new_length = length
+        .checked_add(data.len() as u64)
+        .ok_or_else(|| StoreError::Internal(format!("blob {blob}: length overflow")))?;
+    let new_length_i = to_i64("blob length", new_length)?;
+    let mut insert = conn
+        .prepare_cached("INSERT INTO blob_chunks (blob_id, start, data) VALUES (?1, ?2, ?3)")
+        .map_err(|e| sql_error("append blob", e))?;
+    let mut start = length;
+    for piece in data.chunks(CHUNK_MAX) {
+        insert
+            .execute(params![blob.0, to_i64("blob offset", start)?, piece])
+            .map_err(|e| sql_error("append blob", e))?;
+        start += piece.len() as u64;
+    }
+    conn.prepare_cached(
+        "UPDATE blobs SET length = ?2, finalized = ?3, last_update_ms = ?4 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![blob.0, new_length_i, last, now]))
+    .map_err(|e| sql_error("append blob", e))?;
+    Ok(new_length)
+}
+
+pub(super) fn blob_info(conn: &Connection, blob: &BlobId) -> StoreResult<BlobInfo> {
+    let (length, finalized, refcount) = blob_row(conn, blob)?;
+    Ok(BlobInfo {
+        length,
+        finalized,
+        refcount,
+    })
+}
+
+/// Reads `[offset, min(offset + max, length))`, touching only the chunks
+/// that range covers.
+pub(super) fn read_blob(
+    conn: &Connection,
+    blob: &BlobId,
+    offset: u64,
+    max: usize,
+) -> StoreResult<Bytes> {
+    // One read transaction: the length and the chunks come from the same
+    // snapshot even if gc or an append commits in between.
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(|e| sql_error("begin read", e))?;
+    let (length, _, _) = blob_row(&tx, blob)?;
+    if offset > length {
+        return Err(StoreError::BlobConflict {
+            blob: blob.clone(),
+            reason: format!("read at offset {offset}, but the blob has {length} bytes"),
+        });
+    }
+    let end = length.min(offset.saturating_add(max as u64));
+    if end == offset {
+        return Ok(Bytes::new());
+    }
+    let (start_i, end_i) = (to_i64("offset", offset)?, to_i64("offset", end)?);
+    // The chunk holding `offset`: the last one starting at or before it.
+    let first: Option<i64> = tx
+        .prepare_cached("SELECT max(start) FROM blob_chunks WHERE blob_id = ?1 AND start <= ?2")
+        .and_then(|mut s| s.query_row(params![blob.0, start_i], |r| r.get(0)))
+        .map_err(|e| sql_error("read blob", e))?;
+    let first = first.ok_or_else(|| {
+        StoreError::Internal(format!("blob {blob}: no chunk holds offset {offset}"))
+    })?;
+    let mut out = BytesMut::with_capacity((end - offset) as usize);
+    {
+        // substr() cuts each chunk to the requested range in SQLite, so
+        // only the bytes asked for are copied out.
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT substr(data, max(?2 - start, 0) + 1,
+                               min(?3 - start, length(data)) - max(?2 - start, 0))
+                 FROM blob_chunks
+                 WHERE blob_id = ?1 AND start >= ?4 AND start < ?3
+                 ORDER BY start",
+            )
+            .map_err(|e| sql_error("read blob", e))?;
+        let mut rows = stmt
+            .query(params![blob.0, start_i, end_i, first])
+            .map_err(|e| sql_error("read blob", e))?;
+        while let Some(row) = rows.next().map_err(|e| sql_error("read blob", e))? {
+            let piece = row
+                .get_ref(0)
+                .and_then(|v| v.as_blob().map_err(Into::into))
+                .map_err(|e| sql_error("read blob", e))?;
+            out.extend_from_slice(piece);
+        }
+    }
+    if out.len() as u64 != end - offset {
+        return Err(StoreError::Internal(format!(
+            "blob {blob}: chunks hold {} of the {} bytes at offset {offset}",
+            out.len(),
+            end - offset
+        )));
+    }
+    Ok(out.freeze())
+}
+
+pub(super) fn create_transaction(
+    conn: &Connection,
+    id: &TxId,
+    body: &BlobId,
+    envelope: &str,
+    lease: Option<(&ReplicaId, i64)>,
+    now: i64,
+) -> StoreResult<()> {
+    let (_, finalized, _) = blob_row(conn, body)?;
+    if !finalized {
+        return Err(StoreError::BlobConflict {
+            blob: body.clone(),
+            reason: "not finalized: a transaction needs a complete body".into(),
+        });
+    }
+    let (owner, expires, attempts) = match lease {
+        // Leased at creation: its first attempt starts now.
+        Some((owner, ttl)) => (Some(owner.0.as_str()), Some(expiry(now, ttl)), 1),
+        None => (None, None, 0),
+    };
+    conn.prepare_cached(
+        "INSERT INTO transactions (id, body, envelope, created_ms, last_update_ms, version,
+             attempt_count, next_attempt_ms, final_reason, lease_owner, lease_expires_ms,
+             cancelled, last_responses)
+         VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5, ?4, NULL, ?6, ?7, 0, NULL)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id.0, body.0, envelope, now, attempts, owner, expires
+        ])
+    })
+    .map_err(|e| sql_error("create transaction", e))?;
+    conn.prepare_cached("UPDATE blobs SET refcount = refcount + 1 WHERE id = ?1")
+        .and_then(|mut s| s.execute([&body.0]))
+        .map_err(|e| sql_error("create transaction", e))?;
+    Ok(())
+}
+
+/// A transaction row as stored, decoded into a record afterwards (JSON
+/// errors are not rusqlite errors).
+struct TxRow {
+    id: String,
+    envelope: String,
+    created_ms: i64,
+    last_update_ms: i64,
+    version: i64,
+    attempt_count: i64,
+    next_attempt_ms: Option<i64>,
+    final_reason: Option<String>,
+    lease_owner: Option<String>,
+    lease_expires_ms: Option<i64>,
+    cancelled: bool,
+    last_responses: Option<String>,
+}
+
+fn tx_row(r: &Row<'_>) -> rusqlite::Result<TxRow> {
+    Ok(TxRow {
+        id: r.get(0)?,
+        envelope: r.get(1)?,
+        created_ms: r.get(2)?,
+        last_update_ms: r.get(3)?,
+        version: r.get(4)?,
+        attempt_count: r.get(5)?,
+        next_attempt_ms: r.get(6)?,
+        final_reason: r.get(7)?,
+        lease_owner: r.get(8)?,
+        lease_expires_ms: r.get(9)?,
+        cancelled: r.get(10)?,
+        last_responses: r.get(11)?,
+    })
+}
+
+impl TxRow {
+    fn into_record(self) -> StoreResult<TxRecord> {
+        let corrupt = |what: &str, e: serde_json::Error| {
+            StoreError::Internal(format!(
+                "transaction {}: stored {what} unreadable: {e}",
+                self.id
+            ))
+        };
+        let tx: NewTransaction =
+            serde_json::from_str(&self.envelope).map_err(|e| corrupt("envelope", e))?;
+        let last_responses: Option<AttemptResponses> = self
+            .last_responses
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("responses", e))?;
+        Ok(TxRecord {
+            tx,
+            created: from_ms(self.created_ms),
+            last_update: from_ms(self.last_update_ms),
+            version: to_u64("version", self.version)?,
+            attempt_count: u32::try_from(self.attempt_count).map_err(|_| {
+                StoreError::Internal(format!("attempt count {} out of range", self.attempt_count))
+            })?,
+            next_attempt: self.next_attempt_ms.map(from_ms),
+            final_attempt_reason: self.final_reason,
+            lease_owner: self.lease_owner.map(ReplicaId),
+            lease_expires: self.lease_expires_ms.map(from_ms),
+            cancelled: self.cancelled,
+            last_responses,
+            id: TxId(self.id),
+        })
+    }
+}
+
+pub(super) fn get_transaction(conn: &Connection, id: &TxId) -> StoreResult<TxRecord> {
+    conn.prepare_cached(&format!(
+        "SELECT {TX_COLUMNS} FROM transactions WHERE id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([&id.0], tx_row).optional())
+    .map_err(|e| sql_error("read transaction", e))?
+    .ok_or_else(|| tx_not_found(id))?
+    .into_record()
+}
+
+/// The lease-relevant columns: (lease_owner, final_reason, cancelled,
+/// lease_expires_ms).
+type LeaseState = (Option<String>, Option<String>, bool, Option<i64>);
+
+fn lease_state(conn: &Connection, id: &TxId) -> StoreResult<LeaseState> {
+    conn.prepare_cached(
+        "SELECT lease_owner, final_reason, cancelled, lease_expires_ms
+         FROM transactions WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([&id.0], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+    })
+    .map_err(|e| sql_error("read transaction", e))?
+    .ok_or_else(|| tx_not_found(id))
+}
+
+/// Claimable transactions, oldest first: `?1` is now, `?2` the limit.
+fn claimable_sql() -> String {
+    format!(
+        "SELECT id, cancelled FROM transactions
+         WHERE final_reason IS NULL AND {CLAIMABLE_AT} <= ?1
+         ORDER BY {CLAIMABLE_AT}
+         LIMIT ?2"
+    )
+}
+
+pub(super) fn claim_due(
+    conn: &Connection,
+    owner: &ReplicaId,
+    now: i64,
+    ttl: i64,
+    limit: usize,
+    wall: i64,
+) -> StoreResult<Vec<TxRecord>> {
+    let mut claimed = Vec::new();
+    let mut select = conn
+        .prepare_cached(&claimable_sql())
+        .map_err(|e| sql_error("claim", e))?;
+    let mut lease = conn
+        .prepare_cached(&format!(
+            "UPDATE transactions
+             SET lease_owner = ?2, lease_expires_ms = ?3, attempt_count = attempt_count + 1,
+                 version = version + 1, last_update_ms = ?4
+             WHERE id = ?1
+             RETURNING {TX_COLUMNS}"
+        ))
+        .map_err(|e| sql_error("claim", e))?;
+    // Each round leases or finalizes every candidate it saw, so none comes
+    // back in the next round (the lease ends after `now`, since ttl >= 1).
+    while claimed.len() < limit {
+        let want = i64::try_from(limit - claimed.len()).unwrap_or(i64::MAX);
+        let candidates: Vec<(String, bool)> = select
+            .query_map(params![now, want], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| sql_error("claim", e))?;
+        if candidates.is_empty() {
+            break;
+        }
+        for (id, cancelled) in candidates {
+            let id = TxId(id);
+            if cancelled {
+                // Cancelled while leased, and the lease ran out without a
+                // finish: nobody will run it again, so it ends here.
+                finalize_cancelled(conn, &id, wall)?;
+                continue;
+            }
+            let row = lease
+                .query_row(params![id.0, owner.0, expiry(now, ttl), wall], tx_row)
+                .map_err(|e| sql_error("claim", e))?;
+            claimed.push(row.into_record()?);
+        }
+    }
+    Ok(claimed)
+}
+
+fn finalize_cancelled(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE transactions
+         SET cancelled = 1, final_reason = ?2, next_attempt_ms = NULL, lease_owner = NULL,
+             lease_expires_ms = NULL, version = version + 1, last_update_ms = ?3
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id.0, CANCELLED_REASON, wall]))
+    .map_err(|e| sql_error("cancel", e))?;
+    Ok(())
+}
+
+/// Whether `owner` may still act on the transaction. An expired lease that
+/// nobody took over still counts as held: the holder's late renew or
+/// finish is accepted, which avoids a needless second delivery.
+fn holds(state: &LeaseState, owner: &ReplicaId) -> bool {
+    state.1.is_none() && state.0.as_deref() == Some(owner.0.as_str())
+}
+
+pub(super) fn renew_lease(
+    conn: &Connection,
+    id: &TxId,
+    owner: &ReplicaId,
+    ttl: i64,
+    wall: i64,
+) -> StoreResult<()> {
+    let state = lease_state(conn, id)?;
+    // A cancelled transaction's holder must stop: renewing tells it so.
+    if !holds(&state, owner) || state.2 {
+        return Err(StoreError::LeaseLost(id.clone()));
+    }
+    conn.prepare_cached(
+        "UPDATE transactions
+         SET lease_expires_ms = ?2, version = version + 1, last_update_ms = ?3
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id.0, expiry(wall, ttl), wall]))
+    .map_err(|e| sql_error("renew lease", e))?;
+    Ok(())
+}
+
+pub(super) fn finish_attempt(
+    conn: &Connection,
+    id: &TxId,
+    owner: &ReplicaId,
+    responses: &str,
+    next: &Next,
+    wall: i64,
+) -> StoreResult<TxRecord> {
+    let state = lease_state(conn, id)?;
+    if !holds(&state, owner) {
+        return Err(StoreError::LeaseLost(id.clone()));
+    }
+    let cancelled = state.2;
+    let (final_reason, next_attempt) = match next {
+        Next::Final(reason) => (Some(reason.as_str()), None),
+        // Cancelled during the attempt: there is no next one.
+        Next::RetryAt(_) if cancelled => (Some(CANCELLED_REASON), None),
+        Next::RetryAt(at) => (None, Some(*at)),
+    };
+    conn.prepare_cached(&format!(
+        "UPDATE transactions
+         SET last_responses = ?2, final_reason = ?3, next_attempt_ms = ?4, lease_owner = NULL,
+             lease_expires_ms = NULL, version = version + 1, last_update_ms = ?5
+         WHERE id = ?1
+         RETURNING {TX_COLUMNS}"
+    ))
+    .and_then(|mut s| {
+        s.query_row(
+            params![id.0, responses, final_reason, next_attempt, wall],
+            tx_row,
+        )
+    })
+    .map_err(|e| sql_error("finish attempt", e))?
+    .into_record()
+}
+
+pub(super) fn cancel(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()> {
+    let (_, final_reason, cancelled, lease_expires) = lease_state(conn, id)?;
+    if final_reason.is_some() {
+        // Already over: only the flag is recorded (as the original does).
+        if !cancelled {
+            conn.prepare_cached(
+                "UPDATE transactions
+                 SET cancelled = 1, version = version + 1, last_update_ms = ?2
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id.0, wall]))
+            .map_err(|e| sql_error("cancel", e))?;
+        }
+        return Ok(());
+    }
+    if lease_expires.is_some_and(|e| e > wall) {
+        // Running: the holder sees the flag at its next renew or finish.
+        conn.prepare_cached(
+            "UPDATE transactions
+             SET cancelled = 1, version = version + 1, last_update_ms = ?2
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id.0, wall]))
+        .map_err(|e| sql_error("cancel", e))?;
+        return Ok(());
+    }
+    finalize_cancelled(conn, id, wall)
+}
+
+/// Deletes up to `limit` final transactions last updated before `cutoff`
+/// and releases their bodies. Returns how many it deleted.
+pub(super) fn gc_transactions(conn: &Connection, cutoff: i64, limit: i64) -> StoreResult<usize> {
+    let bodies: Vec<String> = conn
+        .prepare_cached(
+            "DELETE FROM transactions WHERE id IN (
+                 SELECT id FROM transactions
+                 WHERE final_reason IS NOT NULL AND last_update_ms < ?1
+                 LIMIT ?2)
+             RETURNING body",
+        )
+        .and_then(|mut s| s.query_map(params![cutoff, limit], |r| r.get(0))?.collect())
+        .map_err(|e| sql_error("gc transactions", e))?;
+    let mut release = conn
+        .prepare_cached("UPDATE blobs SET refcount = refcount - 1 WHERE id = ?1")
+        .map_err(|e| sql_error("gc transactions", e))?;
+    for body in &bodies {
+        release
+            .execute([body])
+            .map_err(|e| sql_error("gc transactions", e))?;
+    }
+    Ok(bodies.len())
+}
+
+/// Deletes up to `limit` unreferenced blobs last written before `cutoff`
+/// (their chunks go by cascade). The cutoff spares a body still being
+/// uploaded, whose refcount is zero until its transaction exists.
+pub(super) fn gc_blobs(conn: &Connection, cutoff: i64, limit: i64) -> StoreResult<usize> {
+    conn.prepare_cached(
+        "DELETE FROM blobs WHERE id IN (
+             SELECT id FROM blobs WHERE refcount = 0 AND last_update_ms < ?1 LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![cutoff, limit]))
+    .map_err(|e| sql_error("gc blobs", e))
+}
+
+pub(super) fn counts(conn: &Connection, now: i64) -> StoreResult<QueueCounts> {
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(|e| sql_error("begin read", e))?;
+    let (final_, inflight, waiting, due): (i64, i64, i64, i64) = tx
+        .prepare_cached(
+            "SELECT
+                 coalesce(sum(final_reason IS NOT NULL), 0),
+                 coalesce(sum(final_reason IS NULL AND lease_expires_ms > ?1), 0),
+                 coalesce(sum(final_reason IS NULL
+                              AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?1)), 0),
+                 coalesce(sum(final_reason IS NULL
+                              AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?1)
+                              AND next_attempt_ms <= ?1), 0)
+             FROM transactions",
+        )
+        .and_then(|mut s| s.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
+        .map_err(|e| sql_error("count transactions", e))?;
+    let blobs: i64 = tx
+        .prepare_cached("SELECT count(*) FROM blobs")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(|e| sql_error("count blobs", e))?;
+    Ok(QueueCounts {
+        waiting: to_u64("count", waiting)?,
+        due: to_u64("count", due)?,
+        inflight: to_u64("count", inflight)?,
+        final_: to_u64("count", final_)?,
+        blobs: to_u64("count", blobs)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::{EmbeddedOptions, schema};
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.join("; ")
+    }
+
+    /// The queue's hot queries must be index searches: a table scan would
+    /// make every claim cost as much as the whole queue.
+    #[test]
+    fn hot_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            schema::open_writer(&dir.path().join("p.db"), &EmbeddedOptions::default()).unwrap();
+        let claim = plan(
+            &conn,
+            &claimable_sql().replace("?1", "0").replace("?2", "10"),
+        );
+        assert!(
+            claim.contains("USING INDEX transactions_claimable") && !claim.contains("TEMP B-TREE"),
+            "{claim}"
+        );
+        let gc = plan(
+            &conn,
+            "SELECT id FROM transactions WHERE final_reason IS NOT NULL AND last_update_ms < 5",
+        );
+        assert!(gc.contains("USING INDEX transactions_final"), "{gc}");
+        let blobs = plan(
+            &conn,
+            "SELECT id FROM blobs WHERE refcount = 0 AND last_update_ms < 5",
+        );
+        assert!(blobs.contains("USING INDEX blobs_unreferenced"), "{blobs}");
+        let first = plan(
+            &conn,
+            "SELECT max(start) FROM blob_chunks WHERE blob_id = 'x' AND start <= 5",
+        );
+        assert!(first.contains("SEARCH blob_chunks USING"), "{first}");
+    }
+}

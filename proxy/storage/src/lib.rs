@@ -1,0 +1,126 @@
+//! Durable transaction storage: one trait, two implementations (embedded
+//! SQLite for a single sidecar, Redis for replicas that share work), one
+//! test suite both must pass ([`suite`]).
+//!
+//! What the store guarantees: when a write method returns `Ok`, the write
+//! is durable to the degree the backend promises (embedded: fsynced; Redis:
+//! whatever its `appendfsync` gives, checked at start-up). A transaction is
+//! delivered by at most one replica at a time: the one holding its lease.
+#![forbid(unsafe_code)]
+
+pub mod embedded;
+pub mod model;
+pub mod redis_store;
+pub mod suite;
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+pub use model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The caller's lease was lost (expired and taken over): it must stop
+    /// working on the transaction.
+    #[error("lease lost on transaction {0}")]
+    LeaseLost(TxId),
+    /// An append at an offset other than the blob's current length, or to
+    /// a finalized blob.
+    #[error("blob {blob}: {reason}")]
+    BlobConflict { blob: BlobId, reason: String },
+    /// The backend cannot take writes now (unreachable, read-only, not
+    /// durable). Maps to a 4xx for the client.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The disk (or Redis maxmemory) is full. Maps to 452 4.3.1.
+    #[error("storage full: {0}")]
+    Full(String),
+    #[error("storage internal error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage backend. Object-safe so the proxy holds `Arc<dyn Store>`.
+pub trait Store: Send + Sync + 'static {
+    /// A new, empty, unfinalized blob with a refcount of zero; it is
+    /// garbage-collected unless a transaction references it.
+    fn create_blob(&self) -> BoxFuture<'_, StoreResult<BlobId>>;
+
+    /// Appends `data` at `offset` (must equal the current length); with
+    /// `last` the blob becomes final and immutable. Returns the new length.
+    /// Not durable by itself: durability comes with the `create_transaction`
+    /// (or `finalize`) that follows, which must sync every prior append.
+    fn append_blob<'a>(
+        &'a self,
+        blob: &'a BlobId,
+        offset: u64,
+        data: Bytes,
+        last: bool,
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+
+    /// Reads up to `max` bytes at `offset` (empty at the end). Bodies are
+    /// read in chunks; a whole message is never loaded at once.
+    fn read_blob<'a>(
+        &'a self,
+        blob: &'a BlobId,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'a, StoreResult<Bytes>>;
+
+    fn blob_info<'a>(&'a self, blob: &'a BlobId) -> BoxFuture<'a, StoreResult<BlobInfo>>;
+
+    /// Creates a transaction referencing finalized `body` (refcount + 1).
+    /// Durable when it returns: this is what lets the listener say 250.
+    /// With `lease`, the new transaction is leased to that replica (it runs
+    /// it at once); otherwise it is due immediately for any replica.
+    fn create_transaction(&self, tx: NewTransaction) -> BoxFuture<'_, StoreResult<TxId>>;
+
+    fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>>;
+
+    /// Atomically leases up to `limit` transactions that are due
+    /// (`next_attempt <= now`, not final, not leased or lease expired) to
+    /// `owner` for `ttl`, and returns them. Two concurrent claims never
+    /// return the same transaction.
+    fn claim_due<'a>(
+        &'a self,
+        owner: &'a ReplicaId,
+        now: SystemTime,
+        ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<TxRecord>>>;
+
+    /// Extends `owner`'s lease; `LeaseLost` if another replica holds it.
+    fn renew_lease<'a>(
+        &'a self,
+        id: &'a TxId,
+        owner: &'a ReplicaId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Records an attempt's outcome and releases the lease: either final
+    /// (with a reason) or scheduled for `next_attempt`. `LeaseLost` if the
+    /// caller no longer holds the lease (its outcome is not recorded).
+    fn finish_attempt<'a>(
+        &'a self,
+        id: &'a TxId,
+        owner: &'a ReplicaId,
+        outcome: AttemptOutcome,
+    ) -> BoxFuture<'a, StoreResult<TxRecord>>;
+
+    /// Marks a transaction cancelled; the holder of its lease sees it at
+    /// its next renew/finish and a non-leased one is finalized.
+    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Deletes final transactions whose last update is older than
+    /// `older_than`, and blobs no transaction references. Returns the
+    /// number of transactions deleted.
+    fn gc(&self, older_than: SystemTime) -> BoxFuture<'_, StoreResult<usize>>;
+
+    /// Queue counts by state, for the admin endpoint.
+    fn counts(&self) -> BoxFuture<'_, StoreResult<QueueCounts>>;
+}

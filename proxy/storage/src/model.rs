@@ -1,0 +1,161 @@
+//! What the store keeps. Plain data with serde, independent of the
+//! in-memory transaction model of the filter chain.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Opaque transaction id (URL-safe, unique across replicas).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TxId(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobId(pub String);
+
+/// A proxy process, as lease holder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplicaId(pub String);
+
+impl std::fmt::Display for TxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for BlobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    pub length: u64,
+    pub finalized: bool,
+    pub refcount: u64,
+}
+
+/// An ESMTP parameter as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredParam {
+    pub keyword: String,
+    pub value: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMailbox {
+    /// Empty for the null reverse-path.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<StoredParam>,
+}
+
+/// An SMTP reply as stored (verbatim text).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub code: u16,
+    pub text: String,
+}
+
+/// Session facts kept for trace headers and DSNs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSession {
+    pub listener: String,
+    pub peer: Option<String>,
+    pub ehlo_host: Option<String>,
+    pub tls: Option<String>,
+    pub auth_user: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTransaction {
+    pub sender: String,
+    pub tag: String,
+    /// The output chain that delivers it.
+    pub chain: String,
+    pub mail_from: StoredMailbox,
+    pub rcpt_to: Vec<StoredMailbox>,
+    pub session: StoredSession,
+    pub body: BlobId,
+    /// Retries enabled (otherwise one attempt).
+    pub retry: bool,
+    /// A DSN goes back on final failure.
+    pub notification: bool,
+    /// Leased at creation to this replica, which runs it at once.
+    pub lease: Option<(ReplicaId, std::time::Duration)>,
+}
+
+/// Where a transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxState {
+    /// Waiting for its next attempt (or its first).
+    Waiting,
+    /// Leased: an attempt is running.
+    Inflight,
+    /// Done: `final_attempt_reason` says why.
+    Final,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    pub id: TxId,
+    pub tx: NewTransaction,
+    pub created: SystemTime,
+    pub last_update: SystemTime,
+    /// Bumped on every write; watchers wait for a higher one.
+    pub version: u64,
+    /// Attempts started so far (the current one included).
+    pub attempt_count: u32,
+    pub next_attempt: Option<SystemTime>,
+    pub final_attempt_reason: Option<String>,
+    pub lease_owner: Option<ReplicaId>,
+    pub lease_expires: Option<SystemTime>,
+    pub cancelled: bool,
+    /// Responses of the latest finished attempt, one per rcpt for `rcpt`.
+    pub last_responses: Option<AttemptResponses>,
+}
+
+impl TxRecord {
+    pub fn state(&self, now: SystemTime) -> TxState {
+        if self.final_attempt_reason.is_some() {
+            TxState::Final
+        } else if self.lease_expires.is_some_and(|e| e > now) {
+            TxState::Inflight
+        } else {
+            TxState::Waiting
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptResponses {
+    pub mail: Option<StoredResponse>,
+    pub rcpt: Vec<Option<StoredResponse>>,
+    pub data: Option<StoredResponse>,
+}
+
+/// The end of one attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptOutcome {
+    pub responses: AttemptResponses,
+    pub next: NextStep,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NextStep {
+    /// Try again at this time.
+    RetryAt(SystemTime),
+    /// Done for good.
+    Final { reason: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub waiting: u64,
+    /// Of the waiting: due now.
+    pub due: u64,
+    pub inflight: u64,
+    pub final_: u64,
+    pub blobs: u64,
+}

@@ -1,0 +1,794 @@
+//! Redis store, shared by replicas.
+//!
+//! Every replica connects to the same Redis; claims, lease renewals and
+//! all other multi-key changes are Lua scripts (`scripts.rs`), so they are
+//! atomic and two replicas never hold the same transaction.
+//!
+//! # Data layout
+//!
+//! All keys start with [`RedisOptions::key_prefix`] (`P` below).
+//!
+//! | key | type | contents |
+//! |---|---|---|
+//! | `P tx:{id}` | hash | one transaction (fields below) |
+//! | `P blob:{id}` | hash | `len`, `final` (0/1), `refs`, `cs` (chunk size), `created_ms`, `upd_ms` (last write) |
+//! | `P blob:{id}:{n}` | string | bytes `[n*cs, (n+1)*cs)` of the blob |
+//! | `P blobs` | set | every blob id (for counts) |
+//! | `P orphans` | zset | blobs with `refs` 0, by last write (ms), for gc |
+//! | `P schedule` | zset | waiting transactions, by next attempt (ms) |
+//! | `P leases` | zset | leased transactions, by lease expiry (ms) |
+//! | `P final` | zset | final transactions, by last update (ms), for gc |
+//! | `P tx-version` | pub/sub channel | `"{id} {version}"` after every transaction write |
+//!
+//! Transaction hash fields: `id`; `tx` (the [`NewTransaction`] as JSON,
+//! as given, `lease` included); `body` (its blob id, for refcounting);
+//! `created`, `updated`; `version`; `attempts`; `next` (absent once
+//! final); `final` (the final reason, absent until final); `owner`,
+//! `expires` (absent when not leased); `cancelled` (present when
+//! cancelled); `responses` (JSON of the latest [`AttemptResponses`]).
+//! Times are milliseconds since the epoch, truncated, as in the embedded
+//! store; a lease lasts at least 1 ms.
+//!
+//! A transaction is in exactly one of `schedule`, `leases`, `final`:
+//! - create: `schedule` at its creation time, or `leases` when created
+//!   leased;
+//! - claim: due `schedule` entries and expired `leases` entries (oldest
+//!   first) move to `leases` under the new owner;
+//! - finish: to `schedule` at the retry time, or to `final`;
+//! - cancel: a transaction not under an unexpired lease goes to `final`
+//!   at once; a leased one is only flagged. Its holder's renewals then fail
+//!   with `LeaseLost` (changing nothing) and its finish makes it final
+//!   whatever the outcome; if the holder vanishes, the first claim after
+//!   the lease expires makes it final instead of handing it out.
+//!
+//! Bodies are split into chunk keys of at most [`MAX_CHUNK_SIZE`] so that
+//! no single Redis value is huge and reads by offset touch only the
+//! chunks they need; a read returns at most the `max` bytes asked for.
+//!
+//! # Durability
+//!
+//! A write is acknowledged once Redis has executed it; how durable it
+//! then is depends on the server's persistence settings, which
+//! [`RedisStore::connect`] reads (`CONFIG GET appendonly`,
+//! `appendfsync`, `save`) and reports as a [`Durability`]:
+//! - `appendfsync always`: fsynced before the reply, as durable as the
+//!   embedded store.
+//! - `everysec`: survives a Redis crash; an OS crash or power loss can
+//!   lose up to about two seconds of acknowledged mail.
+//! - `appendfsync no`: the OS decides when to flush (about 30 s on Linux).
+//! - `appendonly no` (volatile): only RDB snapshots, if any; a restart
+//!   loses everything since the last one. Refused unless
+//!   [`RedisOptions::allow_volatile`].
+//! - unknown: managed services often disable `CONFIG`; then the store
+//!   cannot check and accepts the server with a warning. The operator is
+//!   responsible for configuring AOF there.
+//!
+//! The check runs once at start-up; a later `CONFIG SET appendonly no`
+//! goes unnoticed. Scripts reach Redis's AOF as one MULTI/EXEC each, so
+//! a crash never leaves half a script applied.
+//!
+//! Only a standalone Redis is supported (a failover must keep its
+//! address): scripts derive key names from ids, which Redis Cluster only
+//! allows when every key hashes to one slot (a prefix with a hash tag,
+//! such as `{koukan}:`, does that, at the price of one shard). Tested
+//! with Redis 7.0.
+//!
+//! # Failures
+//!
+//! The connection is a [`ConnectionManager`], which reconnects by itself
+//! after Redis restarts. Every operation is bounded by
+//! [`RedisOptions::op_timeout`]; an unreachable, loading or read-only
+//! Redis gives [`StoreError::Unavailable`], `-OOM` gives
+//! [`StoreError::Full`]. A timed-out write may still have been applied.
+
+mod record;
+mod scripts;
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
+
+use crate::{
+    AttemptOutcome, AttemptResponses, BlobId, BlobInfo, NewTransaction, NextStep, QueueCounts,
+    ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
+};
+use scripts::Scripts;
+
+/// The largest chunk key a blob is split into.
+pub const MAX_CHUNK_SIZE: usize = 1 << 20;
+
+/// The most transactions one claim returns ("up to `limit`"): a script
+/// blocks Redis while it runs, and Redis's `LIMIT` takes no larger count
+/// than an i64 anyway.
+pub const MAX_CLAIM: usize = 1000;
+
+/// How many transactions or blobs one gc script call deletes: a script
+/// blocks Redis while it runs, so gc proceeds in batches.
+const GC_BATCH: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Prepended to every key and channel, so that several deployments
+    /// can share one Redis.
+    pub key_prefix: String,
+    /// Accept a server that does not persist writes (`appendonly no`).
+    pub allow_volatile: bool,
+    /// Bound on every operation, reconnection waits included.
+    pub op_timeout: Duration,
+    /// Bound on [`RedisStore::connect`] and on each reconnection attempt.
+    pub connect_timeout: Duration,
+    /// Reconnection attempts (exponential backoff, at most 1 s apart)
+    /// before the operations waiting on them fail; the next operation
+    /// starts a new round.
+    pub reconnect_retries: usize,
+    /// Size of the chunk keys new blobs are split into, 1..=[`MAX_CHUNK_SIZE`].
+    pub chunk_size: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            key_prefix: "koukan:".into(),
+            allow_volatile: false,
+            op_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_retries: 3,
+            chunk_size: 256 * 1024,
+        }
+    }
+}
+
+/// What an acknowledged write survives, as detected at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// AOF with `appendfsync always`: fsynced before Redis replies.
+    FsyncAlways,
+    /// AOF with `appendfsync everysec`: an OS crash loses up to ~2 s.
+    Everysec,
+    /// AOF with `appendfsync no`: the OS flushes when it likes.
+    OsFlush,
+    /// No AOF; `snapshots` is the RDB `save` schedule, if any.
+    Volatile { snapshots: Option<String> },
+    /// `CONFIG GET` is not allowed (typical of managed Redis).
+    Unknown { reason: String },
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Durability::FsyncAlways => f.write_str("AOF, fsync on every write"),
+            Durability::Everysec => f.write_str(
+                "AOF, fsync every second (an OS crash may lose the last seconds of mail)",
+            ),
+            Durability::OsFlush => {
+                f.write_str("AOF, fsync left to the OS (an OS crash may lose recent mail)")
+            }
+            Durability::Volatile { snapshots: Some(s) } => write!(
+                f,
+                "volatile: no AOF, RDB snapshots ({s}); a restart loses mail since the last one"
+            ),
+            Durability::Volatile { snapshots: None } => {
+                f.write_str("volatile: no AOF and no snapshots; a restart loses all mail")
+            }
+            Durability::Unknown { reason } => write!(f, "unknown ({reason})"),
+        }
+    }
+}
+
+/// See the module documentation.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    /// `host:port` for messages (the URL may hold a password).
+    addr: String,
+    opts: RedisOptions,
+    durability: Durability,
+    scripts: Scripts,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("addr", &self.addr)
+            .field("key_prefix", &self.opts.key_prefix)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects, checks the server's persistence, and refuses a volatile
+    /// server unless `opts.allow_volatile`.
+    pub async fn connect(url: &str, opts: RedisOptions) -> StoreResult<Self> {
+        if opts.chunk_size == 0 || opts.chunk_size > MAX_CHUNK_SIZE {
+            return Err(StoreError::Internal(format!(
+                "redis chunk_size {} is not in 1..={MAX_CHUNK_SIZE}",
+                opts.chunk_size
+            )));
+        }
+        // The URL is not echoed: it may carry a password.
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let addr = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.connect_timeout))
+            // A backstop only: `bounded` gives up first, with a message
+            // naming the operation, and also bounds waits for reconnection.
+            .set_response_timeout(Some(opts.op_timeout + Duration::from_secs(1)))
+            .set_number_of_retries(opts.reconnect_retries)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = match tokio::time::timeout(
+            opts.connect_timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to redis at {addr}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to redis at {addr} within {:?}",
+                    opts.connect_timeout
+                )));
+            }
+        };
+        let mut store = RedisStore {
+            conn,
+            addr,
+            opts,
+            durability: Durability::Unknown {
+                reason: "not checked yet".into(),
+            },
+            scripts: Scripts::new(),
+        };
+        store.durability = store.detect_durability().await?;
+        match &store.durability {
+            Durability::Volatile { .. } if !store.opts.allow_volatile => {
+                return Err(StoreError::Unavailable(format!(
+                    "redis at {} is volatile (appendonly no); set allow_volatile: true to \
+                     accept losing acknowledged mail on a Redis restart",
+                    store.addr
+                )));
+            }
+            Durability::FsyncAlways => {
+                tracing::info!(addr = %store.addr, durability = %store.durability, "redis store")
+            }
+            other => {
+                tracing::warn!(addr = %store.addr, durability = %other, "redis store")
+            }
+        }
+        Ok(store)
+    }
+
+    /// The server's persistence as read at [`RedisStore::connect`].
+    pub fn durability(&self) -> &Durability {
+        &self.durability
+    }
+
+    /// The pub/sub channel carrying `"{id} {version}"` after every
+    /// transaction write.
+    pub fn version_channel(&self) -> String {
+        format!("{}tx-version", self.opts.key_prefix)
+    }
+
+    async fn detect_durability(&self) -> StoreResult<Durability> {
+        let get = async |name: &str| -> StoreResult<Result<Option<String>, String>> {
+            let mut conn = self.conn.clone();
+            let reply = self
+                .bounded(
+                    "CONFIG GET",
+                    redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg(name)
+                        .query_async::<Value>(&mut conn),
+                )
+                .await;
+            match reply {
+                Ok(v) => Ok(Ok(config_value(v, name))),
+                // Not being allowed to look is not an outage: the store
+                // works, we just cannot tell how durable it is.
+                Err(StoreError::Internal(msg)) => Ok(Err(msg)),
+                Err(e) => Err(e),
+            }
+        };
+        let aof = match get("appendonly").await? {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Ok(Durability::Unknown {
+                    reason: "CONFIG GET appendonly returned nothing".into(),
+                });
+            }
+            Err(reason) => return Ok(Durability::Unknown { reason }),
+        };
+        if !aof.eq_ignore_ascii_case("yes") {
+            let snapshots = get("save").await?.ok().flatten().filter(|s| !s.is_empty());
+            return Ok(Durability::Volatile { snapshots });
+        }
+        Ok(match get("appendfsync").await? {
+            Ok(Some(v)) if v.eq_ignore_ascii_case("always") => Durability::FsyncAlways,
+            Ok(Some(v)) if v.eq_ignore_ascii_case("everysec") => Durability::Everysec,
+            Ok(Some(v)) if v.eq_ignore_ascii_case("no") => Durability::OsFlush,
+            Ok(other) => Durability::Unknown {
+                reason: format!("appendfsync is {other:?}"),
+            },
+            Err(reason) => Durability::Unknown { reason },
+        })
+    }
+
+    /// Runs one Redis call within `op_timeout` and maps its errors.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.opts.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_error(&self.addr, what, e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis at {} did not answer {what} within {:?}",
+                self.addr, self.opts.op_timeout
+            ))),
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        &self.opts.key_prefix
+    }
+
+    async fn create_blob_impl(&self) -> StoreResult<BlobId> {
+        let id = new_id();
+        let now = record::ms(SystemTime::now());
+        let mut conn = self.conn.clone();
+        self.bounded(
+            "create_blob",
+            self.scripts
+                .create_blob
+                .arg(self.prefix())
+                .arg(&id)
+                .arg(self.opts.chunk_size)
+                .arg(now)
+                .invoke_async::<Value>(&mut conn),
+        )
+        .await?;
+        Ok(BlobId(id))
+    }
+
+    async fn append_blob_impl(
+        &self,
+        blob: &BlobId,
+        offset: u64,
+        data: Bytes,
+        last: bool,
+    ) -> StoreResult<u64> {
+        let now = record::ms(SystemTime::now());
+        let mut conn = self.conn.clone();
+        self.bounded(
+            "append_blob",
+            self.scripts
+                .append_blob
+                .arg(self.prefix())
+                .arg(&blob.0)
+                .arg(offset)
+                .arg(&data[..])
+                .arg(if last { "1" } else { "0" })
+                .arg(now)
+                .invoke_async::<u64>(&mut conn),
+        )
+        .await
+    }
+
+    async fn read_blob_impl(&self, blob: &BlobId, offset: u64, max: usize) -> StoreResult<Bytes> {
+        if max == 0 {
+            // Still report a missing blob.
+            self.blob_info_impl(blob).await?;
+            return Ok(Bytes::new());
+        }
+        let mut conn = self.conn.clone();
+        let data = self
+            .bounded(
+                "read_blob",
+                self.scripts
+                    .read_blob
+                    .arg(self.prefix())
+                    .arg(&blob.0)
+                    .arg(offset)
+                    .arg(max)
+                    .invoke_async::<Vec<u8>>(&mut conn),
+            )
+            .await?;
+        Ok(Bytes::from(data))
+    }
+
+    async fn blob_info_impl(&self, blob: &BlobId) -> StoreResult<BlobInfo> {
+        let mut conn = self.conn.clone();
+        let (len, fin, refs): (Option<u64>, Option<String>, Option<i64>) = self
+            .bounded(
+                "blob_info",
+                redis::cmd("HMGET")
+                    .arg(format!("{}blob:{}", self.prefix(), blob.0))
+                    .arg("len")
+                    .arg("final")
+                    .arg("refs")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(length) = len else {
+            return Err(StoreError::NotFound(format!("blob {blob}")));
+        };
+        Ok(BlobInfo {
+            length,
+            finalized: fin.as_deref() == Some("1"),
+            refcount: u64::try_from(refs.unwrap_or(0)).unwrap_or(0),
+        })
+    }
+
+    async fn create_transaction_impl(&self, tx: NewTransaction) -> StoreResult<TxId> {
+        let id = new_id();
+        let now_t = SystemTime::now();
+        let json = serde_json::to_string(&tx)
+            .map_err(|e| StoreError::Internal(format!("encoding transaction: {e}")))?;
+        let (leased, owner, expires) = match &tx.lease {
+            Some((owner, ttl)) => ("1", owner.0.as_str(), record::ms_after(now_t, *ttl)),
+            None => ("0", "", 0),
+        };
+        let mut conn = self.conn.clone();
+        self.bounded(
+            "create_transaction",
+            self.scripts
+                .create_tx
+                .arg(self.prefix())
+                .arg(&id)
+                .arg(&tx.body.0)
+                .arg(json)
+                .arg(record::ms(now_t))
+                .arg(leased)
+                .arg(owner)
+                .arg(expires)
+                .invoke_async::<Value>(&mut conn),
+        )
+        .await?;
+        Ok(TxId(id))
+    }
+
+    async fn get_transaction_impl(&self, id: &TxId) -> StoreResult<TxRecord> {
+        let mut conn = self.conn.clone();
+        let v = self
+            .bounded(
+                "get_transaction",
+                redis::cmd("HGETALL")
+                    .arg(format!("{}tx:{}", self.prefix(), id.0))
+                    .query_async::<Value>(&mut conn),
+            )
+            .await?;
+        let fields = record::fields(v)?;
+        if fields.is_empty() {
+            return Err(StoreError::NotFound(format!("transaction {id}")));
+        }
+        record::decode(fields)
+    }
+
+    async fn claim_due_impl(
+        &self,
+        owner: &ReplicaId,
+        now_t: SystemTime,
+        ttl: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<TxRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let v = self
+            .bounded(
+                "claim_due",
+                self.scripts
+                    .claim_due
+                    .arg(self.prefix())
+                    .arg(record::ms(now_t))
+                    .arg(&owner.0)
+                    .arg(record::ms_after(now_t, ttl))
+                    .arg(limit.min(MAX_CLAIM))
+                    .invoke_async::<Value>(&mut conn),
+            )
+            .await?;
+        match v {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| record::decode(record::fields(item)?))
+                .collect(),
+            other => Err(StoreError::Internal(format!(
+                "claim_due script returned {other:?}"
+            ))),
+        }
+    }
+
+    async fn renew_lease_impl(
+        &self,
+        id: &TxId,
+        owner: &ReplicaId,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        // No time argument here: the lease runs from the local clock.
+        let now = SystemTime::now();
+        let mut conn = self.conn.clone();
+        self.bounded(
+            "renew_lease",
+            self.scripts
+                .renew_lease
+                .arg(self.prefix())
+                .arg(&id.0)
+                .arg(&owner.0)
+                .arg(record::ms(now))
+                .arg(record::ms_after(now, ttl))
+                .invoke_async::<Value>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_attempt_impl(
+        &self,
+        id: &TxId,
+        owner: &ReplicaId,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<TxRecord> {
+        let now = record::ms(SystemTime::now());
+        let responses = serde_json::to_string::<AttemptResponses>(&outcome.responses)
+            .map_err(|e| StoreError::Internal(format!("encoding responses: {e}")))?;
+        let (kind, what) = match outcome.next {
+            NextStep::Final { reason } => ("final", reason),
+            NextStep::RetryAt(t) => ("retry", record::ms(t).to_string()),
+        };
+        let mut conn = self.conn.clone();
+        let v = self
+            .bounded(
+                "finish_attempt",
+                self.scripts
+                    .finish_attempt
+                    .arg(self.prefix())
+                    .arg(&id.0)
+                    .arg(&owner.0)
+                    .arg(now)
+                    .arg(responses)
+                    .arg(kind)
+                    .arg(what)
+                    .invoke_async::<Value>(&mut conn),
+            )
+            .await?;
+        record::decode(record::fields(v)?)
+    }
+
+    async fn cancel_impl(&self, id: &TxId) -> StoreResult<()> {
+        let now = record::ms(SystemTime::now());
+        let mut conn = self.conn.clone();
+        self.bounded(
+            "cancel",
+            self.scripts
+                .cancel
+                .arg(self.prefix())
+                .arg(&id.0)
+                .arg(now)
+                .invoke_async::<Value>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn gc_impl(&self, older_than: SystemTime) -> StoreResult<usize> {
+        let cutoff = record::ms(older_than);
+        let mut deleted = 0;
+        // Transactions first: deleting them can orphan blobs that the
+        // second phase then deletes in the same run.
+        loop {
+            let mut conn = self.conn.clone();
+            let n: usize = self
+                .bounded(
+                    "gc",
+                    self.scripts
+                        .gc_txs
+                        .arg(self.prefix())
+                        .arg(cutoff)
+                        .arg(GC_BATCH)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            deleted += n;
+            if n < GC_BATCH {
+                break;
+            }
+        }
+        loop {
+            let mut conn = self.conn.clone();
+            let n: usize = self
+                .bounded(
+                    "gc",
+                    self.scripts
+                        .gc_blobs
+                        .arg(self.prefix())
+                        .arg(cutoff)
+                        .arg(GC_BATCH)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            if n < GC_BATCH {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn counts_impl(&self) -> StoreResult<QueueCounts> {
+        let now = record::ms(SystemTime::now());
+        let mut conn = self.conn.clone();
+        let c: Vec<u64> = self
+            .bounded(
+                "counts",
+                self.scripts
+                    .counts
+                    .arg(self.prefix())
+                    .arg(now)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let [waiting, due, inflight, final_, blobs] = c[..] else {
+            return Err(StoreError::Internal(format!(
+                "counts script returned {} values",
+                c.len()
+            )));
+        };
+        Ok(QueueCounts {
+            waiting,
+            due,
+            inflight,
+            final_,
+            blobs,
+        })
+    }
+}
+
+/// 128 random bits in hex: unique across replicas without coordination,
+/// URL-safe, and unguessable (ids appear in REST paths).
+fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The value of a `CONFIG GET name` reply (a flat array in RESP2, a map
+/// in RESP3), or `None` if the server does not know the parameter.
+fn config_value(v: Value, name: &str) -> Option<String> {
+    let f = record::fields(v).ok()?;
+    f.into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| String::from_utf8(v).ok())
+}
+
+/// Maps a Redis error: our scripts' refusal codes to the typed variants,
+/// memory exhaustion to `Full`, anything that means "Redis cannot serve
+/// now" to `Unavailable`, the rest (bugs, unexpected replies) to
+/// `Internal`.
+fn map_error(addr: &str, what: &str, e: RedisError) -> StoreError {
+    let detail = e.detail().unwrap_or("").trim();
+    match e.code() {
+        Some("LEASELOST") => return StoreError::LeaseLost(TxId(detail.to_owned())),
+        Some("NOTFOUND") => return StoreError::NotFound(detail.to_owned()),
+        Some("BLOBCONFLICT") => {
+            let (blob, reason) = detail.split_once(' ').unwrap_or((detail, ""));
+            return StoreError::BlobConflict {
+                blob: BlobId(blob.to_owned()),
+                reason: reason.to_owned(),
+            };
+        }
+        Some("OOM") => {
+            return StoreError::Full(format!("redis at {addr} is out of memory ({what}): {e}"));
+        }
+        // Not writable now: an RDB save failed (MISCONF), too few
+        // replicas (NOREPLICAS), a long script (BUSY), credentials.
+        Some("MISCONF" | "NOREPLICAS" | "BUSY" | "NOAUTH" | "WRONGPASS") => {
+            return StoreError::Unavailable(format!("redis at {addr} ({what}): {e}"));
+        }
+        _ => {}
+    }
+    let unavailable = e.is_io_error()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Client
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                )
+        );
+    if unavailable {
+        StoreError::Unavailable(format!("redis at {addr} ({what}): {e}"))
+    } else {
+        StoreError::Internal(format!("redis at {addr} ({what}): {e}"))
+    }
+}
+
+impl Store for RedisStore {
+    fn create_blob(&self) -> BoxFuture<'_, StoreResult<BlobId>> {
+        Box::pin(self.create_blob_impl())
+    }
+
+    fn append_blob<'a>(
+        &'a self,
+        blob: &'a BlobId,
+        offset: u64,
+        data: Bytes,
+        last: bool,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(self.append_blob_impl(blob, offset, data, last))
+    }
+
+    fn read_blob<'a>(
+        &'a self,
+        blob: &'a BlobId,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'a, StoreResult<Bytes>> {
+        Box::pin(self.read_blob_impl(blob, offset, max))
+    }
+
+    fn blob_info<'a>(&'a self, blob: &'a BlobId) -> BoxFuture<'a, StoreResult<BlobInfo>> {
+        Box::pin(self.blob_info_impl(blob))
+    }
+
+    fn create_transaction(&self, tx: NewTransaction) -> BoxFuture<'_, StoreResult<TxId>> {
+        Box::pin(self.create_transaction_impl(tx))
+    }
+
+    fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {
+        Box::pin(self.get_transaction_impl(id))
+    }
+
+    fn claim_due<'a>(
+        &'a self,
+        owner: &'a ReplicaId,
+        now: SystemTime,
+        ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<TxRecord>>> {
+        Box::pin(self.claim_due_impl(owner, now, ttl, limit))
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        id: &'a TxId,
+        owner: &'a ReplicaId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(self.renew_lease_impl(id, owner, ttl))
+    }
+
+    fn finish_attempt<'a>(
+        &'a self,
+        id: &'a TxId,
+        owner: &'a ReplicaId,
+        outcome: AttemptOutcome,
+    ) -> BoxFuture<'a, StoreResult<TxRecord>> {
+        Box::pin(self.finish_attempt_impl(id, owner, outcome))
+    }
+
+    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(self.cancel_impl(id))
+    }
+
+    fn gc(&self, older_than: SystemTime) -> BoxFuture<'_, StoreResult<usize>> {
+        Box::pin(self.gc_impl(older_than))
+    }
+
+    fn counts(&self) -> BoxFuture<'_, StoreResult<QueueCounts>> {
+        Box::pin(self.counts_impl())
+    }
+}

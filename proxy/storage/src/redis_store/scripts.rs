@@ -1,0 +1,354 @@
+//! The Lua scripts that make every multi-key change atomic.
+//!
+//! Conventions shared by all scripts:
+//! - `ARGV[1]` is the key prefix; key names are derived from it and the
+//!   ids inside the script (which is why this store needs a standalone
+//!   Redis, or a prefix with a hash tag such as `{koukan}:` on a cluster).
+//! - Times come from the caller as milliseconds since the epoch (the
+//!   precision every store keeps). Lua numbers are doubles, which hold
+//!   them exactly; they are stored as the caller's strings, never
+//!   re-formatted by Lua (whose number formatting switches to exponents).
+//! - Every check that can refuse the call runs before the first write.
+//!   Redis does not roll a script back, and for scripts without flags it
+//!   checks maxmemory only at the script's first write: a refused call
+//!   (typed error or `-OOM`) has therefore changed nothing.
+//! - Expected refusals are error replies with our own codes, mapped to
+//!   typed errors in Rust: `NOTFOUND <what>`, `LEASELOST <tx>`,
+//!   `BLOBCONFLICT <blob> <reason>`.
+//! - Every write to a transaction goes through `bump`, which increments
+//!   its version, stamps `updated` and PUBLISHes `<id> <version>` on
+//!   `{prefix}tx-version`.
+
+use redis::Script;
+
+/// Helpers prepended to every script.
+const PRELUDE: &str = r#"
+local P = ARGV[1]
+local SCHEDULE = P .. 'schedule'
+local LEASES = P .. 'leases'
+local FINAL = P .. 'final'
+local ORPHANS = P .. 'orphans'
+local BLOBS = P .. 'blobs'
+local function txkey(id) return P .. 'tx:' .. id end
+local function blobkey(id) return P .. 'blob:' .. id end
+local function bump(k, id, now_ms)
+  local v = redis.call('HINCRBY', k, 'version', 1)
+  redis.call('HSET', k, 'updated', now_ms)
+  redis.call('PUBLISH', P .. 'tx-version', id .. ' ' .. v)
+  return v
+end
+-- Moves a transaction to final: out of the schedule and the lease set,
+-- into the gc index.
+local function finalize(k, id, reason, now_ms)
+  redis.call('HSET', k, 'final', reason)
+  redis.call('HDEL', k, 'owner', 'expires', 'next')
+  redis.call('ZREM', SCHEDULE, id)
+  redis.call('ZREM', LEASES, id)
+  redis.call('ZADD', FINAL, now_ms, id)
+end
+"#;
+
+/// ARGV: prefix, blob, chunk size, now_ms.
+const CREATE_BLOB: &str = r#"
+local id = ARGV[2]
+local k = blobkey(id)
+if redis.call('EXISTS', k) == 1 then
+  return redis.error_reply('ERR blob id ' .. id .. ' already exists')
+end
+redis.call('HSET', k, 'len', 0, 'final', '0', 'refs', 0, 'cs', ARGV[3], 'created_ms', ARGV[4],
+  'upd_ms', ARGV[4])
+redis.call('SADD', BLOBS, id)
+redis.call('ZADD', ORPHANS, ARGV[4], id)
+return 1
+"#;
+
+/// ARGV: prefix, blob, offset, data, last (0/1), now_ms.
+/// Returns the new length.
+const APPEND_BLOB: &str = r#"
+local id = ARGV[2]
+local k = blobkey(id)
+local m = redis.call('HMGET', k, 'len', 'final', 'cs', 'refs')
+if not m[1] then return redis.error_reply('NOTFOUND blob ' .. id) end
+if m[2] == '1' then
+  return redis.error_reply('BLOBCONFLICT ' .. id .. ' blob is finalized')
+end
+local len = tonumber(m[1])
+local cs = tonumber(m[3])
+if tonumber(ARGV[3]) ~= len then
+  return redis.error_reply('BLOBCONFLICT ' .. id .. ' append at offset ' .. ARGV[3]
+    .. ' but the blob length is ' .. m[1])
+end
+local data = ARGV[4]
+local n = #data
+local pos = 1
+-- Fill the current last chunk, then open new ones: chunk i holds bytes
+-- [i*cs, (i+1)*cs) of the blob.
+while pos <= n do
+  local idx = math.floor(len / cs)
+  local take = math.min(cs - (len % cs), n - pos + 1)
+  redis.call('APPEND', k .. ':' .. idx, string.sub(data, pos, pos + take - 1))
+  pos = pos + take
+  len = len + take
+end
+redis.call('HSET', k, 'len', len, 'upd_ms', ARGV[6])
+if ARGV[5] == '1' then redis.call('HSET', k, 'final', '1') end
+-- An unreferenced blob still being written must not look old to gc.
+if tonumber(m[4]) <= 0 then redis.call('ZADD', ORPHANS, ARGV[6], id) end
+return len
+"#;
+
+/// ARGV: prefix, blob, offset, max. Returns the bytes (empty at or past
+/// the end).
+const READ_BLOB: &str = r#"
+local id = ARGV[2]
+local k = blobkey(id)
+local m = redis.call('HMGET', k, 'len', 'cs')
+if not m[1] then return redis.error_reply('NOTFOUND blob ' .. id) end
+local len = tonumber(m[1])
+local cs = tonumber(m[2])
+local off = tonumber(ARGV[3])
+local left = math.min(tonumber(ARGV[4]), len - off)
+local parts = {}
+while left > 0 do
+  local idx = math.floor(off / cs)
+  local within = off % cs
+  local take = math.min(cs - within, left)
+  local s = redis.call('GETRANGE', k .. ':' .. idx, within, within + take - 1)
+  if #s ~= take then
+    return redis.error_reply('ERR blob ' .. id .. ': chunk ' .. idx .. ' is shorter than its length says')
+  end
+  parts[#parts + 1] = s
+  off = off + take
+  left = left - take
+end
+return table.concat(parts)
+"#;
+
+/// ARGV: prefix, tx id, body blob, tx json, now_ms, leased (0/1), owner,
+/// expires_ms.
+const CREATE_TX: &str = r#"
+local id = ARGV[2]
+local body = ARGV[3]
+local bk = blobkey(body)
+local fin = redis.call('HGET', bk, 'final')
+if not fin then return redis.error_reply('NOTFOUND blob ' .. body) end
+if fin ~= '1' then
+  return redis.error_reply('BLOBCONFLICT ' .. body .. ' transaction body is not finalized')
+end
+local k = txkey(id)
+if redis.call('EXISTS', k) == 1 then
+  return redis.error_reply('ERR transaction id ' .. id .. ' already exists')
+end
+redis.call('HINCRBY', bk, 'refs', 1)
+redis.call('ZREM', ORPHANS, body)
+-- Due at once; when leased, the lease keeps others out until it expires.
+redis.call('HSET', k, 'id', id, 'tx', ARGV[4], 'body', body, 'created', ARGV[5],
+  'next', ARGV[5], 'attempts', 0, 'version', 0)
+if ARGV[6] == '1' then
+  -- Leased at creation: the creating replica runs the first attempt now.
+  redis.call('HSET', k, 'owner', ARGV[7], 'expires', ARGV[8], 'attempts', 1)
+  redis.call('ZADD', LEASES, ARGV[8], id)
+else
+  redis.call('ZADD', SCHEDULE, ARGV[5], id)
+end
+bump(k, id, ARGV[5])
+return 1
+"#;
+
+/// ARGV: prefix, now_ms, owner, expires_ms, limit.
+/// Returns one HGETALL array per claimed transaction.
+const CLAIM_DUE: &str = r#"
+local now_ms = ARGV[2]
+local limit = tonumber(ARGV[5])
+-- Candidates: due schedule entries and expired leases (expires <= now),
+-- oldest first. Taking `limit` of each is enough to pick the `limit`
+-- oldest overall.
+local cands = {}
+local due = redis.call('ZRANGEBYSCORE', SCHEDULE, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #due, 2 do cands[#cands + 1] = { due[i], tonumber(due[i + 1]), SCHEDULE } end
+local exp = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #exp, 2 do cands[#cands + 1] = { exp[i], tonumber(exp[i + 1]), LEASES } end
+table.sort(cands, function(a, b) return a[2] < b[2] end)
+local out = {}
+local seen = {}
+for _, c in ipairs(cands) do
+  if #out >= limit then break end
+  local id = c[1]
+  if not seen[id] then
+    seen[id] = true
+    local k = txkey(id)
+    local m = redis.call('HMGET', k, 'id', 'final', 'cancelled')
+    redis.call('ZREM', c[3], id)
+    if not m[1] then
+      -- Index entry without a record (cannot happen through this API):
+      -- dropping it keeps the index clean.
+    elseif m[2] then
+      -- Already final: stale index entry.
+    elseif m[3] then
+      -- Cancelled while leased, and the holder's lease ran out before it
+      -- finished: nobody runs it again.
+      finalize(k, id, 'cancelled', now_ms)
+      bump(k, id, now_ms)
+    else
+      redis.call('HSET', k, 'owner', ARGV[3], 'expires', ARGV[4])
+      redis.call('HINCRBY', k, 'attempts', 1)
+      redis.call('ZADD', LEASES, ARGV[4], id)
+      bump(k, id, now_ms)
+      out[#out + 1] = redis.call('HGETALL', k)
+    end
+  end
+end
+return out
+"#;
+
+/// ARGV: prefix, tx, owner, now_ms, expires_ms.
+const RENEW_LEASE: &str = r#"
+local id = ARGV[2]
+local k = txkey(id)
+local m = redis.call('HMGET', k, 'id', 'owner', 'final', 'cancelled')
+if not m[1] then return redis.error_reply('NOTFOUND transaction ' .. id) end
+-- Cancelled: the holder learns it here and must stop. Nothing changes:
+-- it may still record its attempt with finish_attempt, and if it does not,
+-- the first claim after the lease expires finalizes the transaction.
+if m[2] ~= ARGV[3] or m[3] or m[4] then return redis.error_reply('LEASELOST ' .. id) end
+redis.call('HSET', k, 'expires', ARGV[5])
+redis.call('ZADD', LEASES, ARGV[5], id)
+bump(k, id, ARGV[4])
+return 1
+"#;
+
+/// ARGV: prefix, tx, owner, now_ms, responses json,
+/// kind ('final' | 'retry'), reason | next_ms.
+/// Returns the record's HGETALL array.
+const FINISH_ATTEMPT: &str = r#"
+local id = ARGV[2]
+local k = txkey(id)
+local m = redis.call('HMGET', k, 'id', 'owner', 'final', 'cancelled')
+if not m[1] then return redis.error_reply('NOTFOUND transaction ' .. id) end
+-- An expired lease that nobody took over is still ours: the outcome is
+-- the only one there is.
+if m[2] ~= ARGV[3] or m[3] then return redis.error_reply('LEASELOST ' .. id) end
+local now_ms = ARGV[4]
+redis.call('HSET', k, 'responses', ARGV[5])
+if ARGV[6] == 'final' then
+  finalize(k, id, ARGV[7], now_ms)
+elseif m[4] then
+  -- Cancelled during the attempt: no retry.
+  finalize(k, id, 'cancelled', now_ms)
+else
+  redis.call('HDEL', k, 'owner', 'expires')
+  redis.call('ZREM', LEASES, id)
+  redis.call('HSET', k, 'next', ARGV[7])
+  redis.call('ZADD', SCHEDULE, ARGV[7], id)
+end
+bump(k, id, now_ms)
+return redis.call('HGETALL', k)
+"#;
+
+/// ARGV: prefix, tx, now_ms.
+const CANCEL: &str = r#"
+local id = ARGV[2]
+local k = txkey(id)
+local m = redis.call('HMGET', k, 'id', 'final', 'owner', 'expires', 'cancelled')
+if not m[1] then return redis.error_reply('NOTFOUND transaction ' .. id) end
+-- Final already, or cancelled and waiting for its holder: nothing to do.
+if m[2] or m[5] then return 0 end
+redis.call('HSET', k, 'cancelled', '1')
+if not (m[3] and m[4] and tonumber(m[4]) > tonumber(ARGV[3])) then
+  finalize(k, id, 'cancelled', ARGV[3])
+end
+bump(k, id, ARGV[3])
+return 1
+"#;
+
+/// ARGV: prefix, cutoff_ms, batch. Deletes up to `batch` final
+/// transactions last updated before the cutoff; returns how many.
+const GC_TXS: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', FINAL, '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  local k = txkey(id)
+  local body = redis.call('HGET', k, 'body')
+  redis.call('UNLINK', k)
+  redis.call('ZREM', FINAL, id)
+  if body then
+    local bk = blobkey(body)
+    if redis.call('EXISTS', bk) == 1 then
+      if redis.call('HINCRBY', bk, 'refs', -1) <= 0 then
+        -- Unreferenced now; aged by its last write, so a body nobody
+        -- touched since before the cutoff goes in this same gc run.
+        redis.call('ZADD', ORPHANS, redis.call('HGET', bk, 'upd_ms'), body)
+      end
+    end
+  end
+end
+return #ids
+"#;
+
+/// ARGV: prefix, cutoff_ms, batch. Deletes up to `batch` unreferenced
+/// blobs last written before the cutoff; returns how many were examined.
+const GC_BLOBS: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', ORPHANS, '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  local bk = blobkey(id)
+  redis.call('ZREM', ORPHANS, id)
+  local m = redis.call('HMGET', bk, 'len', 'cs', 'refs')
+  if m[1] and tonumber(m[3]) <= 0 then
+    local chunks = math.ceil(tonumber(m[1]) / tonumber(m[2]))
+    for i = 0, chunks - 1 do redis.call('UNLINK', bk .. ':' .. i) end
+    redis.call('UNLINK', bk)
+    redis.call('SREM', BLOBS, id)
+  elseif not m[1] then
+    redis.call('SREM', BLOBS, id)
+  end
+end
+return #ids
+"#;
+
+/// ARGV: prefix, now_ms. Returns {waiting, due, inflight, final, blobs}.
+const COUNTS: &str = r#"
+local now_ms = ARGV[2]
+-- An expired lease is waiting (and due) again, as TxRecord::state says.
+local expired = redis.call('ZCOUNT', LEASES, '-inf', now_ms)
+return {
+  redis.call('ZCARD', SCHEDULE) + expired,
+  redis.call('ZCOUNT', SCHEDULE, '-inf', now_ms) + expired,
+  redis.call('ZCOUNT', LEASES, '(' .. now_ms, '+inf'),
+  redis.call('ZCARD', FINAL),
+  redis.call('SCARD', BLOBS),
+}
+"#;
+
+/// The compiled scripts (each knows its SHA1; `invoke_async` falls back
+/// to EVAL after a Redis restart flushed the script cache).
+pub(super) struct Scripts {
+    pub create_blob: Script,
+    pub append_blob: Script,
+    pub read_blob: Script,
+    pub create_tx: Script,
+    pub claim_due: Script,
+    pub renew_lease: Script,
+    pub finish_attempt: Script,
+    pub cancel: Script,
+    pub gc_txs: Script,
+    pub gc_blobs: Script,
+    pub counts: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Scripts {
+            create_blob: s(CREATE_BLOB),
+            append_blob: s(APPEND_BLOB),
+            read_blob: s(READ_BLOB),
+            create_tx: s(CREATE_TX),
+            claim_due: s(CLAIM_DUE),
+            renew_lease: s(RENEW_LEASE),
+            finish_attempt: s(FINISH_ATTEMPT),
+            cancel: s(CANCEL),
+            gc_txs: s(GC_TXS),
+            gc_blobs: s(GC_BLOBS),
+            counts: s(COUNTS),
+        }
+    }
+}

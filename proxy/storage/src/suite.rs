@@ -1,0 +1,1196 @@
+//! The conformance suite every [`crate::Store`] implementation runs.
+//!
+//! An implementation's test calls [`run_all`] with a factory of fresh,
+//! empty stores (every test gets its own), from a multi-threaded runtime
+//! (`#[tokio::test(flavor = "multi_thread")]`) so that
+//! [`concurrent_claims`] really races. Each test is also public, to run one
+//! alone while debugging. A failure panics with what differed.
+//!
+//! # What the suite pins down beyond the trait docs
+//!
+//! Both backends must agree on these; they are the contract callers rely
+//! on.
+//!
+//! * Times are kept to the millisecond (truncated). The suite passes whole
+//!   milliseconds wherever it passes a time and expects them back exactly.
+//! * `read_blob` returns exactly `min(max, length - offset)` bytes; empty at
+//!   `offset == length`. Unfinalized blobs can be read. Unknown blob:
+//!   `NotFound` (also for `append_blob` and `blob_info`).
+//! * An empty append is allowed and changes nothing (with `last`, it
+//!   finalizes).
+//! * `create_transaction`: unknown body → `NotFound`; unfinalized body →
+//!   `BlobConflict`, and nothing is created. The new record has
+//!   `version == 1`, `next_attempt == Some(created)`,
+//!   `last_update == created`, `attempt_count` 0, or 1 when created with a
+//!   lease (its first attempt starts at once), `lease_expires` =
+//!   creation + TTL, and `tx` equal to what was given (the `lease` field
+//!   included).
+//! * A claim sets `lease_owner`, `lease_expires = now + ttl`, and counts the
+//!   attempt (`attempt_count + 1`); it leaves `next_attempt` alone. A claim
+//!   returns the records as stored after it. Due means `next_attempt <=
+//!   now`; a lease is free when `lease_expires <= now`.
+//! * `finish_attempt` stores the responses, clears the lease, and sets
+//!   `next_attempt` to the retry time (`RetryAt`) or `None` with the reason
+//!   (`Final`); `attempt_count` is unchanged (it counted the attempt when it
+//!   started). It returns the record as stored. Not holding the lease →
+//!   `LeaseLost` and nothing changes; unknown id → `NotFound`.
+//! * `renew_lease` by a replica that does not hold the lease (never did,
+//!   taken over, already finished) → `LeaseLost`, nothing changes.
+//! * `cancel` of a non-leased transaction finalizes it (`cancelled`, some
+//!   final reason, `next_attempt` `None`). Of a leased one: `cancelled` is
+//!   set and the lease kept; the holder's `renew_lease` then fails with
+//!   `LeaseLost` (stop working), its `finish_attempt` succeeds and leaves the
+//!   transaction final even with `RetryAt`; once the lease expires no claim
+//!   returns it. Of a final one: `Ok`, the reason is kept. Unknown:
+//!   `NotFound`.
+//! * Every write (create, claim, renew, finish, cancel) increases
+//!   `version`.
+//! * `gc(t)` deletes final transactions with `last_update < t`, then blobs
+//!   that no transaction references and that were last written before `t`
+//!   (a body still being uploaded is younger than any sane cutoff).
+//! * `counts()` uses the store's clock: inflight = lease unexpired, waiting =
+//!   not final and not inflight, due = waiting with `next_attempt <= now`,
+//!   blobs = all blobs.
+//! * Ids are unique and URL-safe (`[A-Za-z0-9_-]`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, join_all};
+
+use crate::{
+    AttemptOutcome, AttemptResponses, BlobId, BlobInfo, NewTransaction, NextStep, QueueCounts,
+    ReplicaId, Store, StoreError, StoreResult, StoredMailbox, StoredParam, StoredResponse,
+    StoredSession, TxId, TxRecord, TxState,
+};
+
+// ---------------------------------------------------------------- helpers
+
+/// `t` truncated to the millisecond, the precision stores keep.
+fn ms(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(UNIX_EPOCH).expect("clock after 1970");
+    UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64)
+}
+
+fn now_ms() -> SystemTime {
+    ms(SystemTime::now())
+}
+
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const LONG_TTL: Duration = Duration::from_secs(60);
+const SHORT_TTL: Duration = Duration::from_millis(200);
+
+fn replica(name: &str) -> ReplicaId {
+    ReplicaId(name.to_string())
+}
+
+/// A transaction with every field set to something other than its default.
+fn sample_tx(body: &BlobId) -> NewTransaction {
+    NewTransaction {
+        sender: "submission".into(),
+        tag: "outbound-eu".into(),
+        chain: "smtp-out".into(),
+        mail_from: StoredMailbox {
+            address: "dörte@exämple.com".into(),
+            params: vec![
+                StoredParam {
+                    keyword: "SIZE".into(),
+                    value: Some("1234".into()),
+                },
+                StoredParam {
+                    keyword: "SMTPUTF8".into(),
+                    value: None,
+                },
+            ],
+        },
+        rcpt_to: vec![
+            StoredMailbox {
+                address: "bob@example.org".into(),
+                params: vec![StoredParam {
+                    keyword: "NOTIFY".into(),
+                    value: Some("FAILURE,DELAY".into()),
+                }],
+            },
+            StoredMailbox {
+                address: "carol@example.net".into(),
+                params: vec![],
+            },
+        ],
+        session: StoredSession {
+            listener: "msa".into(),
+            peer: Some("192.0.2.7:53211".into()),
+            ehlo_host: Some("client.example.com".into()),
+            tls: Some("TLSv1.3 TLS_AES_128_GCM_SHA256".into()),
+            auth_user: Some("alice".into()),
+        },
+        body: body.clone(),
+        retry: true,
+        notification: true,
+        lease: None,
+    }
+}
+
+fn leased_tx(body: &BlobId, owner: &ReplicaId, ttl: Duration) -> NewTransaction {
+    NewTransaction {
+        lease: Some((owner.clone(), ttl)),
+        ..sample_tx(body)
+    }
+}
+
+fn responses(tag: &str) -> AttemptResponses {
+    AttemptResponses {
+        mail: Some(StoredResponse {
+            code: 250,
+            text: "2.1.0 ok".into(),
+        }),
+        rcpt: vec![
+            Some(StoredResponse {
+                code: 250,
+                text: format!("2.1.5 {tag}"),
+            }),
+            None,
+        ],
+        data: Some(StoredResponse {
+            code: 451,
+            text: format!("4.3.0 {tag}\r\nsecond line"),
+        }),
+    }
+}
+
+fn retry_at(at: SystemTime, tag: &str) -> AttemptOutcome {
+    AttemptOutcome {
+        responses: responses(tag),
+        next: NextStep::RetryAt(at),
+    }
+}
+
+fn final_outcome(reason: &str) -> AttemptOutcome {
+    AttemptOutcome {
+        responses: responses(reason),
+        next: NextStep::Final {
+            reason: reason.into(),
+        },
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a misplaced chunk
+/// cannot go unnoticed the way it could in a repeating pattern.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+async fn finalized_blob(store: &dyn Store, data: &[u8]) -> BlobId {
+    let blob = store.create_blob().await.expect("create_blob");
+    let len = store
+        .append_blob(&blob, 0, Bytes::copy_from_slice(data), true)
+        .await
+        .expect("append_blob");
+    assert_eq!(len, data.len() as u64);
+    blob
+}
+
+async fn create(store: &dyn Store, tx: NewTransaction) -> TxId {
+    store
+        .create_transaction(tx)
+        .await
+        .expect("create_transaction")
+}
+
+async fn get(store: &dyn Store, id: &TxId) -> TxRecord {
+    store.get_transaction(id).await.expect("get_transaction")
+}
+
+async fn info(store: &dyn Store, blob: &BlobId) -> BlobInfo {
+    store.blob_info(blob).await.expect("blob_info")
+}
+
+async fn claim(
+    store: &dyn Store,
+    owner: &ReplicaId,
+    now: SystemTime,
+    limit: usize,
+) -> Vec<TxRecord> {
+    store
+        .claim_due(owner, now, LONG_TTL, limit)
+        .await
+        .expect("claim_due")
+}
+
+fn ids(recs: &[TxRecord]) -> Vec<TxId> {
+    recs.iter().map(|r| r.id.clone()).collect()
+}
+
+#[track_caller]
+fn assert_not_found<T: Debug>(r: StoreResult<T>) {
+    assert!(
+        matches!(r, Err(StoreError::NotFound(_))),
+        "expected NotFound, got {r:?}"
+    );
+}
+
+#[track_caller]
+fn assert_lease_lost<T: Debug>(r: StoreResult<T>, id: &TxId) {
+    assert!(
+        matches!(&r, Err(StoreError::LeaseLost(lost)) if lost == id),
+        "expected LeaseLost({id}), got {r:?}"
+    );
+}
+
+#[track_caller]
+fn assert_blob_conflict<T: Debug>(r: StoreResult<T>, blob: &BlobId) {
+    assert!(
+        matches!(&r, Err(StoreError::BlobConflict { blob: b, .. }) if b == blob),
+        "expected BlobConflict({blob}), got {r:?}"
+    );
+}
+
+#[track_caller]
+fn assert_between(t: SystemTime, lo: SystemTime, hi: SystemTime, what: &str) {
+    assert!(lo <= t && t <= hi, "{what}: {t:?} not in [{lo:?}, {hi:?}]");
+}
+
+// ------------------------------------------------------------------ blobs
+
+pub async fn blob_append_read_finalize(store: &dyn Store) {
+    let blob = store.create_blob().await.unwrap();
+    let empty = BlobInfo {
+        length: 0,
+        finalized: false,
+        refcount: 0,
+    };
+    assert_eq!(info(store, &blob).await, empty);
+    assert_eq!(store.read_blob(&blob, 0, 10).await.unwrap(), Bytes::new());
+
+    let n = store
+        .append_blob(&blob, 0, Bytes::from_static(b"hello "), false)
+        .await
+        .unwrap();
+    assert_eq!(n, 6);
+    assert_eq!(
+        info(store, &blob).await,
+        BlobInfo {
+            length: 6,
+            finalized: false,
+            refcount: 0
+        }
+    );
+    // Readable before it is final.
+    assert_eq!(store.read_blob(&blob, 0, 100).await.unwrap(), "hello ");
+
+    let n = store
+        .append_blob(&blob, 6, Bytes::from_static(b"world"), true)
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
+    assert_eq!(
+        info(store, &blob).await,
+        BlobInfo {
+            length: 11,
+            finalized: true,
+            refcount: 0
+        }
+    );
+    for (offset, max, want) in [
+        (0, 100, "hello world"),
+        (0, 11, "hello world"),
+        (6, 3, "wor"),
+        (5, 2, " w"),
+        (10, 5, "d"),
+        (11, 5, ""),
+        (3, 0, ""),
+    ] {
+        assert_eq!(
+            store.read_blob(&blob, offset, max).await.unwrap(),
+            want,
+            "read_blob({offset}, {max})"
+        );
+    }
+}
+
+pub async fn blob_append_conflicts(store: &dyn Store) {
+    let blob = store.create_blob().await.unwrap();
+    let abc = Bytes::from_static(b"abc");
+    assert_eq!(
+        store
+            .append_blob(&blob, 0, abc.clone(), false)
+            .await
+            .unwrap(),
+        3
+    );
+    for offset in [0, 2, 4, 100] {
+        let r = store.append_blob(&blob, offset, abc.clone(), false).await;
+        assert_blob_conflict(r, &blob);
+        let r = store.append_blob(&blob, offset, abc.clone(), true).await;
+        assert_blob_conflict(r, &blob);
+    }
+    // The failed appends changed nothing.
+    assert_eq!(
+        info(store, &blob).await,
+        BlobInfo {
+            length: 3,
+            finalized: false,
+            refcount: 0
+        }
+    );
+    assert_eq!(store.read_blob(&blob, 0, 100).await.unwrap(), "abc");
+
+    assert_eq!(
+        store
+            .append_blob(&blob, 3, Bytes::new(), false)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .append_blob(&blob, 3, Bytes::from_static(b"def"), true)
+            .await
+            .unwrap(),
+        6
+    );
+    // Final: immutable, whatever the offset or flag.
+    for (offset, data, last) in [
+        (6, Bytes::from_static(b"g"), false),
+        (6, Bytes::from_static(b"g"), true),
+        (6, Bytes::new(), true),
+        (6, Bytes::new(), false),
+        (3, Bytes::from_static(b"x"), false),
+    ] {
+        let r = store.append_blob(&blob, offset, data, last).await;
+        assert_blob_conflict(r, &blob);
+    }
+    assert_eq!(
+        info(store, &blob).await,
+        BlobInfo {
+            length: 6,
+            finalized: true,
+            refcount: 0
+        }
+    );
+    assert_eq!(store.read_blob(&blob, 0, 100).await.unwrap(), "abcdef");
+
+    // An empty blob can be finalized by an empty last append.
+    let empty = store.create_blob().await.unwrap();
+    assert_eq!(
+        store
+            .append_blob(&empty, 0, Bytes::new(), true)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(info(store, &empty).await.finalized);
+
+    let unknown = BlobId("no-such-blob".into());
+    assert_not_found(store.append_blob(&unknown, 0, abc, false).await);
+    assert_not_found(store.read_blob(&unknown, 0, 10).await);
+    assert_not_found(store.blob_info(&unknown).await);
+}
+
+/// A multi-megabyte body in uneven appends (one larger than any sane chunk
+/// size), read back in 64 KiB reads and at offsets across chunk boundaries.
+pub async fn blob_chunked_reads(store: &dyn Store) {
+    let total = 5 * 1024 * 1024 + 12_345;
+    let data = pattern(total);
+    let blob = store.create_blob().await.unwrap();
+    let sizes = [1, 4096, 65_537, 300_000, 1 << 20, 7, 3 * 1024 * 1024];
+    let mut offset = 0;
+    for size in sizes.iter().cycle() {
+        let end = (offset + size).min(total);
+        let last = end == total;
+        let len = store
+            .append_blob(
+                &blob,
+                offset as u64,
+                Bytes::copy_from_slice(&data[offset..end]),
+                last,
+            )
+            .await
+            .unwrap();
+        assert_eq!(len, end as u64);
+        offset = end;
+        if last {
+            break;
+        }
+    }
+    assert_eq!(
+        info(store, &blob).await,
+        BlobInfo {
+            length: total as u64,
+            finalized: true,
+            refcount: 0
+        }
+    );
+
+    const READ: usize = 64 * 1024;
+    let mut back = Vec::with_capacity(total);
+    loop {
+        let piece = store
+            .read_blob(&blob, back.len() as u64, READ)
+            .await
+            .unwrap();
+        assert_eq!(
+            piece.len(),
+            READ.min(total - back.len()),
+            "read at {}",
+            back.len()
+        );
+        if piece.is_empty() {
+            break;
+        }
+        back.extend_from_slice(&piece);
+    }
+    assert!(back == data, "64 KiB reads do not give the body back");
+
+    for (offset, max) in [
+        (0, 1),
+        (1, 1),
+        (4096, 2),
+        (65_535, 10),
+        (4097 + 65_537 - 3, 7),
+        (300_000, 1_000_000),
+        (1 << 20, 3 << 20),
+        (total - 5, 100),
+        (1, total),
+        (0, total + 1),
+    ] {
+        let got = store.read_blob(&blob, offset as u64, max).await.unwrap();
+        let end = (offset + max).min(total);
+        assert!(
+            got[..] == data[offset..end],
+            "read_blob({offset}, {max}) returned {} bytes, not the {} stored there",
+            got.len(),
+            end - offset
+        );
+    }
+}
+
+// ----------------------------------------------------------- transactions
+
+pub async fn create_requires_finalized_body(store: &dyn Store) {
+    let blob = store.create_blob().await.unwrap();
+    store
+        .append_blob(&blob, 0, Bytes::from_static(b"partial"), false)
+        .await
+        .unwrap();
+    let r = store.create_transaction(sample_tx(&blob)).await;
+    assert_blob_conflict(r, &blob);
+    assert_eq!(info(store, &blob).await.refcount, 0);
+
+    let missing = BlobId("no-such-blob".into());
+    assert_not_found(store.create_transaction(sample_tx(&missing)).await);
+
+    assert_eq!(
+        store.counts().await.unwrap(),
+        QueueCounts {
+            blobs: 1,
+            ..QueueCounts::default()
+        }
+    );
+}
+
+pub async fn transaction_round_trip(store: &dyn Store) {
+    let body = finalized_blob(store, b"Subject: hi\r\n\r\nbody\r\n").await;
+    let tx = sample_tx(&body);
+    let before = now_ms();
+    let id = create(store, tx.clone()).await;
+    let after = now_ms();
+
+    let rec = get(store, &id).await;
+    assert_between(rec.created, before, after, "created");
+    let expected = TxRecord {
+        id: id.clone(),
+        tx,
+        created: rec.created,
+        last_update: rec.created,
+        version: 1,
+        attempt_count: 0,
+        next_attempt: Some(rec.created),
+        final_attempt_reason: None,
+        lease_owner: None,
+        lease_expires: None,
+        cancelled: false,
+        last_responses: None,
+    };
+    assert_eq!(rec, expected);
+    assert_eq!(rec.state(now_ms()), TxState::Waiting);
+    assert_eq!(info(store, &body).await.refcount, 1);
+
+    assert_not_found(store.get_transaction(&TxId("no-such-tx".into())).await);
+}
+
+pub async fn leased_creation(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let tx = leased_tx(&body, &a, LONG_TTL);
+    let before = now_ms();
+    let id = create(store, tx.clone()).await;
+    let after = now_ms();
+
+    let rec = get(store, &id).await;
+    assert_between(rec.created, before, after, "created");
+    let expires = rec.lease_expires.expect("a lease");
+    assert_between(
+        expires,
+        before + LONG_TTL,
+        after + LONG_TTL,
+        "lease_expires",
+    );
+    let expected = TxRecord {
+        id: id.clone(),
+        tx,
+        created: rec.created,
+        last_update: rec.created,
+        version: 1,
+        attempt_count: 1,
+        next_attempt: Some(rec.created),
+        final_attempt_reason: None,
+        lease_owner: Some(a),
+        lease_expires: Some(expires),
+        cancelled: false,
+        last_responses: None,
+    };
+    assert_eq!(rec, expected);
+    assert_eq!(rec.state(rec.created), TxState::Inflight);
+    // Due by its next_attempt, but leased: nobody else gets it.
+    assert_eq!(claim(store, &b, rec.created, 10).await, vec![]);
+    assert_eq!(claim(store, &b, expires - MS, 10).await, vec![]);
+}
+
+pub async fn claim_due_leases(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let b = replica("b");
+    let mut created = HashSet::new();
+    for _ in 0..3 {
+        created.insert(create(store, sample_tx(&body)).await);
+    }
+    let now = now_ms();
+    assert_eq!(claim(store, &b, now, 0).await, vec![]);
+    let first = claim(store, &b, now, 2).await;
+    assert_eq!(first.len(), 2);
+    let second = claim(store, &b, now, 10).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(claim(store, &b, now, 10).await, vec![]);
+
+    let mut seen = HashSet::new();
+    for rec in first.iter().chain(&second) {
+        assert!(seen.insert(rec.id.clone()), "{} claimed twice", rec.id);
+        assert_eq!(rec.lease_owner, Some(b.clone()));
+        assert_eq!(rec.lease_expires, Some(now + LONG_TTL));
+        assert_eq!(rec.attempt_count, 1);
+        assert_eq!(rec.version, 2);
+        assert_eq!(rec.next_attempt, Some(rec.created));
+        assert_eq!(rec.final_attempt_reason, None);
+        assert_eq!(rec.state(now), TxState::Inflight);
+        assert_eq!(
+            rec,
+            &get(store, &rec.id).await,
+            "claim returns the stored record"
+        );
+    }
+    assert_eq!(seen, created);
+
+    // A new due transaction: limit 0 takes nothing, limit 1 takes it.
+    let late = create(store, sample_tx(&body)).await;
+    let now = now_ms();
+    assert_eq!(claim(store, &b, now, 0).await, vec![]);
+    assert_eq!(ids(&claim(store, &b, now, 1).await), vec![late]);
+}
+
+pub async fn claim_respects_next_attempt(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let at = now_ms() + HOUR;
+    let rec = store
+        .finish_attempt(&id, &a, retry_at(at, "later"))
+        .await
+        .unwrap();
+    assert_eq!(rec.next_attempt, Some(at));
+    assert_eq!(rec.state(now_ms()), TxState::Waiting);
+
+    assert_eq!(claim(store, &b, now_ms(), 10).await, vec![]);
+    assert_eq!(claim(store, &b, at - MS, 10).await, vec![]);
+    let got = claim(store, &b, at, 10).await;
+    assert_eq!(ids(&got), vec![id.clone()]);
+    assert_eq!(got[0].attempt_count, 2);
+    assert_eq!(got[0].next_attempt, Some(at));
+    assert_eq!(got[0].lease_owner, Some(b));
+    assert_eq!(got[0].lease_expires, Some(at + LONG_TTL));
+}
+
+pub async fn final_never_claimed(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let leased = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    store
+        .finish_attempt(&leased, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    let plain = create(store, sample_tx(&body)).await;
+    assert_eq!(
+        ids(&claim(store, &b, now_ms(), 10).await),
+        vec![plain.clone()]
+    );
+    store
+        .finish_attempt(&plain, &b, final_outcome("bounced"))
+        .await
+        .unwrap();
+
+    let far = now_ms() + Duration::from_secs(10 * 365 * 24 * 3600);
+    assert_eq!(claim(store, &replica("c"), far, 10).await, vec![]);
+    assert_eq!(get(store, &leased).await.state(far), TxState::Final);
+    assert_eq!(get(store, &plain).await.state(far), TxState::Final);
+}
+
+/// A lease taken at creation keeps others out until it expires (judged by
+/// the `now` given, not by sleeping); then another replica takes over and
+/// the first one can neither renew nor finish.
+pub async fn lease_takeover(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let id = create(store, leased_tx(&body, &a, SHORT_TTL)).await;
+    let rec = get(store, &id).await;
+    let expires = rec.lease_expires.unwrap();
+    assert_eq!(claim(store, &b, rec.created, 10).await, vec![]);
+    assert_eq!(claim(store, &b, expires - MS, 10).await, vec![]);
+
+    let got = claim(store, &b, expires, 10).await;
+    assert_eq!(ids(&got), vec![id.clone()]);
+    let taken = &got[0];
+    assert_eq!(taken.lease_owner, Some(b.clone()));
+    assert_eq!(taken.lease_expires, Some(expires + LONG_TTL));
+    assert_eq!(taken.attempt_count, 2);
+    assert!(taken.version > rec.version);
+
+    assert_lease_lost(store.renew_lease(&id, &a, LONG_TTL).await, &id);
+    assert_lease_lost(
+        store.finish_attempt(&id, &a, final_outcome("late")).await,
+        &id,
+    );
+    assert_eq!(
+        &get(store, &id).await,
+        taken,
+        "the old owner changed nothing"
+    );
+
+    // Nor can a third replica take it while b holds it.
+    assert_eq!(claim(store, &replica("c"), expires, 10).await, vec![]);
+
+    let done = store
+        .finish_attempt(&id, &b, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert_eq!(done.final_attempt_reason.as_deref(), Some("delivered"));
+}
+
+pub async fn renew_lease(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+
+    let before = now_ms();
+    store.renew_lease(&id, &a, 2 * LONG_TTL).await.unwrap();
+    let after = now_ms();
+    let rec = get(store, &id).await;
+    assert_eq!(rec.lease_owner, Some(a.clone()));
+    assert_between(
+        rec.lease_expires.unwrap(),
+        before + 2 * LONG_TTL,
+        after + 2 * LONG_TTL,
+        "renewed lease_expires",
+    );
+    assert_eq!(rec.version, 2);
+
+    assert_lease_lost(store.renew_lease(&id, &b, LONG_TTL).await, &id);
+    assert_eq!(get(store, &id).await, rec, "a failed renew changes nothing");
+
+    assert_not_found(
+        store
+            .renew_lease(&TxId("no-such-tx".into()), &a, LONG_TTL)
+            .await,
+    );
+
+    store
+        .finish_attempt(&id, &a, retry_at(now_ms() + HOUR, "later"))
+        .await
+        .unwrap();
+    assert_lease_lost(store.renew_lease(&id, &a, LONG_TTL).await, &id);
+
+    // Never leased at all.
+    let plain = create(store, sample_tx(&body)).await;
+    assert_lease_lost(store.renew_lease(&plain, &a, LONG_TTL).await, &plain);
+}
+
+pub async fn finish_wrong_owner(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let before = get(store, &id).await;
+    assert_lease_lost(
+        store.finish_attempt(&id, &b, final_outcome("nope")).await,
+        &id,
+    );
+    assert_lease_lost(
+        store
+            .finish_attempt(&id, &b, retry_at(now_ms() + HOUR, "nope"))
+            .await,
+        &id,
+    );
+    assert_eq!(get(store, &id).await, before, "nothing recorded");
+
+    let plain = create(store, sample_tx(&body)).await;
+    let plain_before = get(store, &plain).await;
+    assert_lease_lost(
+        store
+            .finish_attempt(&plain, &a, final_outcome("nope"))
+            .await,
+        &plain,
+    );
+    assert_eq!(get(store, &plain).await, plain_before);
+
+    assert_not_found(
+        store
+            .finish_attempt(&TxId("no-such-tx".into()), &a, final_outcome("x"))
+            .await,
+    );
+}
+
+pub async fn finish_retry(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let created = get(store, &id).await;
+
+    let at = now_ms() + Duration::from_secs(600);
+    let before = now_ms();
+    let rec = store
+        .finish_attempt(&id, &a, retry_at(at, "first"))
+        .await
+        .unwrap();
+    let after = now_ms();
+    assert_eq!(
+        rec,
+        get(store, &id).await,
+        "finish returns the stored record"
+    );
+    assert_between(rec.last_update, before, after, "last_update");
+    let expected = TxRecord {
+        last_update: rec.last_update,
+        version: 2,
+        attempt_count: 1,
+        next_attempt: Some(at),
+        lease_owner: None,
+        lease_expires: None,
+        last_responses: Some(responses("first")),
+        ..created.clone()
+    };
+    assert_eq!(rec, expected);
+    assert_eq!(rec.state(now_ms()), TxState::Waiting);
+
+    // The next attempt replaces the responses.
+    let got = claim(store, &b, at, 10).await;
+    assert_eq!(ids(&got), vec![id.clone()]);
+    assert_eq!(got[0].attempt_count, 2);
+    assert_eq!(got[0].last_responses, Some(responses("first")));
+    let rec = store
+        .finish_attempt(&id, &b, retry_at(at + HOUR, "second"))
+        .await
+        .unwrap();
+    assert_eq!(rec.attempt_count, 2);
+    assert_eq!(rec.next_attempt, Some(at + HOUR));
+    assert_eq!(rec.last_responses, Some(responses("second")));
+    assert_eq!(rec.tx, created.tx, "the envelope is untouched");
+}
+
+pub async fn finish_final(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let a = replica("a");
+    let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let created = get(store, &id).await;
+    let rec = store
+        .finish_attempt(&id, &a, final_outcome("250 2.0.0 delivered"))
+        .await
+        .unwrap();
+    let expected = TxRecord {
+        last_update: rec.last_update,
+        version: 2,
+        attempt_count: 1,
+        next_attempt: None,
+        final_attempt_reason: Some("250 2.0.0 delivered".into()),
+        lease_owner: None,
+        lease_expires: None,
+        last_responses: Some(responses("250 2.0.0 delivered")),
+        ..created
+    };
+    assert_eq!(rec, expected);
+    assert_eq!(rec, get(store, &id).await);
+    assert_eq!(rec.state(now_ms()), TxState::Final);
+
+    assert_lease_lost(
+        store.finish_attempt(&id, &a, final_outcome("again")).await,
+        &id,
+    );
+    assert_lease_lost(store.renew_lease(&id, &a, LONG_TTL).await, &id);
+    assert_eq!(claim(store, &a, now_ms() + 1000 * HOUR, 10).await, vec![]);
+    assert_eq!(get(store, &id).await, rec);
+}
+
+pub async fn cancel(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+
+    // Not leased: final at once.
+    let plain = create(store, sample_tx(&body)).await;
+    store.cancel(&plain).await.unwrap();
+    let rec = get(store, &plain).await;
+    assert!(rec.cancelled);
+    assert!(rec.final_attempt_reason.is_some());
+    assert_eq!(rec.next_attempt, None);
+    assert_eq!(rec.version, 2);
+    assert_eq!(rec.state(now_ms()), TxState::Final);
+
+    // Leased: flagged, the lease stays; the holder's renew says stop.
+    let renewing = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    store.cancel(&renewing).await.unwrap();
+    let rec = get(store, &renewing).await;
+    assert!(rec.cancelled);
+    assert_eq!(rec.final_attempt_reason, None);
+    assert_eq!(rec.lease_owner, Some(a.clone()));
+    assert_eq!(rec.version, 2);
+    assert_eq!(rec.state(now_ms()), TxState::Inflight);
+    assert_lease_lost(store.renew_lease(&renewing, &a, LONG_TTL).await, &renewing);
+
+    // Leased: the holder's finish is recorded and ends it, retry or not.
+    let finishing = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    store.cancel(&finishing).await.unwrap();
+    let rec = store
+        .finish_attempt(&finishing, &a, retry_at(now_ms() + HOUR, "cut short"))
+        .await
+        .unwrap();
+    assert!(rec.cancelled);
+    assert!(rec.final_attempt_reason.is_some());
+    assert_eq!(rec.next_attempt, None);
+    assert_eq!(rec.last_responses, Some(responses("cut short")));
+    assert_eq!(rec.state(now_ms()), TxState::Final);
+
+    // Leased, and the holder vanished: no claim after expiry returns it.
+    let abandoned = create(store, leased_tx(&body, &a, SHORT_TTL)).await;
+    store.cancel(&abandoned).await.unwrap();
+    let expires = get(store, &abandoned).await.lease_expires.unwrap();
+    assert_eq!(claim(store, &b, expires, 10).await, vec![]);
+
+    // Final already: the reason stands.
+    let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    store
+        .finish_attempt(&done, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    store.cancel(&done).await.unwrap();
+    let rec = get(store, &done).await;
+    assert_eq!(rec.final_attempt_reason.as_deref(), Some("delivered"));
+    assert_eq!(rec.state(now_ms()), TxState::Final);
+
+    // None of them is ever claimed again, even the one whose lease runs out.
+    assert_eq!(claim(store, &b, now_ms() + 1000 * HOUR, 10).await, vec![]);
+
+    assert_not_found(store.cancel(&TxId("no-such-tx".into())).await);
+}
+
+pub async fn versions_increase(store: &dyn Store) {
+    #[track_caller]
+    fn step(version: &mut u64, v: u64, what: &str) {
+        assert!(v > *version, "{what}: version {v} after {version}");
+        *version = v;
+    }
+    let body = finalized_blob(store, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let id = create(store, sample_tx(&body)).await;
+    let mut version = get(store, &id).await.version;
+    assert_eq!(version, 1);
+
+    let now = now_ms();
+    let got = claim(store, &a, now, 1).await;
+    step(&mut version, got[0].version, "claim");
+    assert_eq!(get(store, &id).await.version, version);
+    store.renew_lease(&id, &a, LONG_TTL).await.unwrap();
+    step(&mut version, get(store, &id).await.version, "renew");
+    let rec = store
+        .finish_attempt(&id, &a, retry_at(now, "retry"))
+        .await
+        .unwrap();
+    step(&mut version, rec.version, "finish");
+    let got = claim(store, &b, now, 1).await;
+    assert_eq!(ids(&got), vec![id.clone()]);
+    step(&mut version, got[0].version, "second claim");
+    store.cancel(&id).await.unwrap();
+    step(&mut version, get(store, &id).await.version, "cancel");
+    let rec = store
+        .finish_attempt(&id, &b, final_outcome("cancelled"))
+        .await
+        .unwrap();
+    step(&mut version, rec.version, "final finish");
+}
+
+pub async fn counts_by_state(store: &dyn Store) {
+    assert_eq!(store.counts().await.unwrap(), QueueCounts::default());
+    let a = replica("a");
+    let body = finalized_blob(store, b"x").await;
+    let _unreferenced = finalized_blob(store, b"y").await;
+
+    create(store, sample_tx(&body)).await;
+    create(store, sample_tx(&body)).await;
+    create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let later = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    store
+        .finish_attempt(&later, &a, retry_at(now_ms() + HOUR, "later"))
+        .await
+        .unwrap();
+    let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    store
+        .finish_attempt(&done, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.counts().await.unwrap(),
+        QueueCounts {
+            waiting: 3,
+            due: 2,
+            inflight: 1,
+            final_: 1,
+            blobs: 2,
+        }
+    );
+}
+
+// --------------------------------------------------------------------- gc
+
+/// Two transactions share a body: the body lives while either does, and
+/// goes with the last. Unreferenced blobs go once older than the cutoff.
+pub async fn refcounts_and_gc(store: &dyn Store) {
+    let a = replica("a");
+    let body = finalized_blob(store, b"shared body").await;
+    let t1 = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let t2 = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    assert_eq!(info(store, &body).await.refcount, 2);
+
+    store
+        .finish_attempt(&t1, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 1);
+    assert_not_found(store.get_transaction(&t1).await);
+    assert_eq!(
+        info(store, &body).await,
+        BlobInfo {
+            length: 11,
+            finalized: true,
+            refcount: 1
+        }
+    );
+    assert_eq!(store.read_blob(&body, 0, 100).await.unwrap(), "shared body");
+
+    store
+        .finish_attempt(&t2, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 1);
+    assert_not_found(store.get_transaction(&t2).await);
+    assert_not_found(store.blob_info(&body).await);
+    assert_not_found(store.read_blob(&body, 0, 100).await);
+
+    // Unreferenced blobs, final or still being written.
+    let before = now_ms();
+    let done = finalized_blob(store, b"orphan").await;
+    let open = store.create_blob().await.unwrap();
+    store
+        .append_blob(&open, 0, Bytes::from_static(b"uploading"), false)
+        .await
+        .unwrap();
+    assert_eq!(store.gc(before).await.unwrap(), 0);
+    assert_eq!(info(store, &done).await.length, 6);
+    assert_eq!(info(store, &open).await.length, 9);
+    assert_eq!(store.counts().await.unwrap().blobs, 2);
+
+    assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 0);
+    assert_not_found(store.blob_info(&done).await);
+    assert_not_found(store.blob_info(&open).await);
+    assert_eq!(store.counts().await.unwrap(), QueueCounts::default());
+}
+
+/// GC deletes final transactions last updated before the cutoff, and
+/// nothing else, however old.
+pub async fn gc_only_old_final(store: &dyn Store) {
+    let a = replica("a");
+    let body = finalized_blob(store, b"x").await;
+    let waiting = create(store, sample_tx(&body)).await;
+    let inflight = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let retrying = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    store
+        .finish_attempt(&retrying, &a, retry_at(now_ms() + HOUR, "later"))
+        .await
+        .unwrap();
+    let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let cutoff = now_ms();
+    store
+        .finish_attempt(&done, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+
+    let mut kept = HashMap::new();
+    for id in [&waiting, &inflight, &retrying, &done] {
+        kept.insert(id.clone(), get(store, id).await);
+    }
+    // `done` was updated at or after the cutoff: too young.
+    assert_eq!(store.gc(cutoff).await.unwrap(), 0);
+    for (id, rec) in &kept {
+        assert_eq!(&get(store, id).await, rec);
+    }
+
+    assert_eq!(store.gc(now_ms() + 24 * HOUR).await.unwrap(), 1);
+    assert_not_found(store.get_transaction(&done).await);
+    kept.remove(&done);
+    for (id, rec) in &kept {
+        assert_eq!(&get(store, id).await, rec, "gc touched a live transaction");
+    }
+    assert_eq!(info(store, &body).await.refcount, 3);
+}
+
+// -------------------------------------------------------------------- ids
+
+pub async fn ids_unique(store: &dyn Store) {
+    fn url_safe(s: &str) -> bool {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+    let blobs = join_all((0..300).map(|_| store.create_blob())).await;
+    let blobs: Vec<BlobId> = blobs.into_iter().map(|b| b.unwrap()).collect();
+    let distinct: HashSet<&BlobId> = blobs.iter().collect();
+    assert_eq!(distinct.len(), blobs.len(), "duplicate blob ids");
+    assert!(
+        blobs.iter().all(|b| url_safe(&b.0)),
+        "blob ids not URL-safe"
+    );
+
+    let body = finalized_blob(store, b"x").await;
+    let txs = join_all((0..100).map(|_| store.create_transaction(sample_tx(&body)))).await;
+    let txs: Vec<TxId> = txs.into_iter().map(|t| t.unwrap()).collect();
+    let distinct: HashSet<&TxId> = txs.iter().collect();
+    assert_eq!(distinct.len(), txs.len(), "duplicate transaction ids");
+    assert!(
+        txs.iter().all(|t| url_safe(&t.0)),
+        "transaction ids not URL-safe"
+    );
+}
+
+// ------------------------------------------------------------ concurrency
+
+/// Eight replicas race to claim 200 due transactions: every transaction is
+/// handed out exactly once, to the replica the store says holds it.
+pub async fn concurrent_claims(store: Arc<dyn Store>) {
+    const TXS: usize = 200;
+    const CLAIMERS: usize = 8;
+    let body = finalized_blob(&*store, b"x").await;
+    let created = join_all((0..TXS).map(|_| store.create_transaction(sample_tx(&body)))).await;
+    let created: HashSet<TxId> = created.into_iter().map(|t| t.unwrap()).collect();
+    assert_eq!(created.len(), TXS);
+
+    let now = now_ms();
+    let start = Arc::new(tokio::sync::Barrier::new(CLAIMERS));
+    let tasks: Vec<_> = (0..CLAIMERS)
+        .map(|i| {
+            let (store, start) = (store.clone(), start.clone());
+            tokio::spawn(async move {
+                let owner = replica(&format!("replica-{i}"));
+                let mut got = Vec::new();
+                start.wait().await;
+                loop {
+                    let batch = store
+                        .claim_due(&owner, now, LONG_TTL, 7)
+                        .await
+                        .expect("claim_due");
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for rec in batch {
+                        assert_eq!(rec.lease_owner.as_ref(), Some(&owner));
+                        got.push(rec.id);
+                    }
+                }
+                (owner, got)
+            })
+        })
+        .collect();
+
+    let mut holder: HashMap<TxId, ReplicaId> = HashMap::new();
+    for task in tasks {
+        let (owner, got) = task.await.expect("claimer panicked");
+        for id in got {
+            if let Some(first) = holder.insert(id.clone(), owner.clone()) {
+                panic!("{id} claimed by both {} and {}", first.0, owner.0);
+            }
+        }
+    }
+    assert_eq!(holder.len(), TXS);
+    assert_eq!(holder.keys().cloned().collect::<HashSet<_>>(), created);
+    for (id, owner) in &holder {
+        let rec = get(&*store, id).await;
+        assert_eq!(rec.lease_owner.as_ref(), Some(owner), "{id}");
+        assert_eq!(rec.attempt_count, 1, "{id}");
+    }
+    assert_eq!(claim(&*store, &replica("late"), now, 10).await, vec![]);
+}
+
+// ----------------------------------------------------------------- runner
+
+/// Runs every test, each on a fresh store from `make`. Call it from a
+/// multi-threaded tokio runtime.
+pub async fn run_all<F>(make: F)
+where
+    F: Fn() -> BoxFuture<'static, Arc<dyn Store>>,
+{
+    macro_rules! run {
+        ($($test:ident),* $(,)?) => {$(
+            eprintln!("store suite: {}", stringify!($test));
+            let store = make().await;
+            $test(&*store).await;
+        )*};
+    }
+    run!(
+        blob_append_read_finalize,
+        blob_append_conflicts,
+        blob_chunked_reads,
+        create_requires_finalized_body,
+        transaction_round_trip,
+        leased_creation,
+        claim_due_leases,
+        claim_respects_next_attempt,
+        final_never_claimed,
+        lease_takeover,
+        renew_lease,
+        finish_wrong_owner,
+        finish_retry,
+        finish_final,
+        cancel,
+        versions_increase,
+        counts_by_state,
+        refcounts_and_gc,
+        gc_only_old_final,
+        ids_unique,
+    );
+    eprintln!("store suite: concurrent_claims");
+    concurrent_claims(make().await).await;
+}

@@ -1,0 +1,1118 @@
+//! The Redis store against a real `redis-server`, one per test, on a free
+//! loopback port with AOF and `appendfsync always` in a temporary
+//! directory. The binary is required: without it these tests fail rather
+//! than skip (set `KOUKAN_REDIS_SERVER` if it is not on the PATH).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use koukan_storage::redis_store::{Durability, RedisOptions, RedisStore};
+use koukan_storage::{
+    AttemptOutcome, AttemptResponses, BlobId, NewTransaction, NextStep, ReplicaId, Store,
+    StoreError, StoredMailbox, StoredResponse, StoredSession, TxId, TxState,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+// ---------------------------------------------------------------------
+// A redis-server child process.
+
+fn redis_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KOUKAN_REDIS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|d| d.join("redis-server"));
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "redis-server not found (looked in PATH, /usr/bin, /usr/local/bin): install it \
+         (e.g. apt-get install redis-server) or set KOUKAN_REDIS_SERVER"
+    );
+}
+
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// A durable server (AOF, fsync on every write).
+    async fn start() -> RedisServer {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        // A port found free can be taken before redis binds it; then redis
+        // exits and we try another.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!(
+            "redis-server did not start; log:\n{}",
+            server.log().unwrap_or_default()
+        );
+    }
+
+    /// Starts redis on `self.port` with `self.dir`; false if it exited.
+    async fn spawn(&mut self) -> bool {
+        let dir = self.dir.path();
+        let child = Command::new(redis_server_binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                eprintln!("redis-server exited: {status}");
+                self.child = None;
+                return false;
+            }
+            if ping(self.port).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server on port {} not ready after 10 s", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn log(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).ok()
+    }
+
+    /// SIGKILL: no shutdown save, no goodbye to clients.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal (STOP freezes it, CONT resumes it).
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
+    /// Starts it again on the same port and directory (AOF reloaded).
+    async fn restart(&mut self) {
+        assert!(self.spawn().await, "redis-server did not restart");
+    }
+
+    async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw redis connection")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// True once the server answers PING with PONG (not LOADING).
+async fn ping(port: u16) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"PING\r\n").await?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await?;
+        Ok::<_, std::io::Error>(line.starts_with("+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+// ---------------------------------------------------------------------
+// Helpers.
+
+fn opts() -> RedisOptions {
+    RedisOptions {
+        key_prefix: "t:".into(),
+        op_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        reconnect_retries: 1,
+        ..RedisOptions::default()
+    }
+}
+
+async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.url(), opts())
+        .await
+        .expect("connect to redis")
+}
+
+fn new_tx(body: &BlobId, lease: Option<(ReplicaId, Duration)>) -> NewTransaction {
+    NewTransaction {
+        sender: "smtp-msa".into(),
+        tag: "submission".into(),
+        chain: "outbound".into(),
+        mail_from: StoredMailbox {
+            address: "alice@example.com".into(),
+            params: vec![],
+        },
+        rcpt_to: vec![StoredMailbox {
+            address: "bob@example.org".into(),
+            params: vec![],
+        }],
+        session: StoredSession {
+            listener: "msa".into(),
+            peer: Some("192.0.2.1:4567".into()),
+            ..StoredSession::default()
+        },
+        body: body.clone(),
+        retry: true,
+        notification: false,
+        lease,
+    }
+}
+
+async fn body(s: &dyn Store, content: &[u8]) -> BlobId {
+    let b = s.create_blob().await.unwrap();
+    s.append_blob(&b, 0, Bytes::copy_from_slice(content), true)
+        .await
+        .unwrap();
+    b
+}
+
+fn replica(name: &str) -> ReplicaId {
+    ReplicaId(name.into())
+}
+
+fn retry_at(t: SystemTime) -> AttemptOutcome {
+    AttemptOutcome {
+        responses: AttemptResponses {
+            mail: Some(StoredResponse {
+                code: 250,
+                text: "ok".into(),
+            }),
+            rcpt: vec![Some(StoredResponse {
+                code: 451,
+                text: "try later".into(),
+            })],
+            data: None,
+        },
+        next: NextStep::RetryAt(t),
+    }
+}
+
+fn final_outcome(reason: &str) -> AttemptOutcome {
+    AttemptOutcome {
+        responses: AttemptResponses::default(),
+        next: NextStep::Final {
+            reason: reason.into(),
+        },
+    }
+}
+
+/// Truncated to milliseconds, as the store keeps times.
+fn ms(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    SystemTime::UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64)
+}
+
+async fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
+    let mut raw = server.raw().await;
+    let mut k: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    k.sort();
+    k
+}
+
+// ---------------------------------------------------------------------
+// The conformance suite shared with the embedded store.
+
+/// Runs the suite on one server; every store it asks for gets a key
+/// prefix of its own, so it starts empty.
+async fn run_suite(chunk_size: usize) {
+    let server = RedisServer::start().await;
+    let url = server.url();
+    let next = Arc::new(AtomicUsize::new(0));
+    koukan_storage::suite::run_all(move || {
+        let url = url.clone();
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            let s = RedisStore::connect(
+                &url,
+                RedisOptions {
+                    key_prefix: format!("suite{n}:"),
+                    chunk_size,
+                    // Multi-megabyte appends on a shared, fsyncing server.
+                    op_timeout: Duration::from_secs(10),
+                    ..opts()
+                },
+            )
+            .await
+            .expect("connect to redis");
+            Arc::new(s) as Arc<dyn Store>
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_suite() {
+    run_suite(RedisOptions::default().chunk_size).await;
+}
+
+/// Small, odd-sized chunks: every read and append crosses boundaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_suite_small_chunks() {
+    run_suite(1021).await;
+}
+
+// ---------------------------------------------------------------------
+// Blobs.
+
+#[tokio::test]
+async fn blobs_are_chunked_and_read_by_offset() {
+    let server = RedisServer::start().await;
+    let s = RedisStore::connect(
+        &server.url(),
+        RedisOptions {
+            chunk_size: 5,
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    let b = s.create_blob().await.unwrap();
+    let info = s.blob_info(&b).await.unwrap();
+    assert_eq!((info.length, info.finalized, info.refcount), (0, false, 0));
+
+    let content: Vec<u8> = (0u8..22).collect();
+    let mut off = 0u64;
+    for (piece, last) in [(3, false), (7, false), (0, false), (12, true)] {
+        let data = Bytes::copy_from_slice(&content[off as usize..off as usize + piece]);
+        off = s.append_blob(&b, off, data, last).await.unwrap();
+    }
+    assert_eq!(off, 22);
+    let info = s.blob_info(&b).await.unwrap();
+    assert_eq!((info.length, info.finalized), (22, true));
+
+    // Chunk keys of at most 5 bytes, 0..=4.
+    let chunks = keys(&server, &format!("t:blob:{}:*", b.0)).await;
+    assert_eq!(chunks.len(), 5, "{chunks:?}");
+    let mut raw = server.raw().await;
+    for k in &chunks {
+        let len: usize = redis::cmd("STRLEN")
+            .arg(k)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(len <= 5, "{k} holds {len} bytes");
+    }
+
+    // Reads at every offset and several sizes, across chunk boundaries.
+    for start in 0..=23u64 {
+        for max in [1usize, 4, 5, 6, 11, 100] {
+            let got = s.read_blob(&b, start, max).await.unwrap();
+            let from = (start as usize).min(22);
+            let to = (from + max).min(22);
+            assert_eq!(&got[..], &content[from..to], "read at {start} max {max}");
+        }
+    }
+    assert!(s.read_blob(&b, 0, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn blob_conflicts_and_missing_blobs_are_typed() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = s.create_blob().await.unwrap();
+    s.append_blob(&b, 0, Bytes::from_static(b"hello"), false)
+        .await
+        .unwrap();
+    match s.append_blob(&b, 3, Bytes::from_static(b"x"), false).await {
+        Err(StoreError::BlobConflict { blob, reason }) => {
+            assert_eq!(blob, b);
+            assert!(reason.contains("offset 3"), "{reason}");
+        }
+        other => panic!("expected BlobConflict, got {other:?}"),
+    }
+    // A refused append changed nothing.
+    assert_eq!(s.blob_info(&b).await.unwrap().length, 5);
+    s.append_blob(&b, 5, Bytes::new(), true).await.unwrap();
+    assert!(matches!(
+        s.append_blob(&b, 5, Bytes::from_static(b"late"), false)
+            .await,
+        Err(StoreError::BlobConflict { .. })
+    ));
+
+    let missing = BlobId("nope".into());
+    assert!(matches!(
+        s.blob_info(&missing).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.read_blob(&missing, 0, 10).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.read_blob(&missing, 0, 0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.append_blob(&missing, 0, Bytes::new(), true).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // A transaction needs a finalized body.
+    let open = s.create_blob().await.unwrap();
+    assert!(matches!(
+        s.create_transaction(new_tx(&open, None)).await,
+        Err(StoreError::BlobConflict { .. })
+    ));
+    assert!(matches!(
+        s.create_transaction(new_tx(&missing, None)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.blob_info(&open).await.unwrap().refcount, 0);
+}
+
+// ---------------------------------------------------------------------
+// Transactions.
+
+#[tokio::test]
+async fn lifecycle_bumps_versions_and_publishes_them() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(s.version_channel()).await.unwrap();
+
+    let b = body(&s, b"Subject: hi\r\n\r\nhello\r\n").await;
+    let before = ms(SystemTime::now());
+    let tx = new_tx(&b, None);
+    let id = s.create_transaction(tx.clone()).await.unwrap();
+    let r = s.get_transaction(&id).await.unwrap();
+    assert_eq!(r.id, id);
+    assert_eq!(r.tx, tx);
+    assert_eq!(r.version, 1);
+    assert_eq!(r.attempt_count, 0);
+    assert!(r.created >= before && r.created <= SystemTime::now());
+    assert_eq!(r.next_attempt, Some(r.created));
+    assert_eq!(r.state(SystemTime::now()), TxState::Waiting);
+    assert_eq!(s.blob_info(&b).await.unwrap().refcount, 1);
+
+    let a = replica("a");
+    let now = SystemTime::now() + Duration::from_secs(1);
+    let claimed = s
+        .claim_due(&a, now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!((c.version, c.attempt_count), (2, 1));
+    assert_eq!(c.lease_owner, Some(a.clone()));
+    assert_eq!(c.lease_expires, Some(ms(now + Duration::from_secs(30))));
+    assert_eq!(c.state(now), TxState::Inflight);
+    // Nothing else is due.
+    assert!(
+        s.claim_due(&a, now, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    s.renew_lease(&id, &a, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(s.get_transaction(&id).await.unwrap().version, 3);
+
+    let later = SystemTime::now() + Duration::from_secs(600);
+    let r = s.finish_attempt(&id, &a, retry_at(later)).await.unwrap();
+    assert_eq!(r.version, 4);
+    assert_eq!(r.next_attempt, Some(ms(later)));
+    assert_eq!((r.lease_owner.clone(), r.lease_expires), (None, None));
+    assert_eq!(r.last_responses, Some(retry_at(later).responses));
+    assert_eq!(r, s.get_transaction(&id).await.unwrap());
+    // Not due before its time, due after.
+    assert!(
+        s.claim_due(&a, now, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = s
+        .claim_due(&a, later, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt_count, 2);
+    let r = s
+        .finish_attempt(&id, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert_eq!(r.version, 6);
+    assert_eq!(r.final_attempt_reason.as_deref(), Some("delivered"));
+    assert_eq!(r.next_attempt, None);
+    assert_eq!(r.state(SystemTime::now()), TxState::Final);
+    // The lease is gone with the attempt.
+    assert!(matches!(
+        s.renew_lease(&id, &a, Duration::from_secs(1)).await,
+        Err(StoreError::LeaseLost(x)) if x == id
+    ));
+
+    let mut msgs = sub.on_message();
+    for v in 1..=6 {
+        let m = tokio::time::timeout(Duration::from_secs(2), msgs.next())
+            .await
+            .expect("version notification")
+            .unwrap();
+        assert_eq!(m.get_payload::<String>().unwrap(), format!("{} {v}", id.0));
+    }
+}
+
+#[tokio::test]
+async fn leased_at_creation_and_counts() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = body(&s, b"x").await;
+    let a = replica("a");
+    let leased = s
+        .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    let r = s.get_transaction(&leased).await.unwrap();
+    assert_eq!((r.attempt_count, r.version), (1, 1));
+    assert_eq!(r.next_attempt, Some(r.created));
+    assert_eq!(r.lease_owner, Some(a.clone()));
+    assert_eq!(r.state(SystemTime::now()), TxState::Inflight);
+    let waiting = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    let done = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    assert_eq!(s.blob_info(&b).await.unwrap().refcount, 3);
+    let now = SystemTime::now() + Duration::from_secs(1);
+    // Only the two unleased ones are due; take exactly one.
+    let got = s
+        .claim_due(&a, now, Duration::from_secs(60), 1)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let other = if got[0].id == waiting {
+        &done
+    } else {
+        &waiting
+    };
+    s.claim_due(&a, now, Duration::from_secs(60), 1)
+        .await
+        .unwrap();
+    s.finish_attempt(other, &a, final_outcome("bounced"))
+        .await
+        .unwrap();
+    s.create_blob().await.unwrap();
+
+    let c = s.counts().await.unwrap();
+    assert_eq!(
+        (c.waiting, c.due, c.inflight, c.final_, c.blobs),
+        (0, 0, 2, 1, 2),
+        "{c:?}"
+    );
+    assert!(matches!(
+        s.get_transaction(&TxId("nope".into())).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn cancel_finalizes_waiting_and_stops_the_holder() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = body(&s, b"x").await;
+    let a = replica("a");
+
+    // Waiting: final at once, never claimed.
+    let w = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    s.cancel(&w).await.unwrap();
+    let r = s.get_transaction(&w).await.unwrap();
+    assert!(r.cancelled);
+    assert_eq!(r.final_attempt_reason.as_deref(), Some("cancelled"));
+    let far = SystemTime::now() + Duration::from_secs(3600);
+    assert!(
+        s.claim_due(&a, far, Duration::from_secs(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Idempotent.
+    s.cancel(&w).await.unwrap();
+
+    // Leased: flagged; the holder's renewal fails, and once its lease has
+    // run out the transaction is final without ever being claimed.
+    let l = s
+        .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    s.cancel(&l).await.unwrap();
+    let r = s.get_transaction(&l).await.unwrap();
+    assert!(r.cancelled);
+    assert_eq!(r.state(SystemTime::now()), TxState::Inflight);
+    assert!(matches!(
+        s.renew_lease(&l, &a, Duration::from_secs(60)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(
+        s.get_transaction(&l).await.unwrap(),
+        r,
+        "renew changed nothing"
+    );
+    assert!(
+        s.claim_due(&a, far, Duration::from_secs(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let r = s.get_transaction(&l).await.unwrap();
+    assert_eq!(r.final_attempt_reason.as_deref(), Some("cancelled"));
+    assert_eq!((r.lease_owner, r.lease_expires), (None, None));
+    assert_eq!(s.counts().await.unwrap().inflight, 0);
+
+    // Leased, holder finishes asking for a retry: no retry.
+    let l2 = s
+        .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    s.cancel(&l2).await.unwrap();
+    let r = s.finish_attempt(&l2, &a, retry_at(far)).await.unwrap();
+    assert_eq!(r.final_attempt_reason.as_deref(), Some("cancelled"));
+    assert!(
+        s.claim_due(&a, far, Duration::from_secs(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(matches!(
+        s.cancel(&TxId("nope".into())).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn gc_deletes_old_final_transactions_and_unreferenced_blobs() {
+    let server = RedisServer::start().await;
+    let s = RedisStore::connect(
+        &server.url(),
+        RedisOptions {
+            chunk_size: 4,
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    let a = replica("a");
+    let shared = body(&s, b"shared body").await;
+    let done = s
+        .create_transaction(new_tx(&shared, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    s.finish_attempt(&done, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    let alive = s.create_transaction(new_tx(&shared, None)).await.unwrap();
+    let own = body(&s, b"own body").await;
+    let gone = s
+        .create_transaction(new_tx(&own, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    s.finish_attempt(&gone, &a, final_outcome("bounced"))
+        .await
+        .unwrap();
+    let upload = s.create_blob().await.unwrap();
+
+    let hour = Duration::from_secs(3600);
+    assert_eq!(s.gc(SystemTime::now() - hour).await.unwrap(), 0);
+    assert_eq!(s.counts().await.unwrap().blobs, 3);
+
+    assert_eq!(s.gc(SystemTime::now() + hour).await.unwrap(), 2);
+    for id in [&done, &gone] {
+        assert!(matches!(
+            s.get_transaction(id).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    assert!(s.get_transaction(&alive).await.is_ok());
+    assert_eq!(s.blob_info(&shared).await.unwrap().refcount, 1);
+    assert_eq!(
+        &s.read_blob(&shared, 0, 100).await.unwrap()[..],
+        b"shared body"
+    );
+    for b in [&own, &upload] {
+        assert!(matches!(s.blob_info(b).await, Err(StoreError::NotFound(_))));
+        assert!(keys(&server, &format!("t:blob:{}*", b.0)).await.is_empty());
+    }
+    assert_eq!(s.counts().await.unwrap().blobs, 1);
+}
+
+#[tokio::test]
+async fn gc_spares_an_old_upload_still_being_written() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = s.create_blob().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Created before the cutoff, written after it: still in use.
+    s.append_blob(&b, 0, Bytes::from_static(b"more"), false)
+        .await
+        .unwrap();
+    assert_eq!(s.gc(cutoff).await.unwrap(), 0);
+    assert_eq!(s.blob_info(&b).await.unwrap().length, 4);
+}
+
+// ---------------------------------------------------------------------
+// Leases across replicas.
+
+#[tokio::test]
+async fn claims_take_the_longest_waiting_first() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let blob = body(&s, b"x").await;
+    let (a, b) = (replica("a"), replica("b"));
+    let t0 = ms(SystemTime::now()) + Duration::from_secs(10);
+    let mut by_time = Vec::new();
+    // Due at t0+3, t0+1, t0+2 (finished with RetryAt), and one whose lease
+    // (taken at creation) expired at ~now+1 s, before all of them.
+    for offset in [3, 1, 2] {
+        let id = s
+            .create_transaction(new_tx(&blob, Some((a.clone(), Duration::from_secs(60)))))
+            .await
+            .unwrap();
+        let at = t0 + Duration::from_secs(offset);
+        s.finish_attempt(&id, &a, retry_at(at)).await.unwrap();
+        by_time.push((at, id));
+    }
+    let stale = s
+        .create_transaction(new_tx(&blob, Some((a.clone(), Duration::from_secs(1)))))
+        .await
+        .unwrap();
+    by_time.push((SystemTime::UNIX_EPOCH, stale));
+    by_time.sort();
+    let now = t0 + Duration::from_secs(5);
+    for (_, want) in by_time {
+        let got = s
+            .claim_due(&b, now, Duration::from_secs(60), 1)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, want);
+    }
+}
+
+/// Defence in depth: even with a transaction wrongly indexed as both due
+/// and leased (not reachable through the API), a claim returns it once.
+#[tokio::test]
+async fn a_corrupt_index_cannot_make_a_claim_return_a_transaction_twice() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let blob = body(&s, b"x").await;
+    let id = s.create_transaction(new_tx(&blob, None)).await.unwrap();
+    let mut raw = server.raw().await;
+    let _: () = redis::cmd("ZADD")
+        .arg("t:leases")
+        .arg(1)
+        .arg(&id.0)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let got = s
+        .claim_due(
+            &replica("a"),
+            SystemTime::now() + Duration::from_secs(1),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attempt_count, 1);
+}
+
+#[tokio::test]
+async fn a_huge_claim_limit_is_capped() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let blob = body(&s, b"x").await;
+    s.create_transaction(new_tx(&blob, None)).await.unwrap();
+    let now = SystemTime::now() + Duration::from_secs(1);
+    let got = s
+        .claim_due(&replica("a"), now, Duration::from_secs(60), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}
+
+#[tokio::test]
+async fn expired_lease_is_taken_over() {
+    let server = RedisServer::start().await;
+    let (s1, s2) = (store(&server).await, store(&server).await);
+    let (a, b) = (replica("a"), replica("b"));
+    let blob = body(&s1, b"x").await;
+    let id = s1.create_transaction(new_tx(&blob, None)).await.unwrap();
+    let t0 = SystemTime::now() + Duration::from_secs(1);
+    let ttl = Duration::from_secs(30);
+    assert_eq!(s1.claim_due(&a, t0, ttl, 10).await.unwrap().len(), 1);
+    let t1 = t0 + Duration::from_secs(29);
+    assert!(s2.claim_due(&b, t1, ttl, 10).await.unwrap().is_empty());
+    assert_eq!(s2.counts().await.unwrap().inflight, 1);
+
+    let t2 = t0 + ttl;
+    let taken = s2.claim_due(&b, t2, ttl, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].lease_owner, Some(b.clone()));
+    assert_eq!(taken[0].attempt_count, 2);
+
+    // The old holder must stop; its outcome is not recorded.
+    assert!(matches!(
+        s1.renew_lease(&id, &a, ttl).await,
+        Err(StoreError::LeaseLost(x)) if x == id
+    ));
+    assert!(matches!(
+        s1.finish_attempt(&id, &a, final_outcome("delivered")).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let r = s1.get_transaction(&id).await.unwrap();
+    assert_eq!(r.final_attempt_reason, None);
+    assert_eq!(r.lease_owner, Some(b.clone()));
+    s2.renew_lease(&id, &b, ttl).await.unwrap();
+    let r = s2
+        .finish_attempt(&id, &b, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert_eq!(r.final_attempt_reason.as_deref(), Some("delivered"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_never_hand_out_a_transaction_twice() {
+    let server = RedisServer::start().await;
+    let (s1, s2) = (
+        Arc::new(store(&server).await),
+        Arc::new(store(&server).await),
+    );
+    let blob = body(&*s1, b"x").await;
+    const N: usize = 200;
+    let mut all = HashSet::new();
+    for _ in 0..N {
+        all.insert(s1.create_transaction(new_tx(&blob, None)).await.unwrap());
+    }
+
+    // Round 1: due transactions. Round 2: every lease has expired (1 ms
+    // TTL, claimed an hour later), so all are taken over again.
+    let t0 = SystemTime::now() + Duration::from_secs(1);
+    for (round, now, ttl) in [
+        (1, t0, Duration::from_millis(1)),
+        (2, t0 + Duration::from_secs(3600), Duration::from_secs(60)),
+    ] {
+        let run = |s: Arc<RedisStore>, who: &'static str| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = s.claim_due(&replica(who), now, ttl, 3).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    got.extend(batch.into_iter().map(|r| r.id));
+                    // A store that hands out the same transactions again
+                    // would keep this loop going forever.
+                    assert!(got.len() <= N, "{who} claimed more than {N} transactions");
+                }
+            })
+        };
+        let (h1, h2) = (run(s1.clone(), "a"), run(s2.clone(), "b"));
+        let (got1, got2) = (h1.await.unwrap(), h2.await.unwrap());
+        let mut seen = HashSet::new();
+        for id in got1.iter().chain(&got2) {
+            assert!(seen.insert(id.clone()), "round {round}: {id} claimed twice");
+        }
+        assert_eq!(seen, all, "round {round}: every transaction claimed once");
+        // Both replicas took part (not a proof of interleaving, but a
+        // sign the race was real).
+        eprintln!("round {round}: a {} b {}", got1.len(), got2.len());
+    }
+}
+
+// ---------------------------------------------------------------------
+// Durability check at connect.
+
+#[tokio::test]
+async fn durability_is_detected() {
+    let server = RedisServer::start().await;
+    assert_eq!(store(&server).await.durability(), &Durability::FsyncAlways);
+
+    let everysec =
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"]).await;
+    assert_eq!(store(&everysec).await.durability(), &Durability::Everysec);
+}
+
+#[tokio::test]
+async fn volatile_server_is_refused_unless_allowed() {
+    let server = RedisServer::start_with(&["--appendonly", "no"]).await;
+    match RedisStore::connect(&server.url(), opts()).await {
+        Err(StoreError::Unavailable(msg)) => {
+            assert!(msg.contains("volatile (appendonly no)"), "{msg}");
+            assert!(msg.contains("allow_volatile: true"), "{msg}");
+            assert!(msg.contains(&format!("127.0.0.1:{}", server.port)), "{msg}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let s = RedisStore::connect(
+        &server.url(),
+        RedisOptions {
+            allow_volatile: true,
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.durability(), &Durability::Volatile { snapshots: None });
+    // And it works.
+    let b = body(&s, b"x").await;
+    s.create_transaction(new_tx(&b, None)).await.unwrap();
+}
+
+#[tokio::test]
+async fn disabled_config_command_means_unknown_durability() {
+    let server =
+        RedisServer::start_with(&["--appendonly", "yes", "--rename-command", "CONFIG", ""]).await;
+    let s = store(&server).await;
+    assert!(
+        matches!(s.durability(), Durability::Unknown { .. }),
+        "{:?}",
+        s.durability()
+    );
+}
+
+// ---------------------------------------------------------------------
+// Outages.
+
+#[tokio::test]
+async fn unreachable_redis_is_unavailable_at_connect() {
+    let port = free_port();
+    let started = Instant::now();
+    let r = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), opts()).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn restart_keeps_acknowledged_mail_and_the_store_recovers() {
+    let mut server = RedisServer::start().await;
+    let s = store(&server).await;
+    let content = vec![b'm'; 700 * 1024];
+    let b = body(&s, &content).await;
+    let id = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    let before = s.get_transaction(&id).await.unwrap();
+
+    server.kill();
+    // Bounded failures, not hangs, while redis is down.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = s.get_transaction(&id).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        let w = s.create_blob().await;
+        assert!(matches!(w, Err(StoreError::Unavailable(_))), "{w:?}");
+    }
+
+    server.restart().await;
+    // The same store object reconnects by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match s.get_transaction(&id).await {
+            Ok(r) => break r,
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("store did not recover: {e}"),
+        }
+    };
+    assert_eq!(after, before);
+    assert_eq!(s.read_blob(&b, 0, usize::MAX).await.unwrap(), content);
+    // Scripts work again (Redis lost its script cache).
+    let claimed = s
+        .claim_due(
+            &replica("a"),
+            SystemTime::now() + Duration::from_secs(1),
+            Duration::from_secs(30),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+}
+
+#[tokio::test]
+async fn hung_redis_times_out_and_recovers() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = body(&s, b"x").await;
+    let id = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    server.signal("STOP");
+    let started = Instant::now();
+    let r = s.get_transaction(&id).await;
+    server.signal("CONT");
+    // op_timeout is 1 s.
+    match r {
+        Err(StoreError::Unavailable(msg)) => {
+            assert!(msg.contains("did not answer get_transaction"), "{msg}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.get_transaction(&id).await {
+            Ok(r) => break assert_eq!(r.id, id),
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("store did not recover: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn out_of_memory_is_full_and_changes_nothing() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = s.create_blob().await.unwrap();
+    let mut raw = server.raw().await;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 2 * 1024 * 1024)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let piece = Bytes::from(vec![b'z'; 256 * 1024]);
+    let mut len = 0;
+    let err = loop {
+        match s.append_blob(&b, len, piece.clone(), false).await {
+            Ok(n) => len = n,
+            Err(e) => break e,
+        }
+        assert!(len < 64 * 1024 * 1024, "maxmemory never hit");
+    };
+    assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+    assert_eq!(s.blob_info(&b).await.unwrap().length, len);
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    s.append_blob(&b, len, piece, true).await.unwrap();
+}
+
+#[tokio::test]
+async fn key_prefixes_keep_deployments_apart() {
+    let server = RedisServer::start().await;
+    let s1 = store(&server).await;
+    let s2 = RedisStore::connect(
+        &server.url(),
+        RedisOptions {
+            key_prefix: "other:".into(),
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    let b = body(&s1, b"x").await;
+    let id = s1.create_transaction(new_tx(&b, None)).await.unwrap();
+    assert!(matches!(
+        s2.get_transaction(&id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let now = SystemTime::now() + Duration::from_secs(1);
+    assert!(
+        s2.claim_due(&replica("b"), now, Duration::from_secs(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(keys(&server, "other:*").await.is_empty());
+    assert!(!keys(&server, "t:*").await.is_empty());
+}

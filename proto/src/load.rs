@@ -380,6 +380,12 @@ impl Validator<'_> {
                 None => self.err("storage", Problem::OneofMissing("embedded, redis")),
             }
         }
+        if let Some(sc) = &b.scheduler {
+            self.duration("scheduler.lease_ttl", &sc.lease_ttl);
+            self.duration("scheduler.poll_interval", &sc.poll_interval);
+            self.duration("scheduler.gc_ttl", &sc.gc_ttl);
+            self.duration("scheduler.gc_interval", &sc.gc_interval);
+        }
         if let Some(dns) = &b.dns {
             for (i, ns) in dns.nameservers.iter().enumerate() {
                 if parse_nameserver(ns).is_none() {

@@ -143,7 +143,7 @@ impl Runtime {
     }
 }
 
-fn duration(d: &Option<pbjson_types::Duration>, default: Duration) -> Duration {
+pub(crate) fn duration(d: &Option<pbjson_types::Duration>, default: Duration) -> Duration {
     match d {
         Some(d) if d.seconds > 0 || d.nanos > 0 => {
             Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
@@ -152,7 +152,7 @@ fn duration(d: &Option<pbjson_types::Duration>, default: Duration) -> Duration {
     }
 }
 
-fn nonzero<T: Default + PartialEq>(v: T, default: T) -> T {
+pub(crate) fn nonzero<T: Default + PartialEq>(v: T, default: T) -> T {
     if v == T::default() { default } else { v }
 }
 

@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminState};
 use crate::listeners::ListenerSet;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, duration, nonzero};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
 use koukan_storage::{ReplicaId, Store};
 
@@ -32,6 +32,20 @@ fn load_with(
     let runtime =
         Runtime::build(path, &bootstrap, storage).with_context(|| path.display().to_string())?;
     Ok((runtime, bootstrap))
+}
+
+fn scheduler_config(c: Option<&koukan_proto::config::v1::Scheduler>) -> SchedulerConfig {
+    let d = SchedulerConfig::default();
+    let Some(c) = c else { return d };
+    SchedulerConfig {
+        max_concurrency: nonzero(c.max_concurrency as usize, d.max_concurrency),
+        lease_ttl: duration(&c.lease_ttl, d.lease_ttl),
+        poll_interval: duration(&c.poll_interval, d.poll_interval),
+        max_receiving: nonzero(c.max_receiving as usize, d.max_receiving),
+        gc_ttl: duration(&c.gc_ttl, d.gc_ttl),
+        gc_interval: duration(&c.gc_interval, d.gc_interval),
+        ..d
+    }
 }
 
 /// Opens the configured store (kept for the life of the process: a reload
@@ -129,7 +143,7 @@ async fn reload(
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let (_, bootstrap) = load_with(&config_path, None)?;
     let store = open_store(&config_path, &bootstrap).await?;
-    let scheduler_config = SchedulerConfig::default();
+    let scheduler_config = scheduler_config(bootstrap.scheduler.as_ref());
     let storage = store.map(|store| {
         let node = bootstrap
             .node

@@ -1,7 +1,11 @@
 //! The chain's service type and helpers shared by filters.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
+use futures::lock::Mutex;
 use tower::Service;
 use tower::util::BoxService;
 
@@ -29,6 +33,42 @@ where
     S::Future: Send + 'static,
 {
     BoxService::new(s)
+}
+
+/// A terminal (or stateful filter) that handles one update at a time with
+/// `&mut self`: an upstream connection, a file being written.
+pub trait Terminal: Send + 'static {
+    fn update(&mut self, update: TxUpdate) -> BoxFuture<'_, UpdateResponse>;
+}
+
+/// Makes a [`Terminal`] a tower service. Tower futures must be `'static`,
+/// so the terminal lives behind a lock that each call's future takes; the
+/// updates of one transaction are sequential, so it is never contended.
+pub struct TerminalService<T> {
+    inner: Arc<Mutex<T>>,
+}
+
+impl<T: Terminal> TerminalService<T> {
+    pub fn new(terminal: T) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(terminal)),
+        }
+    }
+}
+
+impl<T: Terminal> Service<TxUpdate> for TerminalService<T> {
+    type Response = UpdateResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<UpdateResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, update: TxUpdate) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.lock().await.update(update).await) })
+    }
 }
 
 /// Recipients of one update split into those a filter answered itself and

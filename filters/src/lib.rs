@@ -16,7 +16,7 @@ pub mod received_header;
 pub mod router;
 pub mod transaction;
 
-pub use chain::{BoxTxService, TxService, boxed};
+pub use chain::{BoxTxService, Terminal, TerminalService, TxService, boxed};
 pub use transaction::{
     BodyChunk, Destination, EsmtpParam, HostPort, Hosts, Mailbox, Recipient, Response, SessionInfo,
     TlsInfo, TxContext, TxUpdate, UpdateResponse,

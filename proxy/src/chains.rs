@@ -4,9 +4,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
 use koukan_filters::received_header::ReceivedHeaderLayer;
 use koukan_filters::router::RouterLayer;
-use koukan_filters::{BoxTxService, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse};
+use koukan_filters::{
+    BoxTxService, Response, SessionInfo, Terminal, TerminalService, TxContext, TxUpdate,
+    UpdateResponse,
+};
 use koukan_smtp_server::TransactionFactory;
 use tower::Layer;
 
@@ -23,7 +27,7 @@ pub fn build_stack(runtime: &Runtime, chain: &ChainSpec, ctx: &Arc<TxContext>) -
     let mut svc = match (&chain.output_chain, &runtime.storage) {
         (Some(output), Some(storage)) => {
             let out = runtime.chain(output);
-            koukan_filters::boxed(StoreWriter::new(
+            koukan_filters::boxed(TerminalService::new(StoreWriter::new(
                 Arc::new(StoreTarget {
                     store: storage.store.clone(),
                     scheduler: storage.scheduler.clone(),
@@ -33,13 +37,13 @@ pub fn build_stack(runtime: &Runtime, chain: &ChainSpec, ctx: &Arc<TxContext>) -
                     notification: out.is_some_and(|c| c.notification.is_some()),
                 }),
                 ctx.clone(),
-            ))
+            )))
         }
         // Validation refuses store-and-forward without storage.
-        _ => koukan_filters::boxed(Dispatcher::new(
+        _ => koukan_filters::boxed(TerminalService::new(Dispatcher::new(
             runtime.endpoints.clone(),
             chain.default_destination.clone(),
-        )),
+        ))),
     };
     for f in chain.filters.iter().rev() {
         svc = match f {
@@ -66,20 +70,10 @@ pub struct ListenerTransactions {
 /// vanished in a reload still gives clients a clear temporary error.
 struct Refuse(Response);
 
-impl tower::Service<TxUpdate> for Refuse {
-    type Response = UpdateResponse;
-    type Error = std::convert::Infallible;
-    type Future = futures::future::Ready<Result<UpdateResponse, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, u: TxUpdate) -> Self::Future {
-        futures::future::ready(Ok(UpdateResponse::fill(&u, &self.0)))
+impl Terminal for Refuse {
+    fn update(&mut self, u: TxUpdate) -> BoxFuture<'_, UpdateResponse> {
+        let r = UpdateResponse::fill(&u, &self.0);
+        Box::pin(async move { r })
     }
 }
 
@@ -99,10 +93,10 @@ impl TransactionFactory for ListenerTransactions {
         });
         let svc = match runtime.chain_for(&sender, &tag) {
             Some(chain) => build_stack(&runtime, chain, &ctx),
-            None => koukan_filters::boxed(Refuse(Response::new(
+            None => koukan_filters::boxed(TerminalService::new(Refuse(Response::new(
                 451,
                 "4.3.5 no chain configured for this listener",
-            ))),
+            )))),
         };
         (ctx, svc)
     }

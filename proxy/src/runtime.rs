@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use koukan_filters::received_header::ReceivedHeaderConfig;
 use koukan_filters::router::{AddressList, RouterConfig, RoutingPolicy};
-use koukan_filters::{BoxTxService, Destination, HostPort, Hosts, Response};
+use koukan_filters::{BoxTxService, Destination, HostPort, Hosts, Response, TerminalService};
 use koukan_proto::config::v1 as pb;
 use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, TlsMode};
 use koukan_smtp_server::{Limits, Secrets, SessionConfig};
@@ -107,9 +107,9 @@ impl EndpointFactory for Endpoints {
                     pool.clone(),
                 )))
             }
-            Some(EndpointKind::Maildir(cfg)) => {
-                Ok(koukan_filters::boxed(Maildir::new(cfg.clone())))
-            }
+            Some(EndpointKind::Maildir(cfg)) => Ok(koukan_filters::boxed(TerminalService::new(
+                Maildir::new(cfg.clone()),
+            ))),
             None => Err(Response::new(
                 451,
                 format!("4.3.5 endpoint {} is not configured", d.endpoint),

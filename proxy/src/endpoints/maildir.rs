@@ -5,18 +5,14 @@
 //! `new/` and the directory fsynced before the 250 goes back, so a 250
 //! means the message survives a crash.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use koukan_filters::{Response, TxUpdate, UpdateResponse};
+use koukan_filters::{Response, Terminal, TxUpdate, UpdateResponse};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
-use tower::Service;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaildirConfig {
@@ -68,14 +64,14 @@ struct State {
 
 pub struct Maildir {
     config: Arc<MaildirConfig>,
-    state: Arc<Mutex<State>>,
+    state: State,
 }
 
 impl Maildir {
     pub fn new(config: Arc<MaildirConfig>) -> Self {
         Self {
             config,
-            state: Arc::default(),
+            state: State::default(),
         }
     }
 }
@@ -141,20 +137,11 @@ async fn append(
     )))
 }
 
-impl Service<TxUpdate> for Maildir {
-    type Response = UpdateResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<UpdateResponse, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, update: TxUpdate) -> Self::Future {
-        let config = self.config.clone();
-        let state = self.state.clone();
+impl Terminal for Maildir {
+    fn update(&mut self, update: TxUpdate) -> BoxFuture<'_, UpdateResponse> {
         Box::pin(async move {
-            let mut state = state.lock().await;
+            let config = &self.config;
+            let state = &mut self.state;
             let mut resp = UpdateResponse {
                 mail: update
                     .mail_from
@@ -174,7 +161,7 @@ impl Service<TxUpdate> for Maildir {
                 } else if let Some(failed) = &state.failed {
                     resp.data = body.last.then(|| failed.clone());
                 } else {
-                    match append(&config, &mut state, &body.data, body.last).await {
+                    match append(config, state, &body.data, body.last).await {
                         Ok(done) => resp.data = done,
                         Err(err) => {
                             let failed = write_failed(err);
@@ -187,7 +174,7 @@ impl Service<TxUpdate> for Maildir {
                     }
                 }
             }
-            Ok(resp)
+            resp
         })
     }
 }
@@ -195,9 +182,7 @@ impl Service<TxUpdate> for Maildir {
 impl Drop for Maildir {
     fn drop(&mut self) {
         // An abandoned transaction (RSET, disconnect) leaves no file behind.
-        if let Ok(mut state) = self.state.try_lock()
-            && let Some(d) = state.delivery.take()
-        {
+        if let Some(d) = self.state.delivery.take() {
             let _ = std::fs::remove_file(&d.tmp_path);
         }
     }
@@ -206,7 +191,8 @@ impl Drop for Maildir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use koukan_filters::Mailbox;
+    use koukan_filters::{Mailbox, TerminalService};
+    use tower::Service;
 
     #[tokio::test]
     async fn delivers_chunks_into_new_and_cleans_tmp() {
@@ -215,7 +201,7 @@ mod tests {
         let cfg = Arc::new(MaildirConfig {
             path: dir.path().to_owned(),
         });
-        let mut md = Maildir::new(cfg);
+        let mut md = TerminalService::new(Maildir::new(cfg));
         let r = md
             .call(TxUpdate::mail(Mailbox::new("a@b.c")))
             .await
@@ -263,7 +249,7 @@ mod tests {
         let cfg = Arc::new(MaildirConfig {
             path: dir.path().to_owned(),
         });
-        let mut md = Maildir::new(cfg);
+        let mut md = TerminalService::new(Maildir::new(cfg));
         md.call(TxUpdate::rcpts([Mailbox::new("x@y.z")]))
             .await
             .unwrap();
@@ -289,7 +275,7 @@ mod tests {
         let cfg = Arc::new(MaildirConfig {
             path: dir.path().join("file"),
         });
-        let mut md = Maildir::new(cfg);
+        let mut md = TerminalService::new(Maildir::new(cfg));
         md.call(TxUpdate::rcpts([Mailbox::new("x@y.z")]))
             .await
             .unwrap();

@@ -10,14 +10,13 @@
 pub mod maildir;
 pub mod store_writer;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use koukan_filters::chain::Split;
-use koukan_filters::{BoxTxService, Destination, Mailbox, Response, TxUpdate, UpdateResponse};
-use tokio::sync::Mutex;
+use koukan_filters::{
+    BoxTxService, Destination, Mailbox, Response, Terminal, TxUpdate, UpdateResponse,
+};
 use tower::{Service, ServiceExt};
 
 /// Builds the upstream side of a transaction for a destination.
@@ -41,7 +40,7 @@ pub struct Dispatcher {
     factory: Arc<dyn EndpointFactory>,
     /// For recipients no router routed.
     default_destination: Option<Arc<Destination>>,
-    state: Arc<Mutex<State>>,
+    state: State,
 }
 
 impl Dispatcher {
@@ -52,7 +51,7 @@ impl Dispatcher {
         Self {
             factory,
             default_destination,
-            state: Arc::default(),
+            state: State::default(),
         }
     }
 }
@@ -194,31 +193,24 @@ async fn dispatch(
     resp
 }
 
-impl Service<TxUpdate> for Dispatcher {
-    type Response = UpdateResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<UpdateResponse, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, update: TxUpdate) -> Self::Future {
-        let factory = self.factory.clone();
-        let default_destination = self.default_destination.clone();
-        let state = self.state.clone();
-        Box::pin(async move {
-            let mut state = state.lock().await;
-            Ok(dispatch(factory, default_destination, &mut state, update).await)
-        })
+impl Terminal for Dispatcher {
+    fn update(&mut self, update: TxUpdate) -> BoxFuture<'_, UpdateResponse> {
+        Box::pin(dispatch(
+            self.factory.clone(),
+            self.default_destination.clone(),
+            &mut self.state,
+            update,
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use koukan_filters::{Hosts, Recipient, boxed};
+    use koukan_filters::{Hosts, Recipient, TerminalService, boxed};
+    use std::convert::Infallible;
     use std::sync::Mutex as StdMutex;
+    use std::task::{Context, Poll};
 
     /// An upstream that answers from a script and records what it saw.
     struct Scripted {
@@ -289,13 +281,13 @@ mod tests {
         }
     }
 
-    fn setup(mail: Response) -> (Dispatcher, Arc<StdMutex<Vec<String>>>) {
+    fn setup(mail: Response) -> (TerminalService<Dispatcher>, Arc<StdMutex<Vec<String>>>) {
         let log = Arc::new(StdMutex::new(Vec::new()));
         let f = Arc::new(Factory {
             log: log.clone(),
             mail,
         });
-        (Dispatcher::new(f, None), log)
+        (TerminalService::new(Dispatcher::new(f, None)), log)
     }
 
     #[tokio::test]

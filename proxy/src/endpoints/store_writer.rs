@@ -6,17 +6,13 @@
 //! each recipient is retried, bounced and reported on its own (the
 //! exploder's fan-out).
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use koukan_filters::{Mailbox, Response, TxContext, TxUpdate, UpdateResponse};
+use koukan_filters::{Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse};
 use koukan_storage::{
     BlobId, NewTransaction, ReplicaId, Store, StoreError, StoredMailbox, StoredParam, StoredSession,
 };
-use tokio::sync::Mutex;
-use tower::Service;
 
 use crate::scheduler::{ReceivingGuard, SchedulerHandle};
 
@@ -64,7 +60,7 @@ struct State {
 pub struct StoreWriter {
     target: Arc<StoreTarget>,
     ctx: Arc<TxContext>,
-    state: Arc<Mutex<State>>,
+    state: State,
     _receiving: ReceivingGuard,
 }
 
@@ -74,7 +70,7 @@ impl StoreWriter {
             _receiving: target.scheduler.receiving(),
             target,
             ctx,
-            state: Arc::default(),
+            state: State::default(),
         }
     }
 }
@@ -144,21 +140,12 @@ async fn commit(
     Ok(ids)
 }
 
-impl Service<TxUpdate> for StoreWriter {
-    type Response = UpdateResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<UpdateResponse, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, update: TxUpdate) -> Self::Future {
-        let target = self.target.clone();
-        let ctx = self.ctx.clone();
-        let state = self.state.clone();
+impl Terminal for StoreWriter {
+    fn update(&mut self, update: TxUpdate) -> BoxFuture<'_, UpdateResponse> {
         Box::pin(async move {
-            let mut state = state.lock().await;
+            let target = &*self.target;
+            let ctx = &*self.ctx;
+            let state = &mut self.state;
             let mut resp = UpdateResponse::default();
             if let Some(mail) = update.mail_from {
                 // Back-pressure: when delivery is saturated, new mail waits
@@ -181,13 +168,13 @@ impl Service<TxUpdate> for StoreWriter {
                         .then(|| Response::new(554, "5.5.1 no valid recipients"));
                 } else if let Some(failed) = &state.failed {
                     resp.data = Some(failed.clone());
-                } else if let Err(e) = append(&target, &mut state, body.data, body.last).await {
+                } else if let Err(e) = append(target, state, body.data, body.last).await {
                     tracing::warn!(tx = %ctx.id, error = %e, "storing the body failed");
                     let r = storage_error_reply(&e);
                     state.failed = Some(r.clone());
                     resp.data = Some(r);
                 } else if body.last {
-                    resp.data = Some(match commit(&target, &ctx, &state).await {
+                    resp.data = Some(match commit(target, ctx, state).await {
                         Ok(ids) => {
                             target.scheduler.wake();
                             Response::new(250, format!("2.0.0 queued as {}", ids.join(",")))
@@ -199,7 +186,7 @@ impl Service<TxUpdate> for StoreWriter {
                     });
                 }
             }
-            Ok(resp)
+            resp
         })
     }
 }

@@ -144,6 +144,9 @@ pub enum Problem {
     /// A negative or non-finite number.
     #[error("must be a finite number >= 0")]
     BadNumber,
+    /// Two terminals for one chain.
+    #[error("cannot be combined with store_and_forward")]
+    ExploderWithStoreAndForward,
     /// Store-and-forward without a storage backend.
     #[error("needs `storage` (embedded or redis) in the bootstrap")]
     NeedsStorage,
@@ -477,6 +480,21 @@ impl Validator<'_> {
                 self.err(format!("{path}.store_and_forward"), Problem::NeedsStorage);
             }
         }
+        if let Some(x) = &c.exploder {
+            let xp = format!("{path}.exploder");
+            let op = format!("{xp}.output_chain");
+            if self.required(&op, &x.output_chain) {
+                self.chain_ref(&op, &x.output_chain, chains);
+            }
+            self.duration(&format!("{xp}.rcpt_timeout"), &x.rcpt_timeout);
+            self.duration(&format!("{xp}.data_timeout"), &x.data_timeout);
+            if !storage_configured {
+                self.err(xp.clone(), Problem::NeedsStorage);
+            }
+            if c.store_and_forward.is_some() {
+                self.err(xp, Problem::ExploderWithStoreAndForward);
+            }
+        }
         if let Some(r) = &c.retry {
             let rp = format!("{path}.retry");
             self.duration(&format!("{rp}.min_attempt_time"), &r.min_attempt_time);
@@ -776,8 +794,9 @@ impl Validator<'_> {
                 Some(e) => self.endpoint_has_hosts(&ep, e),
             }
         }
-        // A store-and-forward chain delivers into storage.
-        if !delivers && c.store_and_forward.is_none() {
+        // Store-and-forward and exploder chains deliver into storage or
+        // their output chain.
+        if !delivers && c.store_and_forward.is_none() && c.exploder.is_none() {
             self.err(path, Problem::NoDelivery);
         }
     }

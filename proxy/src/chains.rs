@@ -15,31 +15,35 @@ use koukan_smtp_server::TransactionFactory;
 use tower::Layer;
 
 use crate::endpoints::Dispatcher;
+use crate::endpoints::exploder::Exploder;
 use crate::endpoints::store_writer::{StoreTarget, StoreWriter};
 use crate::runtime::{ChainSpec, FilterSpec, Runtime};
+use crate::scheduler::StorageCtx;
 
 pub fn new_tx_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
 /// Stacks the chain's filters over its terminal, first filter outermost.
-pub fn build_stack(runtime: &Runtime, chain: &ChainSpec, ctx: &Arc<TxContext>) -> BoxTxService {
-    let mut svc = match (&chain.output_chain, &runtime.storage) {
-        (Some(output), Some(storage)) => {
-            let out = runtime.chain(output);
-            koukan_filters::boxed(TerminalService::new(StoreWriter::new(
-                Arc::new(StoreTarget {
-                    store: storage.store.clone(),
-                    scheduler: storage.scheduler.clone(),
-                    replica: storage.replica.clone(),
-                    output_chain: output.clone(),
-                    retry: out.is_some_and(|c| c.retry.is_some()),
-                    notification: out.is_some_and(|c| c.notification.is_some()),
-                }),
+pub fn build_stack(
+    runtime: &Arc<Runtime>,
+    chain: &ChainSpec,
+    ctx: &Arc<TxContext>,
+) -> BoxTxService {
+    let mut svc = match (&chain.output_chain, &chain.exploder, &runtime.storage) {
+        (Some(output), _, Some(storage)) => koukan_filters::boxed(TerminalService::new(
+            StoreWriter::new(store_target(runtime, storage, output), ctx.clone()),
+        )),
+        (_, Some(spec), Some(storage)) => {
+            koukan_filters::boxed(TerminalService::new(Exploder::new(
+                runtime.clone(),
+                store_target(runtime, storage, &spec.output_chain),
+                spec.clone(),
                 ctx.clone(),
             )))
         }
-        // Validation refuses store-and-forward without storage.
+        // Validation refuses store-and-forward and the exploder without
+        // storage.
         _ => koukan_filters::boxed(TerminalService::new(Dispatcher::new(
             runtime.endpoints.clone(),
             chain.default_destination.clone(),
@@ -56,6 +60,20 @@ pub fn build_stack(runtime: &Runtime, chain: &ChainSpec, ctx: &Arc<TxContext>) -
         };
     }
     svc
+}
+
+/// Where a chain that stores hands its transactions: the output chain's
+/// retry and bounce settings decide what stored transactions carry.
+fn store_target(runtime: &Runtime, storage: &StorageCtx, output: &str) -> Arc<StoreTarget> {
+    let out = runtime.chain(output);
+    Arc::new(StoreTarget {
+        store: storage.store.clone(),
+        scheduler: storage.scheduler.clone(),
+        replica: storage.replica.clone(),
+        output_chain: output.to_owned(),
+        retry: out.is_some_and(|c| c.retry.is_some()),
+        notification: out.is_some_and(|c| c.notification.is_some()),
+    })
 }
 
 /// The chain factory of one listener. It reads the running snapshot at

@@ -17,6 +17,7 @@ use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, Tls
 use koukan_smtp_server::{Limits, Secrets, SessionConfig};
 
 use crate::endpoints::EndpointFactory;
+use crate::endpoints::exploder::ExploderSpec;
 use crate::endpoints::maildir::{Maildir, MaildirConfig};
 use crate::scheduler::StorageCtx;
 use crate::scheduler::retry::RetryPolicy;
@@ -39,6 +40,7 @@ pub struct ChainSpec {
     /// Retries of transactions this chain delivers from storage.
     pub retry: Option<RetryPolicy>,
     pub notification: Option<NotificationSpec>,
+    pub exploder: Option<Arc<ExploderSpec>>,
 }
 
 #[derive(Clone, Debug)]
@@ -395,6 +397,15 @@ impl Runtime {
                             .map(|sf| sf.output_chain.clone()),
                         retry: c.retry.as_ref().map(retry_policy),
                         notification,
+                        exploder: c.exploder.as_ref().map(|x| {
+                            let (rcpt, data) = if x.msa { (5, 30) } else { (30, 300) };
+                            Arc::new(ExploderSpec {
+                                output_chain: x.output_chain.clone(),
+                                msa: x.msa,
+                                rcpt_timeout: duration(&x.rcpt_timeout, Duration::from_secs(rcpt)),
+                                data_timeout: duration(&x.data_timeout, Duration::from_secs(data)),
+                            })
+                        }),
                     }),
                 )
             })

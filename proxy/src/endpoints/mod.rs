@@ -7,6 +7,7 @@
 //! route elsewhere get `451 4.5.3` so the client retries them in a separate
 //! transaction; nothing is answered 250 unless the upstream said so.
 
+pub mod exploder;
 pub mod maildir;
 pub mod store_writer;
 

@@ -53,7 +53,7 @@ pub fn storage_error_reply(e: &StoreError) -> Response {
 struct State {
     mail_from: Option<Mailbox>,
     rcpts: Vec<Mailbox>,
-    blob: Option<(BlobId, u64)>,
+    spool: Spool,
     failed: Option<Response>,
 }
 
@@ -75,69 +75,78 @@ impl StoreWriter {
     }
 }
 
-async fn append(
-    target: &StoreTarget,
-    state: &mut State,
-    data: bytes::Bytes,
-    last: bool,
-) -> Result<(), StoreError> {
-    let (blob, offset) = match state.blob.take() {
-        Some(b) => b,
-        None => (target.store.create_blob().await?, 0),
-    };
-    let len = target.store.append_blob(&blob, offset, data, last).await?;
-    state.blob = Some((blob, len));
-    Ok(())
+/// A message body being written into a blob.
+#[derive(Default)]
+pub struct Spool {
+    blob: Option<(BlobId, u64)>,
 }
 
-async fn commit(
-    target: &StoreTarget,
-    ctx: &TxContext,
-    state: &State,
-) -> Result<Vec<String>, StoreError> {
-    let Some((blob, _)) = &state.blob else {
-        return Err(StoreError::Internal("no body".into()));
-    };
-    let session = &ctx.session;
-    let stored_session = StoredSession {
-        listener: session.listener.clone(),
-        peer: Some(session.peer.to_string()),
-        ehlo_host: session.ehlo_host.clone(),
-        tls: session
-            .tls
-            .as_ref()
-            .map(|t| format!("{} {}", t.version, t.cipher)),
-        auth_user: session.auth_user.clone(),
-    };
-    let mail_from = state
-        .mail_from
-        .as_ref()
-        .map(stored_mailbox)
-        .unwrap_or(StoredMailbox {
+impl Spool {
+    pub async fn append(
+        &mut self,
+        target: &StoreTarget,
+        data: bytes::Bytes,
+        last: bool,
+    ) -> Result<(), StoreError> {
+        let (blob, offset) = match self.blob.take() {
+            Some(b) => b,
+            None => (target.store.create_blob().await?, 0),
+        };
+        let len = target.store.append_blob(&blob, offset, data, last).await?;
+        self.blob = Some((blob, len));
+        Ok(())
+    }
+
+    /// Durably stores one transaction per recipient on the (finalized)
+    /// body; returns their ids.
+    pub async fn commit(
+        &self,
+        target: &StoreTarget,
+        ctx: &TxContext,
+        mail_from: Option<&Mailbox>,
+        rcpts: &[&Mailbox],
+    ) -> Result<Vec<String>, StoreError> {
+        let Some((blob, _)) = &self.blob else {
+            return Err(StoreError::Internal("no body".into()));
+        };
+        let session = &ctx.session;
+        let stored_session = StoredSession {
+            listener: session.listener.clone(),
+            peer: Some(session.peer.to_string()),
+            ehlo_host: session.ehlo_host.clone(),
+            tls: session
+                .tls
+                .as_ref()
+                .map(|t| format!("{} {}", t.version, t.cipher)),
+            auth_user: session.auth_user.clone(),
+        };
+        let mail_from = mail_from.map(stored_mailbox).unwrap_or(StoredMailbox {
             address: String::new(),
             params: Vec::new(),
         });
-    let mut ids = Vec::with_capacity(state.rcpts.len());
-    for rcpt in &state.rcpts {
-        let id = target
-            .store
-            .create_transaction(NewTransaction {
-                sender: ctx.sender.clone(),
-                tag: ctx.tag.clone(),
-                chain: target.output_chain.clone(),
-                mail_from: mail_from.clone(),
-                rcpt_to: vec![stored_mailbox(rcpt)],
-                session: stored_session.clone(),
-                body: blob.clone(),
-                retry: target.retry,
-                // Never bounce a bounce.
-                notification: target.notification && !mail_from.address.is_empty(),
-                lease: None,
-            })
-            .await?;
-        ids.push(id.0);
+        let mut ids = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            let id = target
+                .store
+                .create_transaction(NewTransaction {
+                    sender: ctx.sender.clone(),
+                    tag: ctx.tag.clone(),
+                    chain: target.output_chain.clone(),
+                    mail_from: mail_from.clone(),
+                    rcpt_to: vec![stored_mailbox(rcpt)],
+                    session: stored_session.clone(),
+                    body: blob.clone(),
+                    retry: target.retry,
+                    // Never bounce a bounce.
+                    notification: target.notification && !mail_from.address.is_empty(),
+                    lease: None,
+                })
+                .await?;
+            ids.push(id.0);
+        }
+        target.scheduler.wake();
+        Ok(ids)
     }
-    Ok(ids)
 }
 
 impl Terminal for StoreWriter {
@@ -168,17 +177,19 @@ impl Terminal for StoreWriter {
                         .then(|| Response::new(554, "5.5.1 no valid recipients"));
                 } else if let Some(failed) = &state.failed {
                     resp.data = Some(failed.clone());
-                } else if let Err(e) = append(target, state, body.data, body.last).await {
+                } else if let Err(e) = state.spool.append(target, body.data, body.last).await {
                     tracing::warn!(tx = %ctx.id, error = %e, "storing the body failed");
                     let r = storage_error_reply(&e);
                     state.failed = Some(r.clone());
                     resp.data = Some(r);
                 } else if body.last {
-                    resp.data = Some(match commit(target, ctx, state).await {
-                        Ok(ids) => {
-                            target.scheduler.wake();
-                            Response::new(250, format!("2.0.0 queued as {}", ids.join(",")))
-                        }
+                    let rcpts: Vec<&Mailbox> = state.rcpts.iter().collect();
+                    let stored = state
+                        .spool
+                        .commit(target, ctx, state.mail_from.as_ref(), &rcpts)
+                        .await;
+                    resp.data = Some(match stored {
+                        Ok(ids) => Response::new(250, format!("2.0.0 queued as {}", ids.join(","))),
                         Err(e) => {
                             tracing::warn!(tx = %ctx.id, error = %e, "storing the transaction failed");
                             storage_error_reply(&e)

@@ -466,3 +466,205 @@ pub fn write_test_cert(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
     (cert, key)
 }
+
+impl Koukan {
+    /// Starts a fresh process on the same config file and directory (the
+    /// previous one having died, e.g. after `proc.signal("KILL")`),
+    /// appending to the same log; returns once `/ready` answers 200.
+    pub fn respawn(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut cmd = Command::new(koukan_bin());
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("KOUKAN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // The old `Proc` is dropped here (kill + reap; a no-op once dead).
+        self.proc = Proc::spawn("koukan", &mut cmd)?;
+        self.wait_ready(timeout)
+    }
+}
+
+/// A redis-server of the test's own, on a free loopback port, with an
+/// append-only file fsynced on every write (what the Redis store
+/// requires). It can be killed and restarted on the same port and data
+/// directory.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl RedisServer {
+    pub fn start() -> anyhow::Result<Self> {
+        let mut r = Self {
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+            proc: None,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no final AOF rewrite.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("KILL");
+            p.wait_exit(Duration::from_secs(5));
+        }
+    }
+
+    /// (Re)starts the server on the same port and directory; returns once
+    /// it accepts connections.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+        ])
+        .arg(self.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.proc = Some(Proc::spawn("redis-server", &mut cmd)?);
+        wait_for_port(loopback(self.port), Duration::from_secs(10))
+    }
+}
+
+/// What became of one message submitted with [`smtp_submit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submit {
+    /// 250 after the end of data; the reply.
+    Accepted(String),
+    /// An explicit 4xx/5xx reply at `stage` (greeting, ehlo, mail, rcpt,
+    /// data, dot): the server took responsibility for nothing.
+    Refused { stage: &'static str, reply: String },
+    /// The connection failed before the whole message (its final dot) was
+    /// written: the server cannot have accepted it.
+    NotSent(String),
+    /// The final dot was written but no reply came back: the server may or
+    /// may not have accepted it.
+    Unknown(String),
+}
+
+impl Submit {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Submit::Accepted(_))
+    }
+}
+
+/// Submits one message over a raw SMTP connection and classifies the
+/// outcome precisely (for crash tests, which must tell "refused" from
+/// "connection broke before/after the data was sent"). `data` uses CRLF
+/// line ends and must not contain a line that is a lone dot.
+pub fn smtp_submit(addr: SocketAddr, from: &str, rcpts: &[&str], data: &str) -> Submit {
+    fn expect(
+        s: &mut RawSmtp,
+        stage: &'static str,
+        line: Option<&str>,
+        want: u16,
+    ) -> Result<String, Submit> {
+        let r = match line {
+            Some(l) => s.cmd(l),
+            None => s.reply(),
+        }
+        .map_err(|e| Submit::NotSent(format!("{stage}: {e:#}")))?;
+        let code: u16 = r.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+        if code == want {
+            Ok(r)
+        } else {
+            Err(Submit::Refused {
+                stage,
+                reply: r.trim_end().to_owned(),
+            })
+        }
+    }
+    let run = || -> Result<Submit, Submit> {
+        let mut s =
+            RawSmtp::connect(addr).map_err(|e| Submit::NotSent(format!("connect: {e:#}")))?;
+        s.stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| Submit::NotSent(format!("socket: {e}")))?;
+        expect(&mut s, "greeting", None, 220)?;
+        expect(&mut s, "ehlo", Some("EHLO client.test"), 250)?;
+        expect(&mut s, "mail", Some(&format!("MAIL FROM:<{from}>")), 250)?;
+        for r in rcpts {
+            expect(&mut s, "rcpt", Some(&format!("RCPT TO:<{r}>")), 250)?;
+        }
+        expect(&mut s, "data", Some("DATA"), 354)?;
+        let mut body = data.to_owned();
+        if !body.ends_with("\r\n") {
+            body.push_str("\r\n");
+        }
+        body.push_str(".\r\n");
+        s.send(body.as_bytes())
+            .map_err(|e| Submit::NotSent(format!("sending data: {e:#}")))?;
+        let reply = match s.reply() {
+            Ok(r) => r.trim_end().to_owned(),
+            Err(e) => return Ok(Submit::Unknown(format!("after the dot: {e:#}"))),
+        };
+        let _ = s.cmd("QUIT");
+        Ok(if reply.starts_with("250") {
+            Submit::Accepted(reply)
+        } else {
+            Submit::Refused {
+                stage: "dot",
+                reply,
+            }
+        })
+    };
+    match run() {
+        Ok(s) | Err(s) => s,
+    }
+}
+
+/// The admin `/queue` counts (`None` if the admin endpoint or the store
+/// did not answer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub waiting: u64,
+    pub due: u64,
+    pub inflight: u64,
+    pub final_: u64,
+}
+
+pub fn queue_counts(admin: SocketAddr) -> Option<QueueCounts> {
+    let (status, body) = http_get(admin, "/queue").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let field = |name: &str| -> Option<u64> {
+        let start = body.find(&format!("\"{name}\":"))? + name.len() + 3;
+        let digits: String = body[start..]
+            .chars()
+            .skip_while(|c| c.is_whitespace())
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    Some(QueueCounts {
+        waiting: field("waiting")?,
+        due: field("due")?,
+        inflight: field("inflight")?,
+        final_: field("final_")?,
+    })
+}

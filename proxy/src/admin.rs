@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use koukan_storage::{Store, StoreError, TxId};
 use prometheus_client::registry::Registry;
 
@@ -105,10 +105,26 @@ async fn transaction(
     }
 }
 
+/// Cancels a stored transaction: it is not attempted again (an attempt in
+/// flight finishes and is recorded as final).
+async fn cancel(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> axum::response::Response {
+    let Some(store) = state.store.get() else {
+        return json_error(StatusCode::NOT_FOUND, "no storage configured".into());
+    };
+    match store.cancel(&TxId(id)).await {
+        Ok(()) => Json(serde_json::json!({ "cancelled": true })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/queue", get(queue))
         .route("/transactions/{id}", get(transaction))
+        .route("/transactions/{id}/cancel", post(cancel))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))

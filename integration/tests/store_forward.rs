@@ -296,3 +296,47 @@ fn redis_store_delivers_and_refuses_a_volatile_server() {
         .expect("a volatile redis must be refused");
     assert!(err.to_string().contains("volatile"), "{err}");
 }
+
+fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn cancelled_transaction_is_never_attempted_again() {
+    // Upstream down: the transaction waits for its retry.
+    let upstream = loopback(free_port());
+    let smtp = loopback(free_port());
+    let k = Koukan::start(&config(smtp, upstream, EMBEDDED, 30)).unwrap();
+    let (code, reply) = smtplib_status(smtp, "alice@example.com");
+    assert_eq!(code, 250, "{reply}");
+    let id = reply.rsplit(' ').next().unwrap().to_owned();
+    let (status, body) = http_post(k.admin, &format!("/transactions/{id}/cancel"));
+    assert_eq!(status, 200, "{body}");
+    // Bring the upstream up: nothing may arrive.
+    let dirs = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start_at(upstream, &dirs.path().join("sink"), &[]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(sink.messages().is_empty());
+    let (_, tx) = http_get(k.admin, &format!("/transactions/{id}")).unwrap();
+    assert!(tx.contains("\"cancelled\":true"), "{tx}");
+    assert_eq!(http_post(k.admin, "/transactions/nope/cancel").0, 404);
+}

@@ -38,6 +38,33 @@ pub fn koukan_bin() -> PathBuf {
     bin
 }
 
+/// A free loopback port below the kernel's ephemeral range, so no
+/// outgoing connection (of a load test, say) can take it between the
+/// check and the bind, nor while a killed server is being restarted on it.
+pub fn stable_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u64, low.clamp(10_001, 65_535));
+    // Spread concurrent test processes apart; then walk the range.
+    let seed = u64::from(std::process::id()).wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for _ in 0..(hi - lo) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (lo + (seed.wrapping_add(n.wrapping_mul(104_729))) % (hi - lo)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -213,6 +240,20 @@ impl Koukan {
 
     pub fn start_in(dir: tempfile::TempDir, yaml: &str) -> anyhow::Result<Self> {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        Self::start_in_at(dir, yaml, admin)
+    }
+
+    /// Like [`Koukan::start`] with a given admin address (e.g. from
+    /// [`stable_port`], for a process restarted on the same ports).
+    pub fn start_at(yaml: &str, admin: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_in_at(tempfile::tempdir()?, yaml, admin)
+    }
+
+    pub fn start_in_at(
+        dir: tempfile::TempDir,
+        yaml: &str,
+        admin: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let yaml = yaml.replace("{admin}", &admin.to_string());
         let config_path = dir.path().join("koukan.yaml");
         std::fs::write(&config_path, yaml)?;
@@ -504,7 +545,7 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> anyhow::Result<Self> {
         let mut r = Self {
-            port: free_port(),
+            port: stable_port(),
             dir: tempfile::tempdir()?,
             proc: None,
         };

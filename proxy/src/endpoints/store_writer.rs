@@ -124,9 +124,9 @@ impl Spool {
             address: String::new(),
             params: Vec::new(),
         });
-        let mut ids = Vec::with_capacity(rcpts.len());
+        let mut ids: Vec<koukan_storage::TxId> = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
-            let id = target
+            let created = target
                 .store
                 .create_transaction(NewTransaction {
                     sender: ctx.sender.clone(),
@@ -141,11 +141,26 @@ impl Spool {
                     notification: target.notification && !mail_from.address.is_empty(),
                     lease: None,
                 })
-                .await?;
-            ids.push(id.0);
+                .await;
+            match created {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    // The client is told the whole message failed and will
+                    // send it again: withdraw what was already stored so
+                    // those recipients do not get it twice. Best effort:
+                    // one store call per recipient is not atomic (to do:
+                    // a store method creating them all in one commit).
+                    for id in &ids {
+                        if let Err(c) = target.store.cancel(id).await {
+                            tracing::warn!(tx = %id, error = %c, "withdrawing a partly stored message failed");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
         target.scheduler.wake();
-        Ok(ids)
+        Ok(ids.into_iter().map(|id| id.0).collect())
     }
 }
 

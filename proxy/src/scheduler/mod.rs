@@ -244,10 +244,8 @@ impl Scheduler {
             now,
         );
         let finished = self
-            .store
-            .finish_attempt(
-                &record.id,
-                &self.replica,
+            .record_outcome(
+                &record,
                 AttemptOutcome {
                     responses: responses.clone(),
                     next: next.clone(),
@@ -273,6 +271,38 @@ impl Scheduler {
             tracing::warn!(tx = %record.id, error = %e, "storing the bounce failed");
         }
         Ok(())
+    }
+
+    /// Records an attempt's outcome, retrying a failing store with backoff
+    /// while the lease lasts: giving up would let the lease expire and the
+    /// (perhaps delivered) transaction run again.
+    async fn record_outcome(
+        &self,
+        record: &TxRecord,
+        outcome: AttemptOutcome,
+    ) -> Result<TxRecord, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.lease_ttl;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self
+                .store
+                .finish_attempt(&record.id, &self.replica, outcome.clone())
+                .await
+            {
+                Err(e @ (StoreError::Unavailable(_) | StoreError::Full(_)))
+                    if tokio::time::Instant::now() + wait < deadline =>
+                {
+                    tracing::warn!(tx = %record.id, error = %e, "recording the attempt failed; retrying");
+                    let _ = self
+                        .store
+                        .renew_lease(&record.id, &self.replica, self.config.lease_ttl)
+                        .await;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                r => return r,
+            }
+        }
     }
 
     fn spawn_heartbeat(&self, record: &TxRecord) -> tokio::task::JoinHandle<()> {

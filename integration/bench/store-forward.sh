@@ -123,7 +123,7 @@ stop_koukan() {
   kill -TERM "$KPID" 2>/dev/null || true
   timeout 30 tail --pid="$KPID" -f /dev/null || kill -9 "$KPID" 2>/dev/null || true
 }
-queue() { python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "http://127.0.0.1:$KADMIN/queue"; }
+queue() { python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "http://127.0.0.1:$KADMIN/queue" 2>&1 | tail -1; }
 rss_mb() { awk '/VmRSS/ {printf "%d", $2/1024}' "/proc/$1/status"; }
 peak_mb() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$1/status"; }
 reset_peak() { echo 5 >"/proc/$1/clear_refs"; }
@@ -140,9 +140,12 @@ log_summary() {
 }
 
 # ---------------------------------------------------------------- one case
-# case_run PORT SIZE SESSIONS PID -> "accept/s e2e/s peakMB" or "FAIL ..."
-# Accept: until smtp-source exits (after the last 250). End to end: until
-# the sink's message counter has grown by MESSAGES.
+# case_run PORT SIZE SESSIONS [KOUKAN_PID]
+#   -> "accept/s e2e/s busy%/niced% koukan-cpu-ms/msg sink-connections" or "FAIL ..."
+# Accept: until smtp-source exits (after the last 250 and its QUIT); it
+# exits non-zero on any reply other than the expected one (no -A), which
+# fails the case. End to end: until the sink's message counter has grown
+# by MESSAGES.
 case_run() {
   local port=$1 size=$2 sessions=$3 pid=${4:-}
   [ -n "$pid" ] && reset_peak "$pid"
@@ -299,13 +302,13 @@ postconf -c "$PF/conf" -F '*/*/chroot = n' # no chroot jail to populate
 postconf -c "$PF/conf" -MX smtp/inet
 postconf -c "$PF/conf" -Me "127.0.0.1:$PFPORT/inet=127.0.0.1:$PFPORT inet n - n - - smtpd"
 chown postfix "$PF/data"
+PFCONF=$PF/conf # stopped on exit from here on
 # postfix(1) reports errors only to a terminal or the log: show the log.
 if ! postfix -c "$PF/conf" check || ! postfix -c "$PF/conf" start; then
   echo "private Postfix failed to start:" >&2; cat "$PF/maillog" >&2 2>/dev/null
   command -v script >/dev/null && script -qec "postfix -c $PF/conf check" /dev/null >&2
   exit 1
 fi
-PFCONF=$PF/conf
 wait_port "$PFPORT"
 run_system postfix "$PFPORT"
 deferred=$(find "$PF/queue/deferred" "$PF/queue/active" "$PF/queue/incoming" -type f | wc -l)
@@ -343,7 +346,7 @@ retry_drain() {
     fi
   done
   inject_s=$(awk -v t="$(now)" -v t0="$t0" 'BEGIN { printf "%.0f", t - t0 }')
-  log "  queue before the upstream comes up: $(queue)"
+  log "  queue before the upstream comes up: $(queue); koukan peak RSS while storing: $(peak_mb "$KPID") MB"
   log_summary "$KLOG"
   echo "  upstream up; draining (every 5 s: sink count, rate, koukan queue, koukan RSS):"
   reset_peak "$KPID"
@@ -370,28 +373,32 @@ def machine():  # (busy, total, niced) jiffies of the whole machine
     return sum(v) - v[3] - v[4], sum(v), v[1]
 m_last = machine()
 start = time.monotonic()
-last_t, last_n, next_print, done, q = start, 0, start + 5, None, {}
+last_t, last_n, next_print, done, q, last_q = start, 0, start + 5, None, {}, 0.0
 print(f"  {'t/s':>5} {'delivered':>9} {'tx/s':>6} {'waiting':>8} {'due':>8} {'inflight':>8} {'final':>8} {'RSS/MB':>7} {'cpu%/nice%':>10}", flush=True)
 while time.monotonic() - start < limit:
     time.sleep(0.05)
     got, t = sink_count(), time.monotonic()
     if got >= n and done is None:
         done = t - start
-    if t >= next_print or done is not None:
+    if t >= next_print or (done is not None and t - last_q >= 0.2):
+        last_q = t
         try:
             q = json.loads(urllib.request.urlopen(url, timeout=10).read())
         except Exception as e:
             q = {"waiting": "?", "due": "?", "inflight": "?", "final_": f"{e}"}
         m = machine(); tot = max(1, m[1] - m_last[1])
-        cpu = f"{100*(m[0]-m_last[0])/tot:.0f}%/{100*(m[2]-m_last[2])/tot:.0f}%"; m_last = m
+        cpu = f"{100*(m[0]-m_last[0])/tot:.0f}%/{100*(m[2]-m_last[2])/tot:.0f}%"
+        finished = done is not None and q.get("waiting") == 0 and q.get("inflight") == 0
+        if done is not None and not finished and t - start > done + 30:
+            break  # the sink has them all but the queue does not empty
+        if t < next_print and not finished:
+            continue
         print(f"  {t-start:5.0f} {got:9d} {(got-last_n)/(t-last_t):6.0f} {q['waiting']:>8} {q['due']:>8} "
               f"{q['inflight']:>8} {q['final_']:>8} {status('VmRSS'):7d} {cpu:>10}", flush=True)
-        last_t, last_n, next_print = t, got, t + 5
-        if done is not None and q.get("waiting") == 0 and q.get("inflight") == 0:
+        last_t, last_n, next_print, m_last = t, got, t + 5, m
+        if finished:
             open(result, "w").write(f"{n/done:.0f} {done:.1f} {status('VmHWM')} {got-n}\n")
             sys.exit(0)
-        if done is not None and t - start > done + 30:
-            break
 open(result, "w").write(f"FAIL sink got {sink_count()}/{n} after {time.monotonic()-start:.0f}s; queue {q}\n")
 PY
   out=$(cat "$work/$name/drain.result" 2>/dev/null || echo "FAIL no result")

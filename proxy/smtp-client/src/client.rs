@@ -668,7 +668,7 @@ impl Ctx {
                     return Ok(sess);
                 }
                 Err(e) => {
-                    tracing::info!(peer = %target.label(), "upstream host failed: {e}");
+                    tracing::debug!(peer = %target.label(), "upstream host failed: {e}");
                     last = Some((target.label(), e));
                 }
             }

@@ -87,7 +87,7 @@ impl Default for ClientConfig {
             data_end_timeout: Duration::from_secs(600),
             max_hosts: 5,
             default_hosts: Vec::new(),
-            max_idle_per_destination: 16,
+            max_idle_per_destination: 64,
             idle_timeout: Duration::from_secs(5),
             max_transactions_per_connection: 100,
         }

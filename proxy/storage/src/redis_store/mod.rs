@@ -582,18 +582,16 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn gc_impl(&self, older_than: SystemTime) -> StoreResult<usize> {
-        let cutoff = record::ms(older_than);
+    /// Runs a gc script batch after batch until a batch comes back short;
+    /// returns how many it deleted in all.
+    async fn gc_batches(&self, script: &redis::Script, cutoff: i64) -> StoreResult<usize> {
         let mut deleted = 0;
-        // Transactions first: deleting them can orphan blobs that the
-        // second phase then deletes in the same run.
         loop {
             let mut conn = self.conn.clone();
             let n: usize = self
                 .bounded(
                     "gc",
-                    self.scripts
-                        .gc_txs
+                    script
                         .arg(self.prefix())
                         .arg(cutoff)
                         .arg(GC_BATCH)
@@ -602,26 +600,17 @@ impl RedisStore {
                 .await?;
             deleted += n;
             if n < GC_BATCH {
-                break;
+                return Ok(deleted);
             }
         }
-        loop {
-            let mut conn = self.conn.clone();
-            let n: usize = self
-                .bounded(
-                    "gc",
-                    self.scripts
-                        .gc_blobs
-                        .arg(self.prefix())
-                        .arg(cutoff)
-                        .arg(GC_BATCH)
-                        .invoke_async(&mut conn),
-                )
-                .await?;
-            if n < GC_BATCH {
-                break;
-            }
-        }
+    }
+
+    async fn gc_impl(&self, older_than: SystemTime) -> StoreResult<usize> {
+        let cutoff = record::ms(older_than);
+        // Transactions first: deleting them can orphan blobs that the
+        // second phase then deletes in the same run.
+        let deleted = self.gc_batches(&self.scripts.gc_txs, cutoff).await?;
+        self.gc_batches(&self.scripts.gc_blobs, cutoff).await?;
         Ok(deleted)
     }
 

@@ -181,21 +181,13 @@ async fn stalled_data_times_out() {
     assert_eq!(srv.record.dropped(), 1);
 }
 
-/// VmHWM (peak resident set) of this process in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[tokio::test]
-async fn hundred_megabyte_message_streams_with_flat_memory() {
+async fn hundred_megabyte_message_streams_in_bounded_chunks() {
     let mut cfg = config();
     cfg.limits.max_message_size = 200 * 1024 * 1024;
     let srv = start(cfg, TestFactory::new().without_bodies()).await;
     let mut c = open_tx(&srv).await;
     c.cmd("DATA").await;
-    let before = peak_rss_kib();
     let line = format!("{}\r\n", "m".repeat(998));
     let block = line.repeat(1000); // 1 MB
     for _ in 0..100 {
@@ -214,8 +206,8 @@ async fn hundred_megabyte_message_streams_with_flat_memory() {
             .filter_map(|s| s.body.as_ref())
             .all(|b| b.1 <= CHUNK)
     );
-    if let (Some(before), Some(after)) = (before, peak_rss_kib()) {
-        let grown_mib = (after.saturating_sub(before)) / 1024;
-        assert!(grown_mib < 50, "peak memory grew by {grown_mib} MiB");
-    }
+    // Streaming is shown by the chunk bound above; the process's peak RSS
+    // is not asserted here because tests running in parallel in this
+    // process share it (the relay benchmark measures koukan's peak RSS
+    // for a 100 MB message).
 }

@@ -478,17 +478,31 @@ impl std::io::Write for Captured {
     }
 }
 
+/// The process-wide log capture. A scoped subscriber (`set_default`) is
+/// not enough here: tests running in parallel threads without a subscriber
+/// make tracing cache "no interest" for the summary's callsite, and the
+/// event is then dropped everywhere. Tests sharing this capture tell their
+/// lines apart by their own addresses.
+fn captured_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("koukan::tx=info")
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        logs
+    })
+    .clone()
+}
+
 #[tokio::test]
 async fn one_summary_line_per_transaction() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter("koukan::tx=info")
-        .with_writer(move || writer.clone())
-        .finish();
-    // #[tokio::test] is single-threaded: the sessions log on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
     let factory = TestFactory::with(|u| {
         let mut r = accept_all(u);
         for (i, rcpt) in u.rcpt_to.iter().enumerate() {
@@ -501,27 +515,27 @@ async fn one_summary_line_per_transaction() {
     let srv = start(config(), factory).await;
     let mut c = srv.session().await;
     c.ehlo().await;
-    c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<x@example.net>\r\nDATA\r\n")
+    c.send("MAIL FROM:<summary-a@example.org>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<x@example.net>\r\nDATA\r\n")
         .await;
     for _ in 0..4 {
         c.reply().await;
     }
     c.send("hello\r\n.\r\n").await;
     assert_eq!(c.reply().await, "250 2.0.0 queued");
-    c.cmd("MAIL FROM:<b@example.org>").await;
+    c.cmd("MAIL FROM:<summary-b@example.org>").await;
     c.cmd("RSET").await;
     c.cmd("QUIT").await;
     c.expect_eof().await;
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("summary-")).collect();
     assert_eq!(lines.len(), 2, "{text}");
     for field in [
         "koukan::tx",
         "tx=tx0",
         "listener=\"test\"",
         "peer=127.0.0.1:",
-        "mail_from=a@example.org",
+        "mail_from=summary-a@example.org",
         "rcpts=1/2",
         "size=7",
         "outcome=\"delivered\"",

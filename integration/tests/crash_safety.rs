@@ -691,12 +691,10 @@ fn recipients_by_subject(sink: &SmtpSink) -> HashMap<String, std::collections::H
 }
 
 /// The DATA reply covers the whole message: a 4xx there means no
-/// recipient got it. Koukan stores one transaction per recipient, one
-/// after the other; when storage fails part-way (here: the disk fills) the
-/// client gets 452 but the recipients stored before the failure are still
-/// delivered, and the client's retry delivers them a second time.
+/// recipient got it. Koukan stores one transaction per recipient; they are
+/// committed together, so when storage fails (here: the disk fills) none
+/// of them is delivered and the client's retry is the only delivery.
 #[test]
-#[ignore = "koukan bug: store_writer commits per-recipient transactions non-atomically (see report)"]
 fn a_multi_recipient_message_refused_on_a_full_disk_reaches_none_of_its_recipients() {
     let test = "partial commit";
     let mnt = tempfile::tempdir().unwrap();

@@ -124,41 +124,23 @@ impl Spool {
             address: String::new(),
             params: Vec::new(),
         });
-        let mut ids: Vec<koukan_storage::TxId> = Vec::with_capacity(rcpts.len());
-        for rcpt in rcpts {
-            let created = target
-                .store
-                .create_transaction(NewTransaction {
-                    sender: ctx.sender.clone(),
-                    tag: ctx.tag.clone(),
-                    chain: target.output_chain.clone(),
-                    mail_from: mail_from.clone(),
-                    rcpt_to: vec![stored_mailbox(rcpt)],
-                    session: stored_session.clone(),
-                    body: blob.clone(),
-                    retry: target.retry,
-                    // Never bounce a bounce.
-                    notification: target.notification && !mail_from.address.is_empty(),
-                    lease: None,
-                })
-                .await;
-            match created {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    // The client is told the whole message failed and will
-                    // send it again: withdraw what was already stored so
-                    // those recipients do not get it twice. Best effort:
-                    // one store call per recipient is not atomic (to do:
-                    // a store method creating them all in one commit).
-                    for id in &ids {
-                        if let Err(c) = target.store.cancel(id).await {
-                            tracing::warn!(tx = %id, error = %c, "withdrawing a partly stored message failed");
-                        }
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let txs = rcpts
+            .iter()
+            .map(|rcpt| NewTransaction {
+                sender: ctx.sender.clone(),
+                tag: ctx.tag.clone(),
+                chain: target.output_chain.clone(),
+                mail_from: mail_from.clone(),
+                rcpt_to: vec![stored_mailbox(rcpt)],
+                session: stored_session.clone(),
+                body: blob.clone(),
+                retry: target.retry,
+                // Never bounce a bounce.
+                notification: target.notification && !mail_from.address.is_empty(),
+                lease: None,
+            })
+            .collect();
+        let ids = target.store.create_transactions(txs).await?;
         target.scheduler.wake();
         Ok(ids.into_iter().map(|id| id.0).collect())
     }

@@ -80,6 +80,34 @@ pub trait Store: Send + Sync + 'static {
     /// it at once); otherwise it is due immediately for any replica.
     fn create_transaction(&self, tx: NewTransaction) -> BoxFuture<'_, StoreResult<TxId>>;
 
+    /// Creates several transactions (one message's recipients) as one
+    /// write, so a message refused on a storage error reaches none of them.
+    /// The embedded store commits them together. This default makes one
+    /// call each and, on an error, cancels those already created: best
+    /// effort, as the cancel can fail for the same reason.
+    fn create_transactions(
+        &self,
+        txs: Vec<NewTransaction>,
+    ) -> BoxFuture<'_, StoreResult<Vec<TxId>>> {
+        Box::pin(async move {
+            let mut ids = Vec::with_capacity(txs.len());
+            for tx in txs {
+                match self.create_transaction(tx).await {
+                    Ok(id) => ids.push(id),
+                    Err(e) => {
+                        for id in &ids {
+                            if let Err(c) = self.cancel(id).await {
+                                tracing::warn!(tx = %id, error = %c, "withdrawing a partly stored message failed");
+                            }
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(ids)
+        })
+    }
+
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>>;
 
     /// Atomically leases up to `limit` transactions that are due

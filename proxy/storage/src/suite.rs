@@ -500,6 +500,50 @@ pub async fn create_requires_finalized_body(store: &dyn Store) {
     );
 }
 
+/// One message's transactions: all created, or none deliverable.
+pub async fn create_many_all_or_nothing(store: &dyn Store) {
+    let body = finalized_blob(store, b"Subject: many\r\n\r\nx\r\n").await;
+    let ids = store
+        .create_transactions(vec![sample_tx(&body), sample_tx(&body), sample_tx(&body)])
+        .await
+        .expect("create_transactions");
+    assert_eq!(ids.len(), 3);
+    assert_eq!(info(store, &body).await.refcount, 3);
+    let claimed = claim(store, &replica("a"), now_ms() + Duration::from_secs(1), 10).await;
+    let mut got = self::ids(&claimed);
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+
+    // The third refers to a body that is not complete: the batch fails and
+    // the first two are never delivered.
+    let partial = store.create_blob().await.unwrap();
+    store
+        .append_blob(&partial, 0, Bytes::from_static(b"partial"), false)
+        .await
+        .unwrap();
+    let r = store
+        .create_transactions(vec![
+            sample_tx(&body),
+            sample_tx(&body),
+            sample_tx(&partial),
+        ])
+        .await;
+    assert_blob_conflict(r, &partial);
+    // Only the first batch (its leases expired by then) is ever claimable.
+    let later = now_ms() + Duration::from_secs(86_400);
+    let claimed = claim(store, &replica("b"), later, 10).await;
+    let strays: Vec<TxId> = self::ids(&claimed)
+        .into_iter()
+        .filter(|id| !want.contains(id))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "deliverable from the failed batch: {strays:?}"
+    );
+}
+
 pub async fn transaction_round_trip(store: &dyn Store) {
     let body = finalized_blob(store, b"Subject: hi\r\n\r\nbody\r\n").await;
     let tx = sample_tx(&body);
@@ -1174,6 +1218,7 @@ where
         blob_append_conflicts,
         blob_chunked_reads,
         create_requires_finalized_body,
+        create_many_all_or_nothing,
         transaction_round_trip,
         leased_creation,
         claim_due_leases,

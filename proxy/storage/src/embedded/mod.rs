@@ -233,6 +233,34 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn create_transactions(
+        &self,
+        txs: Vec<NewTransaction>,
+    ) -> BoxFuture<'_, StoreResult<Vec<TxId>>> {
+        Box::pin(async move {
+            let mut rows = Vec::with_capacity(txs.len());
+            for tx in txs {
+                let envelope = serde_json::to_string(&tx)
+                    .map_err(|e| StoreError::Internal(format!("encode transaction: {e}")))?;
+                let lease = tx.lease.map(|(owner, ttl)| (owner, ttl_ms(ttl)));
+                rows.push((TxId(new_id()), tx.body, envelope, lease));
+            }
+            let ids = rows.iter().map(|r| r.0.clone()).collect();
+            // One writer job is one savepoint: all rows or none.
+            self.writer
+                .run(true, move |conn| {
+                    let now = wall_ms();
+                    for (id, body, envelope, lease) in &rows {
+                        let lease = lease.as_ref().map(|(owner, ttl)| (owner, *ttl));
+                        ops::create_transaction(conn, id, body, envelope, lease, now)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            Ok(ids)
+        })
+    }
+
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {
         Box::pin(async move {
             let id = id.clone();

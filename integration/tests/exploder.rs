@@ -193,12 +193,8 @@ fn data_4xx() {
             .starts_with("250 2.0.0 DATA ok (exploder store&forward)")
     );
     // Stored with retries and bounce: after max_attempts the DSN arrives.
-    let bounced = (0..100).find_map(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        std::fs::read_dir(msa.koukan.path("bounces/new"))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .find_map(|e| std::fs::read_to_string(e.path()).ok())
+    let bounced = wait_for(Duration::from_secs(10), || {
+        maildir_files(&msa.koukan, "bounces/new").pop()
     });
     let dsn = bounced.unwrap_or_else(|| panic!("no bounce:\n{}", msa.koukan.log()));
     assert!(
@@ -256,12 +252,8 @@ fn two_destinations_same_response_and_mixed() {
         "{data}"
     );
     assert_eq!(good_a.wait_messages(2, Duration::from_secs(5)).len(), 2);
-    let dsn = (0..100).find_map(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        std::fs::read_dir(mixed.koukan.path("bounces/new"))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .find_map(|e| std::fs::read_to_string(e.path()).ok())
+    let dsn = wait_for(Duration::from_secs(10), || {
+        maildir_files(&mixed.koukan, "bounces/new").pop()
     });
     let dsn = dsn.unwrap_or_else(|| panic!("no bounce:\n{}", mixed.koukan.log()));
     assert!(dsn.contains("Final-Recipient: rfc822; y@b.test"), "{dsn}");

@@ -27,15 +27,6 @@ fn start_koukan(yaml: &str) -> Koukan {
     Koukan::start_at(yaml, loopback(stable_port())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Known koukan bug: when Redis dies (or the connection drops) after
-/// running the script that stores a transaction but before its reply
-/// arrives, koukan answers 451 4.3.0 and still delivers the message. The
-/// Redis crash test reports such messages loudly instead of failing; the
-/// ignored `a_message_whose_redis_acknowledgement_was_lost_...` test
-/// reproduces it deterministically. Set to false (and un-ignore that test)
-/// once koukan resolves ambiguous `create_transaction` failures.
-const TOLERATE_LOST_REDIS_ACK: bool = true;
-
 /// The store-and-forward config, with leases short enough that
 /// transactions a killed process held are taken over within seconds.
 fn config(listen: SocketAddr, upstream: SocketAddr, storage: &str) -> String {
@@ -211,13 +202,7 @@ fn queued_ids(reply: &str) -> Vec<String> {
 
 /// Checks the outcomes against the sink and the store; panics with a
 /// summary on any violation. Returns how many were accepted.
-fn verify(
-    test: &str,
-    k: &Koukan,
-    sink: &SmtpSink,
-    outcomes: &[(String, Submit)],
-    tolerate_lost_ack: bool,
-) -> usize {
+fn verify(test: &str, k: &Koukan, sink: &SmtpSink, outcomes: &[(String, Submit)]) -> usize {
     let drained = wait_drained(k, Duration::from_secs(30));
     // Whatever is still being written by the sink lands within moments.
     std::thread::sleep(Duration::from_millis(300));
@@ -228,7 +213,6 @@ fn verify(
     let mut refusals: BTreeMap<String, usize> = BTreeMap::new();
     let mut lost = Vec::new();
     let mut wrongly_delivered = Vec::new();
-    let mut lost_acks = Vec::new();
     let (mut unknown_delivered, mut unknown_not) = (0, 0);
     let mut duplicates = Vec::new();
     let mut wrong_state = Vec::new();
@@ -258,12 +242,7 @@ fn verify(
                     .entry(format!("{stage}: {}", reply.get(..9).unwrap_or(reply)))
                     .or_default() += 1;
                 if n > 0 || partial {
-                    let what = format!("{id} refused at {stage} with {reply:?}");
-                    if tolerate_lost_ack && *stage == "dot" && reply.starts_with("451 4.3.0") {
-                        lost_acks.push(what);
-                    } else {
-                        wrongly_delivered.push(what);
-                    }
+                    wrongly_delivered.push(format!("{id} refused at {stage} with {reply:?}"));
                 }
             }
             Submit::NotSent(why) => {
@@ -305,12 +284,6 @@ fn verify(
         "{test}: unknown outcomes: {unknown_delivered} delivered, {unknown_not} not delivered"
     );
     eprintln!("{test}: queue at the end: {drained:?}");
-    if !lost_acks.is_empty() {
-        eprintln!(
-            "{test}: KNOWN KOUKAN BUG (lost Redis acknowledgement answered 451, message \
-             delivered anyway; see the ignored lost-reply test): {lost_acks:?}"
-        );
-    }
 
     assert!(
         lost.is_empty(),
@@ -410,7 +383,7 @@ fn embedded_store_keeps_every_acknowledged_message_across_kill_9() {
         .collect();
     let load_time = started.elapsed();
 
-    let accepted = verify(test, &k, &sink, &outcomes, false);
+    let accepted = verify(test, &k, &sink, &outcomes);
     eprintln!(
         "{test}: {kills} kills, {} messages tried, {} interrupted by kills; load {load_time:?}, total {:?}",
         outcomes.len(),
@@ -522,7 +495,7 @@ fn redis_store_keeps_every_acknowledged_message_across_kill_9_of_koukan_and_redi
     let load_time = started.elapsed();
     outcomes.extend(probes);
 
-    let accepted = verify(test, &k, &sink, &outcomes, TOLERATE_LOST_REDIS_ACK);
+    let accepted = verify(test, &k, &sink, &outcomes);
     eprintln!(
         "{test}: {} messages tried, {} interrupted by kills; load {load_time:?}, total {:?}",
         outcomes.len(),
@@ -629,7 +602,7 @@ fn embedded_store_on_a_full_disk_answers_452_and_recovers_when_space_returns() {
     assert!(r.is_accepted(), "{test}: {r:?}\n{}", log_tail(&k));
     outcomes.push(("full-after".into(), r));
 
-    let accepted = verify(test, &k, &sink, &outcomes, false);
+    let accepted = verify(test, &k, &sink, &outcomes);
     assert_eq!(accepted, accepted_before + 1);
     assert!(
         !sink_view(&sink).complete.contains_key(&full),
@@ -828,14 +801,11 @@ fn reply_cutter(upstream: SocketAddr, marker: &'static [u8]) -> ReplyCutter {
 }
 
 /// Redis executes (and persists) the script storing the transaction, but
-/// its reply is lost. Koukan then cannot know whether the message was
-/// stored; it answers 451 4.3.0, a definite "not accepted", yet the
-/// stored transaction is delivered later, and the client's retry delivers
-/// the message a second time. This is what makes the Redis crash test
-/// above see "refused with 451 yet delivered" in some runs.
+/// its reply is lost. Koukan cannot know whether the message was stored;
+/// it repeats the (idempotent) store after reconnecting, so the client
+/// gets its 250 and the message is delivered once.
 #[test]
-#[ignore = "koukan bug: a create_transaction whose Redis reply was lost is answered 451 but still delivered (see report)"]
-fn a_message_whose_redis_acknowledgement_was_lost_is_not_both_refused_and_delivered() {
+fn a_message_whose_redis_acknowledgement_was_lost_is_accepted_and_delivered_once() {
     let test = "lost redis reply";
     let redis = RedisServer::start().unwrap();
     let cutter = reply_cutter(
@@ -878,11 +848,9 @@ fn a_message_whose_redis_acknowledgement_was_lost_is_not_both_refused_and_delive
         "{test}: delivered {n} time(s); queue {drained:?}\n{}",
         log_tail(&k)
     );
-    match r {
-        Submit::Accepted(_) => assert_eq!(n, 1, "{test}: accepted but delivered {n} times"),
-        other => assert_eq!(
-            n, 0,
-            "{test}: the client got {other:?}, yet it was delivered {n} time(s)"
-        ),
-    }
+    assert!(
+        r.is_accepted(),
+        "{test}: a lost reply cost the client a refusal: {r:?}"
+    );
+    assert_eq!(n, 1, "{test}: accepted and delivered {n} times");
 }

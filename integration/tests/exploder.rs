@@ -107,6 +107,28 @@ fn unused() -> SocketAddr {
     loopback(free_port())
 }
 
+/// The stored transactions a DATA reply names ("... queued as a,b").
+fn queued_ids(reply: &str) -> Vec<String> {
+    let (_, ids) = reply
+        .split_once("queued as ")
+        .unwrap_or_else(|| panic!("no queue ids in {reply:?}"));
+    ids.split(',').map(|s| s.trim().to_owned()).collect()
+}
+
+/// A stored transaction as the admin endpoint shows it.
+fn stored_tx(k: &Koukan, id: &str) -> serde_json::Value {
+    let (status, body) = http_get(k.admin, &format!("/transactions/{id}")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["transaction"].clone()
+}
+
+fn finished_ms(attempt: &serde_json::Value) -> u64 {
+    let t = &attempt["finished"];
+    t["secs_since_epoch"].as_u64().unwrap() * 1000
+        + t["nanos_since_epoch"].as_u64().unwrap() / 1_000_000
+}
+
 #[test]
 fn rcpt_timeout() {
     let (_l, addr) = silent();
@@ -201,6 +223,24 @@ fn data_4xx() {
         dsn.contains("Diagnostic-Code: smtp; 452 4.3.1 upstream disk full"),
         "{dsn}"
     );
+    // The cut-through attempt was attempt 1; the retry waited the
+    // policy's backoff (1 s) after it instead of asking again at once.
+    let ids = queued_ids(msa.data.as_deref().unwrap());
+    assert_eq!(ids.len(), 1);
+    let tx = stored_tx(&msa.koukan, &ids[0]);
+    assert_eq!(tx["attempt_count"], 2, "{tx}");
+    assert_eq!(
+        tx["final_attempt_reason"], "retry policy max attempts",
+        "{tx}"
+    );
+    let attempts = tx["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{tx}");
+    for (n, a) in attempts.iter().enumerate() {
+        assert_eq!(a["attempt"], n + 1, "{tx}");
+        assert_eq!(a["responses"]["data"]["code"], 452, "{tx}");
+    }
+    let gap = finished_ms(&attempts[1]) - finished_ms(&attempts[0]);
+    assert!(gap >= 850, "second attempt {gap} ms after the first: {tx}");
     let mx = run(s.addr, unused(), false, &["x@a.test"]);
     assert_eq!(mx.data.as_deref(), Some("452 4.3.1 upstream disk full"));
 }
@@ -258,7 +298,22 @@ fn two_destinations_same_response_and_mixed() {
     let dsn = dsn.unwrap_or_else(|| panic!("no bounce:\n{}", mixed.koukan.log()));
     assert!(dsn.contains("Final-Recipient: rfc822; y@b.test"), "{dsn}");
     assert!(
+        dsn.contains("Diagnostic-Code: smtp; 554 5.6.0 no thanks"),
+        "{dsn}"
+    );
+    assert!(
         !dsn.contains("x@a.test"),
         "only the failed recipient is bounced"
     );
+    // The upstream's 5xx settled it: bounced without asking again.
+    let ids = queued_ids(&data);
+    assert_eq!(ids.len(), 1, "{data}");
+    let tx = stored_tx(&mixed.koukan, &ids[0]);
+    assert_eq!(tx["attempt_count"], 1, "{tx}");
+    assert_eq!(
+        tx["final_attempt_reason"], "upstream response permfail",
+        "{tx}"
+    );
+    assert_eq!(tx["attempts"].as_array().unwrap().len(), 1, "{tx}");
+    assert_eq!(tx["attempts"][0]["responses"]["data"]["code"], 554, "{tx}");
 }

@@ -71,7 +71,7 @@ fn store_target(runtime: &Runtime, storage: &StorageCtx, output: &str) -> Arc<St
         scheduler: storage.scheduler.clone(),
         replica: storage.replica.clone(),
         output_chain: output.to_owned(),
-        retry: out.is_some_and(|c| c.retry.is_some()),
+        retry: out.and_then(|c| c.retry.clone()),
         notification: out.is_some_and(|c| c.notification.is_some()),
     })
 }

@@ -75,9 +75,11 @@ async fn open_store(
             Arc::new(store)
         }
         Backend::Redis(r) => {
+            let defaults = koukan_storage::redis_store::RedisOptions::default();
             let mut opts = koukan_storage::redis_store::RedisOptions {
                 allow_volatile: r.allow_volatile,
-                ..Default::default()
+                ack_window: crate::runtime::duration(&r.ack_window, defaults.ack_window),
+                ..defaults
             };
             if !r.key_prefix.is_empty() {
                 opts.key_prefix = r.key_prefix.clone();

@@ -27,6 +27,7 @@ use futures::future::BoxFuture;
 use koukan_filters::{
     BoxTxService, Mailbox, Recipient, Response, Terminal, TxContext, TxUpdate, UpdateResponse,
 };
+use koukan_storage::{AttemptResponses, PriorAttempt, StoredResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tower::{Service, ServiceExt};
@@ -99,12 +100,23 @@ fn class(r: &Response) -> Class {
     }
 }
 
+fn stored(r: &Response) -> StoredResponse {
+    StoredResponse {
+        code: r.code,
+        text: r.text.clone(),
+    }
+}
+
 fn upstream_timeout() -> Response {
     Response::new(451, "4.4.7 upstream timeout (exploder)")
 }
 
 struct Upstream {
     rcpt: Mailbox,
+    /// The upstream's MAIL and RCPT replies (a timeout as its 451), kept
+    /// as the first attempt of a stored transaction.
+    mail_reply: Option<Response>,
+    rcpt_reply: Response,
     runner: Option<Runner>,
     /// Replies to body chunks not awaited yet.
     pending: Vec<oneshot::Receiver<UpdateResponse>>,
@@ -183,10 +195,12 @@ impl Exploder {
         for (rcpt, runner, resp) in replies {
             // The upstream's RCPT answer; a refused MAIL is the answer for
             // the recipient that travelled with it.
+            let mail_reply = resp.as_ref().and_then(|r| r.mail.clone());
             let upstream = resp.and_then(|r| match r.mail {
                 Some(m) if !m.is_ok() => Some(m),
                 _ => r.rcpts.into_iter().next(),
             });
+            let rcpt_reply = upstream.clone().unwrap_or_else(upstream_timeout);
             let (reply, accepted, store, keep) = match upstream {
                 Some(r) if r.is_ok() => (r, true, false, true),
                 Some(r) if class(&r) == Class::Perm => (r, false, false, false),
@@ -201,6 +215,8 @@ impl Exploder {
             };
             self.upstreams.push(Upstream {
                 rcpt,
+                mail_reply,
+                rcpt_reply,
                 runner: runner.filter(|_| keep),
                 pending: Vec::new(),
                 accepted,
@@ -302,11 +318,26 @@ impl Exploder {
             };
         }
         // Mixed, or some must be stored: store every recipient that was
-        // not delivered, then the client can be told 250.
-        let to_store: Vec<&Mailbox> = outcomes
+        // not delivered, with the attempt just made, then the client can
+        // be told 250.
+        let to_store: Vec<(&Mailbox, Option<PriorAttempt>)> = outcomes
             .iter()
             .filter(|(_, o)| o.as_ref().is_none_or(|r| class(r) != Class::Ok))
-            .map(|(i, _)| &self.upstreams[*i].rcpt)
+            .map(|(i, _)| {
+                let up = &self.upstreams[*i];
+                let data = match (&up.data, up.rcpt_reply.is_ok()) {
+                    (Some(d), _) => Some(stored(d)),
+                    // Accepted by the upstream, no final reply in time.
+                    (None, true) => Some(stored(&upstream_timeout())),
+                    (None, false) => None,
+                };
+                let responses = AttemptResponses {
+                    mail: up.mail_reply.as_ref().map(stored),
+                    rcpt: vec![Some(stored(&up.rcpt_reply))],
+                    data,
+                };
+                (&up.rcpt, Some(self.target.prior_attempt(responses)))
+            })
             .collect();
         if let Some(failed) = &self.spool_failed {
             return failed.clone();
@@ -316,7 +347,7 @@ impl Exploder {
                 .append(&self.target, bytes::Bytes::new(), true)
                 .await?;
             self.spool
-                .commit(&self.target, &self.ctx, self.mail_from.as_ref(), &to_store)
+                .commit(&self.target, &self.ctx, self.mail_from.as_ref(), to_store)
                 .await
         }
         .await;

@@ -7,13 +7,16 @@
 //! exploder's fan-out).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use koukan_filters::{Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse};
 use koukan_storage::{
-    BlobId, NewTransaction, ReplicaId, Store, StoreError, StoredMailbox, StoredParam, StoredSession,
+    AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, ReplicaId, Store, StoreError,
+    StoredMailbox, StoredParam, StoredSession,
 };
 
+use crate::scheduler::retry::RetryPolicy;
 use crate::scheduler::{ReceivingGuard, SchedulerHandle};
 
 /// What the writer needs from the running config.
@@ -23,8 +26,38 @@ pub struct StoreTarget {
     pub scheduler: SchedulerHandle,
     pub replica: ReplicaId,
     pub output_chain: String,
-    pub retry: bool,
+    /// The output chain's retry policy; none means one attempt.
+    pub retry: Option<RetryPolicy>,
     pub notification: bool,
+}
+
+impl StoreTarget {
+    /// An attempt made while the client waited, to be stored with the
+    /// transaction: the next one waits the retry policy's backoff after a
+    /// temporary failure; a permanent failure (or no retry left) is due at
+    /// once, for the scheduler to settle with a bounce and no new attempt.
+    pub fn prior_attempt(&self, responses: AttemptResponses) -> PriorAttempt {
+        let now = SystemTime::now();
+        let temporary = [responses.mail.as_ref(), responses.data.as_ref()]
+            .into_iter()
+            .chain(responses.rcpt.iter().map(Option::as_ref))
+            .flatten()
+            .all(|r| r.code < 500);
+        let next_attempt = match &self.retry {
+            Some(policy) if temporary => {
+                match policy.after_temp_failure(1, now, now, rand::random()) {
+                    NextStep::RetryAt(t) => t,
+                    NextStep::Final { .. } => now,
+                }
+            }
+            _ => now,
+        };
+        PriorAttempt {
+            responses,
+            finished: now,
+            next_attempt,
+        }
+    }
 }
 
 pub fn stored_mailbox(m: &Mailbox) -> StoredMailbox {
@@ -98,13 +131,14 @@ impl Spool {
     }
 
     /// Durably stores one transaction per recipient on the (finalized)
-    /// body; returns their ids.
+    /// body, each with the attempt already made for it, if any; returns
+    /// their ids.
     pub async fn commit(
         &self,
         target: &StoreTarget,
         ctx: &TxContext,
         mail_from: Option<&Mailbox>,
-        rcpts: &[&Mailbox],
+        rcpts: Vec<(&Mailbox, Option<PriorAttempt>)>,
     ) -> Result<Vec<String>, StoreError> {
         let Some((blob, _)) = &self.blob else {
             return Err(StoreError::Internal("no body".into()));
@@ -125,8 +159,8 @@ impl Spool {
             params: Vec::new(),
         });
         let txs = rcpts
-            .iter()
-            .map(|rcpt| NewTransaction {
+            .into_iter()
+            .map(|(rcpt, prior_attempt)| NewTransaction {
                 sender: ctx.sender.clone(),
                 tag: ctx.tag.clone(),
                 chain: target.output_chain.clone(),
@@ -134,10 +168,11 @@ impl Spool {
                 rcpt_to: vec![stored_mailbox(rcpt)],
                 session: stored_session.clone(),
                 body: blob.clone(),
-                retry: target.retry,
+                retry: target.retry.is_some(),
                 // Never bounce a bounce.
                 notification: target.notification && !mail_from.address.is_empty(),
                 lease: None,
+                prior_attempt,
             })
             .collect();
         let ids = target.store.create_transactions(txs).await?;
@@ -180,10 +215,10 @@ impl Terminal for StoreWriter {
                     state.failed = Some(r.clone());
                     resp.data = Some(r);
                 } else if body.last {
-                    let rcpts: Vec<&Mailbox> = state.rcpts.iter().collect();
+                    let rcpts = state.rcpts.iter().map(|r| (r, None)).collect();
                     let stored = state
                         .spool
-                        .commit(target, ctx, state.mail_from.as_ref(), &rcpts)
+                        .commit(target, ctx, state.mail_from.as_ref(), rcpts)
                         .await;
                     resp.data = Some(match stored {
                         Ok(ids) => Response::new(250, format!("2.0.0 queued as {}", ids.join(","))),

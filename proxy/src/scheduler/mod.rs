@@ -218,37 +218,60 @@ impl Scheduler {
     async fn attempt(&self, record: TxRecord) -> Result<(), StoreError> {
         let runtime = self.runtime.load_full();
         let started = std::time::Instant::now();
+        let chain = runtime.chain(&record.tx.chain);
+        let policy = chain.and_then(|c| c.retry.as_ref());
         let heartbeat = self.spawn_heartbeat(&record);
-        let responses = match runtime.chain(&record.tx.chain) {
-            Some(chain) => {
-                let ctx = Arc::new(context(&record));
-                let stack = build_stack(&runtime, chain, &ctx);
-                self.deliver(stack, &record).await
-            }
+        let (responses, attempted) = match settled_by_prior(&record, policy, SystemTime::now()) {
+            Some(prior) => (prior, false),
             None => {
-                let r = Response::new(451, format!("4.3.5 no chain named {}", record.tx.chain));
-                AttemptResponses {
-                    mail: Some(stored(&r)),
-                    rcpt: vec![],
-                    data: None,
-                }
+                let responses = match chain {
+                    Some(chain) => {
+                        let ctx = Arc::new(context(&record));
+                        let stack = build_stack(&runtime, chain, &ctx);
+                        self.deliver(stack, &record).await
+                    }
+                    None => {
+                        let r =
+                            Response::new(451, format!("4.3.5 no chain named {}", record.tx.chain));
+                        AttemptResponses {
+                            mail: Some(stored(&r)),
+                            rcpt: vec![],
+                            data: None,
+                        }
+                    }
+                };
+                (responses, true)
             }
         };
-        heartbeat.abort();
-        let chain = runtime.chain(&record.tx.chain);
         let now = SystemTime::now();
-        let next = decide(
-            &record,
-            &responses,
-            chain.and_then(|c| c.retry.as_ref()),
-            now,
-        );
+        let counted = TxRecord {
+            attempt_count: record.attempt_count.saturating_sub(u32::from(!attempted)),
+            ..record.clone()
+        };
+        let next = decide(&counted, &responses, policy, now);
+        // The bounce is stored before the outcome: a crash in between
+        // makes the transaction run (and bounce) again, never lose its
+        // bounce. If the bounce cannot be stored, the outcome is not
+        // recorded either, and the transaction comes back when its lease
+        // expires.
+        if let NextStep::Final { reason } = &next
+            && reason != REASON_SUCCESS
+            && record.tx.notification
+            && let Some(notification) = chain.and_then(|c| c.notification.as_ref())
+            && let Err(e) = self.bounce(&record, &responses, notification, now).await
+        {
+            heartbeat.abort();
+            tracing::warn!(tx = %record.id, error = %e, "storing the bounce failed; the transaction runs again after its lease");
+            return Err(e);
+        }
+        heartbeat.abort();
         let finished = self
             .record_outcome(
                 &record,
                 AttemptOutcome {
                     responses: responses.clone(),
                     next: next.clone(),
+                    attempted,
                 },
             )
             .await?;
@@ -256,20 +279,13 @@ impl Scheduler {
             target: "koukan::delivery",
             tx = %record.id,
             attempt = finished.attempt_count,
+            attempted,
             rcpt = %record.tx.rcpt_to.first().map(|r| r.address.as_str()).unwrap_or(""),
             outcome = ?next,
             reply = %summary(&responses),
             duration_ms = started.elapsed().as_millis() as u64,
             "delivery attempt"
         );
-        if let NextStep::Final { reason } = &next
-            && reason != REASON_SUCCESS
-            && record.tx.notification
-            && let Some(notification) = chain.and_then(|c| c.notification.as_ref())
-            && let Err(e) = self.bounce(&record, &responses, notification, now).await
-        {
-            tracing::warn!(tx = %record.id, error = %e, "storing the bounce failed");
-        }
         Ok(())
     }
 
@@ -444,6 +460,7 @@ impl Scheduler {
                 retry: true,
                 notification: false,
                 lease: None,
+                prior_attempt: None,
             })
             .await?;
         tracing::info!(tx = %record.id, bounce = %id, to = %record.tx.mail_from.address, "bounce queued");
@@ -519,6 +536,30 @@ fn summary(r: &AttemptResponses) -> String {
         .or(r.mail.as_ref());
     last.map(|x| format!("{} {}", x.code, x.text.replace('\n', " / ")))
         .unwrap_or_default()
+}
+
+/// The prior attempt's responses when they already settle the
+/// transaction (a permanent failure after the client was told 250, or no
+/// retry left), so that the upstream is not asked again. Only while no
+/// attempt of ours has finished: afterwards the history has more than the
+/// prior attempt.
+fn settled_by_prior(
+    record: &TxRecord,
+    policy: Option<&retry::RetryPolicy>,
+    now: SystemTime,
+) -> Option<AttemptResponses> {
+    let prior = record.tx.prior_attempt.as_ref()?;
+    if record.attempts.len() != 1 {
+        return None;
+    }
+    let before_claim = TxRecord {
+        attempt_count: record.attempt_count.saturating_sub(1),
+        ..record.clone()
+    };
+    match decide(&before_claim, &prior.responses, policy, now) {
+        NextStep::Final { .. } => Some(prior.responses.clone()),
+        NextStep::RetryAt(_) => None,
+    }
 }
 
 /// Success, permanent failure, or the retry policy's verdict.

@@ -82,9 +82,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates several transactions (one message's recipients) as one
     /// write, so a message refused on a storage error reaches none of them.
-    /// The embedded store commits them together. This default makes one
-    /// call each and, on an error, cancels those already created: best
-    /// effort, as the cancel can fail for the same reason.
+    /// Both stores commit them together. This default, for a backend
+    /// that cannot, makes one call each and, on an error, cancels those
+    /// already created: best effort, as the cancel can fail for the same
+    /// reason.
     fn create_transactions(
         &self,
         txs: Vec<NewTransaction>,

@@ -83,6 +83,31 @@ pub struct NewTransaction {
     pub notification: bool,
     /// Leased at creation to this replica, which runs it at once.
     pub lease: Option<(ReplicaId, std::time::Duration)>,
+    /// An attempt already made before the transaction was stored (the
+    /// exploder's cut-through while the client waited). The store records
+    /// it as attempt 1 and schedules the next one at its `next_attempt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_attempt: Option<PriorAttempt>,
+}
+
+/// See [`NewTransaction::prior_attempt`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorAttempt {
+    pub responses: AttemptResponses,
+    pub finished: SystemTime,
+    /// When the transaction becomes due. The scheduler decides at that
+    /// point whether the prior outcome already settles it (a permanent
+    /// failure, or retries exhausted) or whether to attempt again.
+    pub next_attempt: SystemTime,
+}
+
+/// One finished attempt, as kept in [`TxRecord::attempts`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub attempt: u32,
+    pub finished: SystemTime,
+    pub responses: AttemptResponses,
 }
 
 /// Where a transaction stands.
@@ -114,6 +139,8 @@ pub struct TxRecord {
     pub cancelled: bool,
     /// Responses of the latest finished attempt, one per rcpt for `rcpt`.
     pub last_responses: Option<AttemptResponses>,
+    /// Every finished attempt, oldest first (a prior attempt included).
+    pub attempts: Vec<AttemptRecord>,
 }
 
 impl TxRecord {
@@ -140,6 +167,10 @@ pub struct AttemptResponses {
 pub struct AttemptOutcome {
     pub responses: AttemptResponses,
     pub next: NextStep,
+    /// False when the holder settled the transaction without delivering
+    /// (its prior attempt already decided it): the claim's attempt count
+    /// is taken back and no attempt is added to the history.
+    pub attempted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

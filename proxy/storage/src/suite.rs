@@ -29,6 +29,13 @@
 //!   attempt (`attempt_count + 1`); it leaves `next_attempt` alone. A claim
 //!   returns the records as stored after it. Due means `next_attempt <=
 //!   now`; a lease is free when `lease_expires <= now`.
+//! * `prior_attempt`: the record starts with `attempt_count` 1 (plus 1 if
+//!   also leased), the prior responses as `last_responses` and as attempt 1
+//!   of `attempts` (its `finished` as given), and `next_attempt` as given.
+//! * `attempts` holds one entry per finished attempt, numbered from 1,
+//!   `finished` = the record's `last_update` at that finish.
+//! * `finish_attempt` with `attempted: false` takes back the claim's count
+//!   and leaves `last_responses` and `attempts` alone.
 //! * `finish_attempt` stores the responses, clears the lease, and sets
 //!   `next_attempt` to the retry time (`RetryAt`) or `None` with the reason
 //!   (`Final`); `attempt_count` is unchanged (it counted the attempt when it
@@ -62,9 +69,9 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
 
 use crate::{
-    AttemptOutcome, AttemptResponses, BlobId, BlobInfo, NewTransaction, NextStep, QueueCounts,
-    ReplicaId, Store, StoreError, StoreResult, StoredMailbox, StoredParam, StoredResponse,
-    StoredSession, TxId, TxRecord, TxState,
+    AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, NewTransaction, NextStep,
+    PriorAttempt, QueueCounts, ReplicaId, Store, StoreError, StoreResult, StoredMailbox,
+    StoredParam, StoredResponse, StoredSession, TxId, TxRecord, TxState,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -131,6 +138,7 @@ fn sample_tx(body: &BlobId) -> NewTransaction {
         retry: true,
         notification: true,
         lease: None,
+        prior_attempt: None,
     }
 }
 
@@ -165,6 +173,7 @@ fn retry_at(at: SystemTime, tag: &str) -> AttemptOutcome {
     AttemptOutcome {
         responses: responses(tag),
         next: NextStep::RetryAt(at),
+        attempted: true,
     }
 }
 
@@ -174,6 +183,7 @@ fn final_outcome(reason: &str) -> AttemptOutcome {
         next: NextStep::Final {
             reason: reason.into(),
         },
+        attempted: true,
     }
 }
 
@@ -544,6 +554,109 @@ pub async fn create_many_all_or_nothing(store: &dyn Store) {
     );
 }
 
+/// An attempt made before storing is attempt 1: counted, in the history,
+/// and the first claim waits for its `next_attempt`. Through both
+/// creation calls.
+pub async fn prior_attempt_recorded(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let finished = now_ms() - Duration::from_secs(2);
+    let next = now_ms() + HOUR;
+    let prior = PriorAttempt {
+        responses: responses("cut-through"),
+        finished,
+        next_attempt: next,
+    };
+    let with_prior = NewTransaction {
+        prior_attempt: Some(prior.clone()),
+        ..sample_tx(&body)
+    };
+    let single = create(store, with_prior.clone()).await;
+    let batch = store
+        .create_transactions(vec![with_prior.clone(), sample_tx(&body)])
+        .await
+        .expect("create_transactions");
+    for id in [&single, &batch[0]] {
+        let rec = get(store, id).await;
+        assert_eq!(rec.tx, with_prior, "{id}");
+        assert_eq!(rec.attempt_count, 1, "{id}");
+        assert_eq!(rec.next_attempt, Some(next), "{id}");
+        assert_eq!(rec.last_responses, Some(responses("cut-through")), "{id}");
+        assert_eq!(
+            rec.attempts,
+            vec![AttemptRecord {
+                attempt: 1,
+                finished,
+                responses: responses("cut-through"),
+            }],
+            "{id}"
+        );
+        assert_eq!(rec.state(now_ms()), TxState::Waiting, "{id}");
+    }
+    // Only the one without a prior attempt is due now.
+    let a = replica("a");
+    assert_eq!(
+        ids(&claim(store, &a, now_ms(), 10).await),
+        vec![batch[1].clone()]
+    );
+    store
+        .finish_attempt(&batch[1], &a, final_outcome("done"))
+        .await
+        .unwrap();
+    assert_eq!(claim(store, &a, next - MS, 10).await, vec![]);
+    let mut due = ids(&claim(store, &a, next, 10).await);
+    due.sort();
+    let mut want = vec![single.clone(), batch[0].clone()];
+    want.sort();
+    assert_eq!(due, want);
+    assert_eq!(get(store, &single).await.attempt_count, 2);
+}
+
+/// A holder may settle a transaction without delivering (its prior
+/// attempt decided it): the claim's count is taken back, the history and
+/// the last responses stay as they were.
+pub async fn settle_without_attempt(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let a = replica("a");
+    let now = now_ms();
+    let id = create(
+        store,
+        NewTransaction {
+            prior_attempt: Some(PriorAttempt {
+                responses: responses("550 refused"),
+                finished: now,
+                next_attempt: now,
+            }),
+            ..sample_tx(&body)
+        },
+    )
+    .await;
+    let claimed = claim(store, &a, now, 10).await;
+    assert_eq!(ids(&claimed), vec![id.clone()]);
+    assert_eq!(claimed[0].attempt_count, 2);
+    let rec = store
+        .finish_attempt(
+            &id,
+            &a,
+            AttemptOutcome {
+                attempted: false,
+                ..final_outcome("upstream response permfail")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec, get(store, &id).await);
+    assert_eq!(rec.attempt_count, 1);
+    assert_eq!(
+        rec.final_attempt_reason.as_deref(),
+        Some("upstream response permfail")
+    );
+    assert_eq!(rec.last_responses, Some(responses("550 refused")));
+    assert_eq!(rec.attempts.len(), 1);
+    assert_eq!(rec.attempts[0].responses, responses("550 refused"));
+    assert_eq!(rec.lease_owner, None);
+    assert_eq!(rec.state(now_ms()), TxState::Final);
+}
+
 pub async fn transaction_round_trip(store: &dyn Store) {
     let body = finalized_blob(store, b"Subject: hi\r\n\r\nbody\r\n").await;
     let tx = sample_tx(&body);
@@ -566,6 +679,7 @@ pub async fn transaction_round_trip(store: &dyn Store) {
         lease_expires: None,
         cancelled: false,
         last_responses: None,
+        attempts: vec![],
     };
     assert_eq!(rec, expected);
     assert_eq!(rec.state(now_ms()), TxState::Waiting);
@@ -604,6 +718,7 @@ pub async fn leased_creation(store: &dyn Store) {
         lease_expires: Some(expires),
         cancelled: false,
         last_responses: None,
+        attempts: vec![],
     };
     assert_eq!(rec, expected);
     assert_eq!(rec.state(rec.created), TxState::Inflight);
@@ -838,6 +953,11 @@ pub async fn finish_retry(store: &dyn Store) {
         lease_owner: None,
         lease_expires: None,
         last_responses: Some(responses("first")),
+        attempts: vec![AttemptRecord {
+            attempt: 1,
+            finished: rec.last_update,
+            responses: responses("first"),
+        }],
         ..created.clone()
     };
     assert_eq!(rec, expected);
@@ -855,6 +975,17 @@ pub async fn finish_retry(store: &dyn Store) {
     assert_eq!(rec.attempt_count, 2);
     assert_eq!(rec.next_attempt, Some(at + HOUR));
     assert_eq!(rec.last_responses, Some(responses("second")));
+    // Every attempt is kept, in order.
+    let history: Vec<(u32, AttemptResponses)> = rec
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.responses.clone()))
+        .collect();
+    assert_eq!(
+        history,
+        vec![(1, responses("first")), (2, responses("second"))]
+    );
+    assert_eq!(rec.attempts[1].finished, rec.last_update);
     assert_eq!(rec.tx, created.tx, "the envelope is untouched");
 }
 
@@ -876,6 +1007,11 @@ pub async fn finish_final(store: &dyn Store) {
         lease_owner: None,
         lease_expires: None,
         last_responses: Some(responses("250 2.0.0 delivered")),
+        attempts: vec![AttemptRecord {
+            attempt: 1,
+            finished: rec.last_update,
+            responses: responses("250 2.0.0 delivered"),
+        }],
         ..created
     };
     assert_eq!(rec, expected);
@@ -1219,6 +1355,8 @@ where
         blob_chunked_reads,
         create_requires_finalized_body,
         create_many_all_or_nothing,
+        prior_attempt_recorded,
+        settle_without_attempt,
         transaction_round_trip,
         leased_creation,
         claim_due_leases,

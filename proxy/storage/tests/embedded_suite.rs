@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::future::join_all;
 use koukan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, BlobId, NewTransaction, NextStep, ReplicaId, Store,
-    StoreError, StoredMailbox, StoredSession, TxRecord, suite,
+    AttemptOutcome, AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, ReplicaId,
+    Store, StoreError, StoredMailbox, StoredResponse, StoredSession, TxRecord, suite,
 };
 
 fn open(path: &Path) -> EmbeddedStore {
@@ -54,6 +54,7 @@ fn tx(body: &BlobId, lease: Option<&ReplicaId>) -> NewTransaction {
         retry: true,
         notification: false,
         lease: lease.map(|owner| (owner.clone(), Duration::from_secs(60))),
+        prior_attempt: None,
     }
 }
 
@@ -61,6 +62,7 @@ fn outcome(next: NextStep) -> AttemptOutcome {
     AttemptOutcome {
         responses: AttemptResponses::default(),
         next,
+        attempted: true,
     }
 }
 
@@ -107,8 +109,22 @@ async fn write_some(store: &dyn Store) -> Written {
         .unwrap();
 
     let waiting = store.create_transaction(tx(&big_body, None)).await.unwrap();
+    // With a prior attempt, so the history it keeps has two entries.
     let retrying = store
-        .create_transaction(tx(&big_body, Some(&a)))
+        .create_transaction(NewTransaction {
+            prior_attempt: Some(PriorAttempt {
+                responses: AttemptResponses {
+                    mail: Some(StoredResponse {
+                        code: 451,
+                        text: "try later".into(),
+                    }),
+                    ..AttemptResponses::default()
+                },
+                finished: now_ms(),
+                next_attempt: now_ms(),
+            }),
+            ..tx(&big_body, Some(&a))
+        })
         .await
         .unwrap();
     store
@@ -148,6 +164,7 @@ async fn write_some(store: &dyn Store) -> Written {
     for id in [&waiting, &retrying, &done, &claimed] {
         records.push(store.get_transaction(id).await.unwrap());
     }
+    assert_eq!(records[1].attempts.len(), 2);
     Written {
         records,
         bodies: vec![
@@ -205,6 +222,43 @@ async fn unclean_copy_keeps_acknowledged_writes() {
     let recovered = open(&copy);
     assert_has(&recovered, &written).await;
     drop(store);
+}
+
+/// Dropping the last reference (on a runtime worker, as the proxy does)
+/// commits what is queued and closes every connection: the last close
+/// checkpoints the log into the database and removes it, so the file is
+/// whole on its own once `drop` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_closes_the_database_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let wal = suffixed(&path, "-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+
+    // Writes only: the writer's connection is the last one open, so the
+    // log is gone only if the drop waited for the writer thread.
+    let store = open(&path);
+    let blob = body(&store, b"x").await;
+    let first = store.create_transaction(tx(&blob, None)).await.unwrap();
+    assert!(wal_len() > 0, "WAL mode keeps a log while open");
+    drop(store);
+    assert_eq!(wal_len(), 0, "{} left behind", wal.display());
+
+    // With reader connections open too (concurrent reads, so the pool
+    // holds several).
+    let store = Arc::new(open(&path));
+    let second = store.create_transaction(tx(&blob, None)).await.unwrap();
+    let reads =
+        join_all([&first, &second, &first, &second].map(|id| store.get_transaction(id))).await;
+    let records: Vec<TxRecord> = reads.into_iter().map(Result::unwrap).collect();
+    assert!(wal_len() > 0);
+    drop(store);
+    assert_eq!(wal_len(), 0, "{} left behind", wal.display());
+
+    let store = open(&path);
+    for rec in &records {
+        assert_eq!(&store.get_transaction(&rec.id).await.unwrap(), rec);
+    }
 }
 
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {

@@ -223,6 +223,7 @@ fn new_tx(body: &BlobId, lease: Option<(ReplicaId, Duration)>) -> NewTransaction
         retry: true,
         notification: false,
         lease,
+        prior_attempt: None,
     }
 }
 
@@ -252,6 +253,7 @@ fn retry_at(t: SystemTime) -> AttemptOutcome {
             data: None,
         },
         next: NextStep::RetryAt(t),
+        attempted: true,
     }
 }
 
@@ -261,6 +263,7 @@ fn final_outcome(reason: &str) -> AttemptOutcome {
         next: NextStep::Final {
             reason: reason.into(),
         },
+        attempted: true,
     }
 }
 
@@ -1115,4 +1118,259 @@ async fn key_prefixes_keep_deployments_apart() {
     );
     assert!(keys(&server, "other:*").await.is_empty());
     assert!(!keys(&server, "t:*").await.is_empty());
+}
+
+// ---------------------------------------------------------------------
+// Lost replies and body sizes.
+
+/// A TCP relay between the store and Redis that can lose the reply to
+/// the next request containing a marker (Redis runs the request, the
+/// connection then breaks before any byte of the reply comes back), and
+/// can refuse every connection for a while.
+struct ReplyCutter {
+    addr: std::net::SocketAddr,
+    arm: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplyCutter {
+    async fn start(redis_port: u16) -> ReplyCutter {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cutter = ReplyCutter {
+            addr: l.local_addr().unwrap(),
+            arm: Arc::default(),
+            fired: Arc::default(),
+            down: Arc::default(),
+        };
+        let (arm, fired, down) = (
+            cutter.arm.clone(),
+            cutter.fired.clone(),
+            cutter.down.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = l.accept().await else {
+                    return;
+                };
+                if down.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let (mut c_in, mut c_out) = client.into_split();
+                let (mut s_in, mut s_out) = server.into_split();
+                let cut = Arc::new(tokio::sync::Notify::new());
+                let cutting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (arm, fired, cut2, cutting2) =
+                    (arm.clone(), fired.clone(), cut.clone(), cutting.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match c_in.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let hit = {
+                            let mut a = arm.lock().unwrap();
+                            let hit = a
+                                .as_ref()
+                                .is_some_and(|m| buf[..n].windows(m.len()).any(|w| w == &m[..]));
+                            if hit {
+                                *a = None;
+                            }
+                            hit
+                        };
+                        if hit {
+                            cutting2.store(true, Ordering::SeqCst);
+                        }
+                        if s_out.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if hit {
+                            // Let Redis run it, then break the connection.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            fired.store(true, Ordering::SeqCst);
+                            cut2.notify_one();
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        tokio::select! {
+                            r = s_in.read(&mut buf) => {
+                                let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
+                                if cutting.load(Ordering::SeqCst) {
+                                    continue;
+                                }
+                                if c_out.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ = cut.notified() => break,
+                        }
+                    }
+                    // Dropping both halves closes the client's connection.
+                });
+            }
+        });
+        cutter
+    }
+
+    fn arm(&self, marker: &[u8]) {
+        *self.arm.lock().unwrap() = Some(marker.to_vec());
+    }
+}
+
+async fn store_via(addr: std::net::SocketAddr, ack_window: Duration) -> RedisStore {
+    RedisStore::connect(
+        &format!("redis://{addr}/"),
+        RedisOptions {
+            ack_window,
+            ..opts()
+        },
+    )
+    .await
+    .expect("connect through the relay")
+}
+
+/// One store through the relay first, so that the script is loaded and
+/// the next call runs it (a first call is answered NOSCRIPT).
+async fn warm_up(s: &RedisStore, b: &BlobId) -> TxId {
+    s.create_transaction(tx_to(b, "warm@example.net"))
+        .await
+        .expect("warm-up store")
+}
+
+fn tx_to(body: &BlobId, rcpt: &str) -> NewTransaction {
+    let mut tx = new_tx(body, None);
+    tx.rcpt_to[0].address = rcpt.into();
+    tx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_is_repeated_and_the_message_stored_once() {
+    let server = RedisServer::start().await;
+    let relay = ReplyCutter::start(server.port).await;
+    let s = store_via(relay.addr, Duration::from_secs(10)).await;
+    let b = body(&s, b"Subject: x\r\n\r\nx\r\n").await;
+    warm_up(&s, &b).await;
+    relay.arm(b"lost-reply@example.net");
+    let ids = s
+        .create_transactions(vec![
+            tx_to(&b, "lost-reply@example.net"),
+            tx_to(&b, "other@example.net"),
+        ])
+        .await
+        .expect("stored despite the lost reply");
+    assert!(
+        relay.fired.load(Ordering::SeqCst),
+        "the reply was never cut"
+    );
+    assert_eq!(ids.len(), 2);
+    // Exactly the two (and the warm-up), each once, the body counted so.
+    assert_eq!(keys(&server, "t:tx:*").await.len(), 3);
+    assert_eq!(s.blob_info(&b).await.unwrap().refcount, 3);
+    for id in &ids {
+        let r = s.get_transaction(id).await.unwrap();
+        assert_eq!(r.version, 1, "{id} written once");
+    }
+    let claimed = s
+        .claim_due(
+            &replica("a"),
+            SystemTime::now(),
+            Duration::from_secs(30),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refused_after_the_ack_window_is_withdrawn_once_redis_is_back() {
+    let server = RedisServer::start().await;
+    let relay = ReplyCutter::start(server.port).await;
+    let s = store_via(relay.addr, Duration::from_millis(400)).await;
+    let b = body(&s, b"Subject: x\r\n\r\nx\r\n").await;
+    let warm = warm_up(&s, &b).await;
+    relay.arm(b"in-doubt@example.net");
+    relay.down.store(true, Ordering::SeqCst);
+    let r = s
+        .create_transaction(tx_to(&b, "in-doubt@example.net"))
+        .await;
+    assert!(
+        relay.fired.load(Ordering::SeqCst),
+        "the reply was never cut"
+    );
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    // Redis did store it, and nobody may deliver it.
+    let stored: Vec<String> = keys(&server, "t:tx:*")
+        .await
+        .into_iter()
+        .filter(|k| *k != format!("t:tx:{}", warm.0))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let id = TxId(stored[0].trim_start_matches("t:tx:").to_owned());
+
+    relay.down.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rec = loop {
+        let rec = s.get_transaction(&id).await;
+        match rec {
+            Ok(r) if r.state(SystemTime::now()) == TxState::Final => break r,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("not withdrawn: {other:?}"),
+        }
+    };
+    assert!(rec.cancelled, "{rec:?}");
+    assert_eq!(rec.final_attempt_reason.as_deref(), Some("cancelled"));
+    s.cancel(&warm).await.unwrap();
+    let claimed = s
+        .claim_due(
+            &replica("a"),
+            SystemTime::now() + Duration::from_secs(3600),
+            Duration::from_secs(30),
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "{claimed:?}");
+}
+
+/// A body written in pieces takes about its own size in Redis memory.
+#[tokio::test]
+async fn bodies_are_kept_at_their_size() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = s.create_blob().await.unwrap();
+    let piece = vec![b'x'; 64 * 1024];
+    let total = 1600 * 1024;
+    let mut len = 0u64;
+    while (len as usize) < total {
+        len = s
+            .append_blob(&b, len, Bytes::copy_from_slice(&piece), false)
+            .await
+            .unwrap();
+    }
+    s.append_blob(&b, len, Bytes::new(), true).await.unwrap();
+    let mut raw = server.raw().await;
+    let mut used = 0u64;
+    for k in keys(&server, &format!("t:blob:{}:*", b.0)).await {
+        let n: u64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&k)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        used += n;
+    }
+    let ratio = used as f64 / total as f64;
+    eprintln!("{total} bytes kept in {used} bytes of redis memory ({ratio:.3})");
+    assert!(ratio < 1.05, "{used} bytes for {total}: ratio {ratio:.3}");
 }

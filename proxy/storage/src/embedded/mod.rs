@@ -64,7 +64,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use self::convert::{new_id, to_ms, ttl_ms, wall_ms};
-use self::ops::Next;
+use self::ops::{NewRow, Next};
 use self::readers::Readers;
 use self::writer::Writer;
 use crate::{
@@ -118,7 +118,9 @@ pub struct EmbeddedStats {
 }
 
 /// The embedded [`Store`]: one SQLite file, one writer thread, a few
-/// readers. Dropping it stops the writer once its queue is empty.
+/// readers. Dropping it waits for the writer to commit what is queued and
+/// close its connection, and closes the idle readers: the last connection
+/// to close checkpoints the WAL into the database and removes it.
 pub struct EmbeddedStore {
     writer: Writer,
     readers: Readers,
@@ -215,18 +217,11 @@ impl Store for EmbeddedStore {
 
     fn create_transaction(&self, tx: NewTransaction) -> BoxFuture<'_, StoreResult<TxId>> {
         Box::pin(async move {
-            let id = TxId(new_id());
-            // Serialized here, off the writer thread: the writer's time is
-            // everyone's commit latency.
-            let envelope = serde_json::to_string(&tx)
-                .map_err(|e| StoreError::Internal(format!("encode transaction: {e}")))?;
-            let lease = tx.lease.map(|(owner, ttl)| (owner, ttl_ms(ttl)));
-            let body = tx.body;
-            let tx_id = id.clone();
+            let row = NewRow::encode(tx)?;
+            let id = row.id.clone();
             self.writer
                 .run(true, move |conn| {
-                    let lease = lease.as_ref().map(|(owner, ttl)| (owner, *ttl));
-                    ops::create_transaction(conn, &tx_id, &body, &envelope, lease, wall_ms())
+                    ops::create_transaction(conn, &row, wall_ms())
                 })
                 .await?;
             Ok(id)
@@ -238,21 +233,17 @@ impl Store for EmbeddedStore {
         txs: Vec<NewTransaction>,
     ) -> BoxFuture<'_, StoreResult<Vec<TxId>>> {
         Box::pin(async move {
-            let mut rows = Vec::with_capacity(txs.len());
-            for tx in txs {
-                let envelope = serde_json::to_string(&tx)
-                    .map_err(|e| StoreError::Internal(format!("encode transaction: {e}")))?;
-                let lease = tx.lease.map(|(owner, ttl)| (owner, ttl_ms(ttl)));
-                rows.push((TxId(new_id()), tx.body, envelope, lease));
-            }
-            let ids = rows.iter().map(|r| r.0.clone()).collect();
+            let rows = txs
+                .into_iter()
+                .map(NewRow::encode)
+                .collect::<StoreResult<Vec<_>>>()?;
+            let ids = rows.iter().map(|r| r.id.clone()).collect();
             // One writer job is one savepoint: all rows or none.
             self.writer
                 .run(true, move |conn| {
                     let now = wall_ms();
-                    for (id, body, envelope, lease) in &rows {
-                        let lease = lease.as_ref().map(|(owner, ttl)| (owner, *ttl));
-                        ops::create_transaction(conn, id, body, envelope, lease, now)?;
+                    for row in &rows {
+                        ops::create_transaction(conn, row, now)?;
                     }
                     Ok(())
                 })
@@ -323,10 +314,10 @@ impl Store for EmbeddedStore {
                 NextStep::RetryAt(at) => Next::RetryAt(to_ms(at)),
                 NextStep::Final { reason } => Next::Final(reason),
             };
-            let (id, owner) = (id.clone(), owner.clone());
+            let (id, owner, attempted) = (id.clone(), owner.clone(), outcome.attempted);
             self.writer
                 .run(true, move |conn| {
-                    ops::finish_attempt(conn, &id, &owner, &responses, &next, wall_ms())
+                    ops::finish_attempt(conn, &id, &owner, &responses, attempted, &next, wall_ms())
                 })
                 .await
         })

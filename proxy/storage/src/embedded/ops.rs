@@ -4,19 +4,21 @@
 
 use bytes::{Bytes, BytesMut};
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Deserialize;
 
-use super::convert::{expiry, from_ms, sql_error, to_i64, to_u64};
+use super::convert::{expiry, from_ms, new_id, sql_error, to_i64, to_ms, to_u64, ttl_ms};
 use super::schema::{CHUNK_MAX, CLAIMABLE_AT};
 use crate::{
-    AttemptResponses, BlobId, BlobInfo, NewTransaction, QueueCounts, ReplicaId, StoreError,
-    StoreResult, TxId, TxRecord,
+    AttemptRecord, AttemptResponses, BlobId, BlobInfo, NewTransaction, QueueCounts, ReplicaId,
+    StoreError, StoreResult, TxId, TxRecord,
 };
 
 /// Final reason recorded when a cancellation finalizes a transaction.
 pub const CANCELLED_REASON: &str = "cancelled";
 
 const TX_COLUMNS: &str = "id, envelope, created_ms, last_update_ms, version, attempt_count, \
-     next_attempt_ms, final_reason, lease_owner, lease_expires_ms, cancelled, last_responses";
+     next_attempt_ms, final_reason, lease_owner, lease_expires_ms, cancelled, last_responses, \
+     history";
 
 /// An attempt's end as stored: `RetryAt` already in milliseconds.
 pub(super) enum Next {
@@ -184,40 +186,104 @@ pub(super) fn read_blob(
     Ok(out.freeze())
 }
 
-pub(super) fn create_transaction(
-    conn: &Connection,
-    id: &TxId,
-    body: &BlobId,
-    envelope: &str,
-    lease: Option<(&ReplicaId, i64)>,
-    now: i64,
-) -> StoreResult<()> {
-    let (_, finalized, _) = blob_row(conn, body)?;
+/// One line of `transactions.history`; written by [`history_line`].
+#[derive(Deserialize)]
+struct HistoryLine {
+    attempt: u32,
+    finished_ms: i64,
+    responses: AttemptResponses,
+}
+
+/// The history line, newline included, of a finished attempt whose
+/// responses are already JSON. Spliced rather than serialized so the
+/// writer thread does not encode the responses a second time; serde_json's
+/// compact output has no raw newline to break the line.
+fn history_line(attempt: i64, finished_ms: i64, responses: &str) -> String {
+    format!("{{\"attempt\":{attempt},\"finished_ms\":{finished_ms},\"responses\":{responses}}}\n")
+}
+
+/// A transaction ready to insert, encoded off the writer thread: the
+/// writer's time is everyone's commit latency.
+pub(super) struct NewRow {
+    pub(super) id: TxId,
+    body: BlobId,
+    envelope: String,
+    /// Owner and TTL in milliseconds.
+    lease: Option<(ReplicaId, i64)>,
+    prior: Option<PriorRow>,
+}
+
+/// The columns an attempt made before storing starts the row with.
+struct PriorRow {
+    responses: String,
+    history: String,
+    next_attempt_ms: i64,
+}
+
+impl NewRow {
+    pub(super) fn encode(tx: NewTransaction) -> StoreResult<Self> {
+        let encode_err =
+            |e: serde_json::Error| StoreError::Internal(format!("encode transaction: {e}"));
+        let envelope = serde_json::to_string(&tx).map_err(encode_err)?;
+        let prior = match &tx.prior_attempt {
+            Some(p) => {
+                let responses = serde_json::to_string(&p.responses).map_err(encode_err)?;
+                Some(PriorRow {
+                    history: history_line(1, to_ms(p.finished), &responses),
+                    responses,
+                    next_attempt_ms: to_ms(p.next_attempt),
+                })
+            }
+            None => None,
+        };
+        Ok(NewRow {
+            id: TxId(new_id()),
+            body: tx.body,
+            envelope,
+            lease: tx.lease.map(|(owner, ttl)| (owner, ttl_ms(ttl))),
+            prior,
+        })
+    }
+}
+
+pub(super) fn create_transaction(conn: &Connection, row: &NewRow, now: i64) -> StoreResult<()> {
+    let (_, finalized, _) = blob_row(conn, &row.body)?;
     if !finalized {
         return Err(StoreError::BlobConflict {
-            blob: body.clone(),
+            blob: row.body.clone(),
             reason: "not finalized: a transaction needs a complete body".into(),
         });
     }
-    let (owner, expires, attempts) = match lease {
-        // Leased at creation: its first attempt starts now.
-        Some((owner, ttl)) => (Some(owner.0.as_str()), Some(expiry(now, ttl)), 1),
-        None => (None, None, 0),
+    // Leased at creation: its next attempt starts now, and counts.
+    let (owner, expires) = match &row.lease {
+        Some((owner, ttl)) => (Some(owner.0.as_str()), Some(expiry(now, *ttl))),
+        None => (None, None),
     };
+    let attempts = i64::from(row.lease.is_some()) + i64::from(row.prior.is_some());
+    let prior = row.prior.as_ref();
     conn.prepare_cached(
         "INSERT INTO transactions (id, body, envelope, created_ms, last_update_ms, version,
              attempt_count, next_attempt_ms, final_reason, lease_owner, lease_expires_ms,
-             cancelled, last_responses)
-         VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5, ?4, NULL, ?6, ?7, 0, NULL)",
+             cancelled, last_responses, history)
+         VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5, coalesce(?8, ?4), NULL, ?6, ?7, 0, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
-            id.0, body.0, envelope, now, attempts, owner, expires
+            row.id.0,
+            row.body.0,
+            row.envelope,
+            now,
+            attempts,
+            owner,
+            expires,
+            prior.map(|p| p.next_attempt_ms),
+            prior.map(|p| &p.responses),
+            prior.map(|p| &p.history),
         ])
     })
     .map_err(|e| sql_error("create transaction", e))?;
     conn.prepare_cached("UPDATE blobs SET refcount = refcount + 1 WHERE id = ?1")
-        .and_then(|mut s| s.execute([&body.0]))
+        .and_then(|mut s| s.execute([&row.body.0]))
         .map_err(|e| sql_error("create transaction", e))?;
     Ok(())
 }
@@ -237,6 +303,7 @@ struct TxRow {
     lease_expires_ms: Option<i64>,
     cancelled: bool,
     last_responses: Option<String>,
+    history: Option<String>,
 }
 
 fn tx_row(r: &Row<'_>) -> rusqlite::Result<TxRow> {
@@ -253,6 +320,7 @@ fn tx_row(r: &Row<'_>) -> rusqlite::Result<TxRow> {
         lease_expires_ms: r.get(9)?,
         cancelled: r.get(10)?,
         last_responses: r.get(11)?,
+        history: r.get(12)?,
     })
 }
 
@@ -272,6 +340,21 @@ impl TxRow {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| corrupt("responses", e))?;
+        let attempts = self
+            .history
+            .as_deref()
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let h: HistoryLine = serde_json::from_str(line)?;
+                Ok(AttemptRecord {
+                    attempt: h.attempt,
+                    finished: from_ms(h.finished_ms),
+                    responses: h.responses,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| corrupt("history", e))?;
         Ok(TxRecord {
             tx,
             created: from_ms(self.created_ms),
@@ -286,6 +369,7 @@ impl TxRow {
             lease_expires: self.lease_expires_ms.map(from_ms),
             cancelled: self.cancelled,
             last_responses,
+            attempts,
             id: TxId(self.id),
         })
     }
@@ -302,17 +386,17 @@ pub(super) fn get_transaction(conn: &Connection, id: &TxId) -> StoreResult<TxRec
 }
 
 /// The lease-relevant columns: (lease_owner, final_reason, cancelled,
-/// lease_expires_ms).
-type LeaseState = (Option<String>, Option<String>, bool, Option<i64>);
+/// lease_expires_ms, attempt_count).
+type LeaseState = (Option<String>, Option<String>, bool, Option<i64>, i64);
 
 fn lease_state(conn: &Connection, id: &TxId) -> StoreResult<LeaseState> {
     conn.prepare_cached(
-        "SELECT lease_owner, final_reason, cancelled, lease_expires_ms
+        "SELECT lease_owner, final_reason, cancelled, lease_expires_ms, attempt_count
          FROM transactions WHERE id = ?1",
     )
     .and_then(|mut s| {
         s.query_row([&id.0], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()
     })
@@ -425,6 +509,7 @@ pub(super) fn finish_attempt(
     id: &TxId,
     owner: &ReplicaId,
     responses: &str,
+    attempted: bool,
     next: &Next,
     wall: i64,
 ) -> StoreResult<TxRecord> {
@@ -439,16 +524,23 @@ pub(super) fn finish_attempt(
         Next::RetryAt(_) if cancelled => (Some(CANCELLED_REASON), None),
         Next::RetryAt(at) => (None, Some(*at)),
     };
+    // The claim counted the attempt when it started, so that count is its
+    // number. An attempt not made leaves no trace: NULL here keeps the
+    // responses and history (the prior attempt's) and takes the count back.
+    let line = attempted.then(|| history_line(state.4, wall, responses));
     conn.prepare_cached(&format!(
         "UPDATE transactions
-         SET last_responses = ?2, final_reason = ?3, next_attempt_ms = ?4, lease_owner = NULL,
+         SET last_responses = iif(?6 IS NULL, last_responses, ?2),
+             history = iif(?6 IS NULL, history, coalesce(history, '') || ?6),
+             attempt_count = attempt_count - (?6 IS NULL),
+             final_reason = ?3, next_attempt_ms = ?4, lease_owner = NULL,
              lease_expires_ms = NULL, version = version + 1, last_update_ms = ?5
          WHERE id = ?1
          RETURNING {TX_COLUMNS}"
     ))
     .and_then(|mut s| {
         s.query_row(
-            params![id.0, responses, final_reason, next_attempt, wall],
+            params![id.0, responses, final_reason, next_attempt, wall, line],
             tx_row,
         )
     })
@@ -457,7 +549,7 @@ pub(super) fn finish_attempt(
 }
 
 pub(super) fn cancel(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()> {
-    let (_, final_reason, cancelled, lease_expires) = lease_state(conn, id)?;
+    let (_, final_reason, cancelled, lease_expires, _) = lease_state(conn, id)?;
     if final_reason.is_some() {
         // Already over: only the flag is recorded (as the original does).
         if !cancelled {

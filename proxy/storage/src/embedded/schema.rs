@@ -68,6 +68,15 @@ const MIGRATIONS: &[&str] = &[
         WHERE final_reason IS NOT NULL;
     CREATE INDEX transactions_body ON transactions (body);
     "#,
+    // Version 2.
+    //
+    // `transactions.history` is every finished attempt, one JSON object
+    // per line, oldest first (NULL: none yet). Lines, not a JSON array: a
+    // finish appends its line with `||` instead of parsing and rewriting
+    // the whole history, which only grows with the retries.
+    r#"
+    ALTER TABLE transactions ADD COLUMN history TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -184,4 +193,63 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             .map_err(|e| sql_error("record schema_version", e))?;
     }
     tx.commit().map_err(|e| sql_error("commit migration", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TxId;
+    use crate::embedded::ops;
+
+    /// A file a version-1 build wrote (no history column, an envelope
+    /// without `prior_attempt`) opens, migrates, and reads back.
+    #[test]
+    fn version_1_file_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let envelope = r#"{"sender":"s","tag":"t","chain":"out",
+            "mail_from":{"address":"a@example.com"},"rcpt_to":[{"address":"b@example.com"}],
+            "session":{"listener":"smtp","peer":null,"ehlo_host":null,"tls":null,"auth_user":null},
+            "body":"b","retry":true,"notification":false,"lease":null}"#;
+        let responses = r#"{"mail":{"code":250,"text":"ok"},"rcpt":[null],"data":null}"#;
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);
+                 INSERT INTO blobs VALUES ('b', 0, 1, 1, 5, 5);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO transactions VALUES
+                     ('t', 'b', ?1, 5, 7, 3, 1, 9, NULL, NULL, NULL, 0, ?2)",
+                [envelope, responses],
+            )
+            .unwrap();
+        }
+        let conn = open_writer(&path, &EmbeddedOptions::default()).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let id = TxId("t".into());
+        let rec = ops::get_transaction(&conn, &id).unwrap();
+        assert_eq!(rec.attempt_count, 1);
+        assert_eq!(rec.tx.prior_attempt, None);
+        assert_eq!(rec.last_responses.unwrap().mail.unwrap().code, 250);
+        assert!(rec.attempts.is_empty(), "{:?}", rec.attempts);
+
+        // A history line that does not parse is reported, not skipped.
+        conn.execute(
+            "UPDATE transactions SET history = '{\"attempt\":1}' || char(10) WHERE id = 't'",
+            [],
+        )
+        .unwrap();
+        let err = ops::get_transaction(&conn, &id).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Internal(m) if m.contains("history")),
+            "{err:?}"
+        );
+    }
 }

@@ -100,11 +100,37 @@ where
     }
 }
 
-/// Handle on the writer thread. Dropping every handle closes the queue;
-/// the thread finishes what is queued and exits, closing the connection.
+/// Handle on the writer thread. Dropping it closes the queue and waits
+/// for the thread to finish what is queued and close the connection.
 pub(super) struct Writer {
+    // Declared before `_thread`, so it is dropped first: the thread exits
+    // only once the queue is closed, and joining it before that would
+    // wait forever.
     queue: mpsc::Sender<Box<dyn Job>>,
+    _thread: Joined,
     pub(super) counters: Arc<Counters>,
+}
+
+/// Joins the writer thread when dropped. Without the join a process that
+/// drops the store and exits could cut the thread off before its last
+/// commit, or before closing the connection (which checkpoints the WAL
+/// into the database and removes it). The thread needs no runtime (it
+/// blocks on the queue and answers on oneshot channels), so dropping the
+/// store on a tokio worker only blocks that worker for the last batch.
+struct Joined(Option<thread::JoinHandle<()>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let Some(handle) = self.0.take() else { return };
+        // A job that held the last store reference would drop it here, on
+        // the writer thread itself: joining would wait for itself.
+        if handle.thread().id() == thread::current().id() {
+            return;
+        }
+        if handle.join().is_err() {
+            tracing::error!("the sqlite writer thread panicked");
+        }
+    }
 }
 
 impl Writer {
@@ -116,11 +142,15 @@ impl Writer {
         let (queue, rx) = mpsc::channel(queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("koukan-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, max_batch.max(1), &thread_counters))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { queue, counters })
+        Ok(Writer {
+            queue,
+            _thread: Joined(Some(thread)),
+            counters,
+        })
     }
 
     /// Queues `op` and waits for the commit that carries it. With
@@ -165,6 +195,11 @@ fn writer_loop(
         for job in batch.drain(..) {
             job.respond();
         }
+    }
+    // The queue is closed: the store is gone. The last connection to close
+    // checkpoints the WAL into the database and deletes it.
+    if let Err((_, e)) = conn.close() {
+        tracing::error!(error = %e, "closing the sqlite writer connection failed");
     }
 }
 

@@ -25,7 +25,9 @@
 //! `created`, `updated`; `version`; `attempts`; `next` (absent once
 //! final); `final` (the final reason, absent until final); `owner`,
 //! `expires` (absent when not leased); `cancelled` (present when
-//! cancelled); `responses` (JSON of the latest [`AttemptResponses`]).
+//! cancelled); `responses` (JSON of the latest [`AttemptResponses`]);
+//! `history` (one JSON line per finished attempt: `attempt`,
+//! `finished_ms`, `responses`).
 //! Times are milliseconds since the epoch, truncated, as in the embedded
 //! store; a lease lasts at least 1 ms.
 //!
@@ -80,6 +82,12 @@
 //! [`RedisOptions::op_timeout`]; an unreachable, loading or read-only
 //! Redis gives [`StoreError::Unavailable`], `-OOM` gives
 //! [`StoreError::Full`]. A timed-out write may still have been applied.
+//! For the one write whose outcome the client is told, storing a
+//! message's transactions, that is resolved: the script is idempotent
+//! (ids are chosen before the call) and is repeated for
+//! [`RedisOptions::ack_window`]; if it still has no answer, the caller
+//! gets `Unavailable` and the ids are cancelled in the background once
+//! Redis answers, so a refused message is not delivered.
 
 mod record;
 mod scripts;
@@ -128,6 +136,11 @@ pub struct RedisOptions {
     pub reconnect_retries: usize,
     /// Size of the chunk keys new blobs are split into, 1..=[`MAX_CHUNK_SIZE`].
     pub chunk_size: usize,
+    /// How long storing a message's transactions is repeated when Redis's
+    /// reply does not arrive (the script may have run). Within it a Redis
+    /// restart or a broken connection costs the client a wait, not a
+    /// refusal; SMTP clients wait minutes for the reply to the final dot.
+    pub ack_window: Duration,
 }
 
 impl Default for RedisOptions {
@@ -138,7 +151,11 @@ impl Default for RedisOptions {
             op_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             reconnect_retries: 3,
-            chunk_size: 256 * 1024,
+            // Just under 256 KiB, so that a full chunk with Redis's
+            // string header fits jemalloc's 256 KiB size class instead of
+            // taking the next one (320 KiB).
+            chunk_size: 256 * 1024 - 64,
+            ack_window: Duration::from_secs(10),
         }
     }
 }
@@ -430,32 +447,130 @@ impl RedisStore {
         })
     }
 
-    async fn create_transaction_impl(&self, tx: NewTransaction) -> StoreResult<TxId> {
-        let id = new_id();
+    /// Stores a batch with one script call. The call is idempotent (the
+    /// ids are chosen here, and the script finds an applied batch by its
+    /// first id), so when the connection breaks before the reply arrives,
+    /// it is repeated until Redis answers or the ack window ends. Only
+    /// then is the outcome unknown: the caller refuses the message, and
+    /// the batch is withdrawn in the background as soon as Redis is back,
+    /// so that a refused message is not also delivered.
+    async fn create_transactions_impl(&self, txs: Vec<NewTransaction>) -> StoreResult<Vec<TxId>> {
+        if txs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<TxId> = txs.iter().map(|_| TxId(new_id())).collect();
         let now_t = SystemTime::now();
-        let json = serde_json::to_string(&tx)
-            .map_err(|e| StoreError::Internal(format!("encoding transaction: {e}")))?;
-        let (leased, owner, expires) = match &tx.lease {
-            Some((owner, ttl)) => ("1", owner.0.as_str(), record::ms_after(now_t, *ttl)),
-            None => ("0", "", 0),
-        };
-        let mut conn = self.conn.clone();
-        self.bounded(
-            "create_transaction",
-            self.scripts
-                .create_tx
-                .arg(self.prefix())
-                .arg(&id)
-                .arg(&tx.body.0)
-                .arg(json)
-                .arg(record::ms(now_t))
-                .arg(leased)
-                .arg(owner)
-                .arg(expires)
-                .invoke_async::<Value>(&mut conn),
-        )
-        .await?;
-        Ok(TxId(id))
+        let now = record::ms(now_t);
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(txs.len() * scripts::CREATE_TXS_STRIDE);
+        for (id, tx) in ids.iter().zip(&txs) {
+            let json = serde_json::to_string(tx)
+                .map_err(|e| StoreError::Internal(format!("encoding transaction: {e}")))?;
+            let (leased, owner, expires) = match &tx.lease {
+                Some((owner, ttl)) => ("1", owner.0.as_str(), record::ms_after(now_t, *ttl)),
+                None => ("0", "", 0),
+            };
+            let (next, attempts, responses, history) = match &tx.prior_attempt {
+                Some(p) => {
+                    let responses = serde_json::to_string(&p.responses)
+                        .map_err(|e| StoreError::Internal(format!("encoding responses: {e}")))?;
+                    let line = record::HistoryLine {
+                        attempt: 1,
+                        finished_ms: record::ms(p.finished),
+                        responses: p.responses.clone(),
+                    }
+                    .encode()?;
+                    (record::ms(p.next_attempt), 1, responses, line)
+                }
+                None => (now, 0, String::new(), String::new()),
+            };
+            for v in [
+                id.0.clone(),
+                tx.body.0.clone(),
+                json,
+                leased.to_owned(),
+                owner.to_owned(),
+                expires.to_string(),
+                next.to_string(),
+                attempts.to_string(),
+                responses,
+                history,
+            ] {
+                args.push(v.into_bytes());
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.create_txs.prepare_invoke();
+            call.arg(self.prefix()).arg(now).arg(txs.len()).arg(&args);
+            match self
+                .bounded("create_transactions", call.invoke_async::<Value>(&mut conn))
+                .await
+            {
+                Ok(_) => return Ok(ids),
+                Err(StoreError::Unavailable(msg))
+                    if started.elapsed() + wait < self.opts.ack_window =>
+                {
+                    tracing::warn!(error = %msg, "storing transactions: outcome unknown, repeating");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e @ StoreError::Unavailable(_)) => {
+                    self.withdraw_later(ids);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Cancels transactions whose creation may or may not have happened,
+    /// retrying until Redis answers. A cancel of an id that was never
+    /// stored is `NotFound`, which is as good as done.
+    fn withdraw_later(&self, ids: Vec<TxId>) {
+        let conn = self.conn.clone();
+        let script = self.scripts.cancel.clone();
+        let prefix = self.opts.key_prefix.clone();
+        let addr = self.addr.clone();
+        let op_timeout = self.opts.op_timeout;
+        tracing::warn!(
+            txs = ids.len(),
+            "withdrawing transactions whose storing is in doubt"
+        );
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(50);
+            for id in ids {
+                loop {
+                    let mut c = conn.clone();
+                    let now = record::ms(SystemTime::now());
+                    let r = tokio::time::timeout(
+                        op_timeout,
+                        script
+                            .arg(&prefix)
+                            .arg(&id.0)
+                            .arg(now)
+                            .invoke_async::<Value>(&mut c),
+                    )
+                    .await;
+                    match r.map(|r| r.map_err(|e| map_error(&addr, "cancel", e))) {
+                        Ok(Ok(_)) => {
+                            tracing::info!(tx = %id, "withdrew a transaction stored without acknowledgement");
+                            break;
+                        }
+                        Ok(Err(StoreError::NotFound(_))) => break,
+                        Ok(Err(StoreError::Unavailable(_))) | Err(_) => {
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(1));
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(tx = %id, error = %e, "withdrawing a transaction failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     async fn get_transaction_impl(&self, id: &TxId) -> StoreResult<TxRecord> {
@@ -560,6 +675,7 @@ impl RedisStore {
                     .arg(responses)
                     .arg(kind)
                     .arg(what)
+                    .arg(if outcome.attempted { "1" } else { "0" })
                     .invoke_async::<Value>(&mut conn),
             )
             .await?;
@@ -734,7 +850,18 @@ impl Store for RedisStore {
     }
 
     fn create_transaction(&self, tx: NewTransaction) -> BoxFuture<'_, StoreResult<TxId>> {
-        Box::pin(self.create_transaction_impl(tx))
+        Box::pin(async move {
+            let mut ids = self.create_transactions_impl(vec![tx]).await?;
+            ids.pop()
+                .ok_or_else(|| StoreError::Internal("no transaction id".into()))
+        })
+    }
+
+    fn create_transactions(
+        &self,
+        txs: Vec<NewTransaction>,
+    ) -> BoxFuture<'_, StoreResult<Vec<TxId>>> {
+        Box::pin(self.create_transactions_impl(txs))
     }
 
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {

@@ -5,7 +5,56 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
-use crate::{AttemptResponses, NewTransaction, ReplicaId, StoreError, StoreResult, TxId, TxRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AttemptRecord, AttemptResponses, NewTransaction, ReplicaId, StoreError, StoreResult, TxId,
+    TxRecord,
+};
+
+/// One line of a transaction's `history` field (the finish script writes
+/// the same shape).
+#[derive(Serialize, Deserialize)]
+pub(super) struct HistoryLine {
+    pub attempt: u32,
+    pub finished_ms: i64,
+    pub responses: AttemptResponses,
+}
+
+impl HistoryLine {
+    /// The line, newline included, as the history field holds it.
+    pub fn encode(&self) -> StoreResult<String> {
+        serde_json::to_string(self)
+            .map(|j| j + "\n")
+            .map_err(|e| StoreError::Internal(format!("encoding an attempt: {e}")))
+    }
+}
+
+fn from_ms(ms: i64) -> Option<SystemTime> {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(d)
+    } else {
+        UNIX_EPOCH.checked_sub(d)
+    }
+}
+
+fn history(raw: Option<String>) -> StoreResult<Vec<AttemptRecord>> {
+    raw.unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let h: HistoryLine =
+                serde_json::from_str(l).map_err(|e| bad("history", &e.to_string()))?;
+            Ok(AttemptRecord {
+                attempt: h.attempt,
+                finished: from_ms(h.finished_ms)
+                    .ok_or_else(|| bad("history", "time out of range"))?,
+                responses: h.responses,
+            })
+        })
+        .collect()
+}
 
 /// Milliseconds since the epoch, truncated toward it: the precision
 /// every store keeps (and what sorted-set scores, doubles, hold exactly).
@@ -30,13 +79,7 @@ fn parse_time(field: &str, raw: &[u8]) -> StoreResult<SystemTime> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(field, "not a millisecond timestamp"))?;
-    let d = Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        UNIX_EPOCH.checked_add(d)
-    } else {
-        UNIX_EPOCH.checked_sub(d)
-    }
-    .ok_or_else(|| bad(field, "out of range"))
+    from_ms(ms).ok_or_else(|| bad(field, "out of range"))
 }
 
 fn bad(field: &str, why: &str) -> StoreError {
@@ -111,6 +154,7 @@ pub(super) fn decode(mut f: HashMap<String, Vec<u8>>) -> StoreResult<TxRecord> {
         .map(|j| serde_json::from_str(&j).map_err(|e| bad("responses", &e.to_string())))
         .transpose()?;
     let attempts = number(required(text(&mut f, "attempts")?, "attempts")?, "attempts")?;
+    let history = history(text(&mut f, "history")?)?;
     Ok(TxRecord {
         id,
         tx,
@@ -124,6 +168,7 @@ pub(super) fn decode(mut f: HashMap<String, Vec<u8>>) -> StoreResult<TxRecord> {
         lease_expires: time(&mut f, "expires")?,
         cancelled: f.contains_key("cancelled"),
         last_responses: responses,
+        attempts: history,
     })
 }
 

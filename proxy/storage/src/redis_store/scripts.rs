@@ -82,11 +82,17 @@ local data = ARGV[4]
 local n = #data
 local pos = 1
 -- Fill the current last chunk, then open new ones: chunk i holds bytes
--- [i*cs, (i+1)*cs) of the blob.
+-- [i*cs, (i+1)*cs) of the blob. A chunk is rewritten whole (GET, SET)
+-- rather than APPENDed to: APPEND leaves the value with room to grow
+-- (up to twice its size), which a finished body would keep for good.
 while pos <= n do
   local idx = math.floor(len / cs)
-  local take = math.min(cs - (len % cs), n - pos + 1)
-  redis.call('APPEND', k .. ':' .. idx, string.sub(data, pos, pos + take - 1))
+  local within = len % cs
+  local take = math.min(cs - within, n - pos + 1)
+  local piece = string.sub(data, pos, pos + take - 1)
+  local ck = k .. ':' .. idx
+  if within > 0 then piece = redis.call('GET', ck) .. piece end
+  redis.call('SET', ck, piece)
   pos = pos + take
   len = len + take
 end
@@ -124,36 +130,66 @@ end
 return table.concat(parts)
 "#;
 
-/// ARGV: prefix, tx id, body blob, tx json, now_ms, leased (0/1), owner,
-/// expires_ms.
-const CREATE_TX: &str = r#"
-local id = ARGV[2]
-local body = ARGV[3]
-local bk = blobkey(body)
-local fin = redis.call('HGET', bk, 'final')
-if not fin then return redis.error_reply('NOTFOUND blob ' .. body) end
-if fin ~= '1' then
-  return redis.error_reply('BLOBCONFLICT ' .. body .. ' transaction body is not finalized')
+/// ARGV: prefix, now_ms, count, then per transaction
+/// [`CREATE_TXS_STRIDE`] values: id, body blob, tx json, leased (0/1),
+/// owner, expires_ms, next_ms, attempts, responses json or '', history
+/// line or ''.
+///
+/// All or nothing: every check runs before the first write. Idempotent,
+/// so that a call whose reply was lost can be repeated: when the first id
+/// exists already, the batch was applied by an earlier call (a script is
+/// atomic, and ids are fresh random ones), and nothing is written again.
+/// Returns 1 when it created the batch, 0 when it found it there.
+const CREATE_TXS: &str = r#"
+local now_ms = ARGV[2]
+local n = tonumber(ARGV[3])
+local S = 10
+if redis.call('EXISTS', txkey(ARGV[4])) == 1 then
+  for i = 0, n - 1 do
+    if redis.call('EXISTS', txkey(ARGV[4 + i * S])) == 0 then
+      return redis.error_reply('ERR transaction batch ' .. ARGV[4] .. ' is partly stored')
+    end
+  end
+  return 0
 end
-local k = txkey(id)
-if redis.call('EXISTS', k) == 1 then
-  return redis.error_reply('ERR transaction id ' .. id .. ' already exists')
+for i = 0, n - 1 do
+  local a = 4 + i * S
+  local id, body = ARGV[a], ARGV[a + 1]
+  local fin = redis.call('HGET', blobkey(body), 'final')
+  if not fin then return redis.error_reply('NOTFOUND blob ' .. body) end
+  if fin ~= '1' then
+    return redis.error_reply('BLOBCONFLICT ' .. body .. ' transaction body is not finalized')
+  end
+  if redis.call('EXISTS', txkey(id)) == 1 then
+    return redis.error_reply('ERR transaction id ' .. id .. ' already exists')
+  end
 end
-redis.call('HINCRBY', bk, 'refs', 1)
-redis.call('ZREM', ORPHANS, body)
--- Due at once; when leased, the lease keeps others out until it expires.
-redis.call('HSET', k, 'id', id, 'tx', ARGV[4], 'body', body, 'created', ARGV[5],
-  'next', ARGV[5], 'attempts', 0, 'version', 0)
-if ARGV[6] == '1' then
-  -- Leased at creation: the creating replica runs the first attempt now.
-  redis.call('HSET', k, 'owner', ARGV[7], 'expires', ARGV[8], 'attempts', 1)
-  redis.call('ZADD', LEASES, ARGV[8], id)
-else
-  redis.call('ZADD', SCHEDULE, ARGV[5], id)
+for i = 0, n - 1 do
+  local a = 4 + i * S
+  local id, body = ARGV[a], ARGV[a + 1]
+  local k = txkey(id)
+  local bk = blobkey(body)
+  redis.call('HINCRBY', bk, 'refs', 1)
+  redis.call('ZREM', ORPHANS, body)
+  redis.call('HSET', k, 'id', id, 'tx', ARGV[a + 2], 'body', body, 'created', now_ms,
+    'next', ARGV[a + 6], 'attempts', ARGV[a + 7], 'version', 0)
+  if ARGV[a + 8] ~= '' then redis.call('HSET', k, 'responses', ARGV[a + 8]) end
+  if ARGV[a + 9] ~= '' then redis.call('HSET', k, 'history', ARGV[a + 9]) end
+  if ARGV[a + 3] == '1' then
+    -- Leased at creation: the creating replica runs the next attempt now.
+    redis.call('HSET', k, 'owner', ARGV[a + 4], 'expires', ARGV[a + 5])
+    redis.call('HINCRBY', k, 'attempts', 1)
+    redis.call('ZADD', LEASES, ARGV[a + 5], id)
+  else
+    redis.call('ZADD', SCHEDULE, ARGV[a + 6], id)
+  end
+  bump(k, id, now_ms)
 end
-bump(k, id, ARGV[5])
 return 1
 "#;
+
+/// Values per transaction in a [`CREATE_TXS`] call.
+pub(super) const CREATE_TXS_STRIDE: usize = 10;
 
 /// ARGV: prefix, now_ms, owner, expires_ms, limit.
 /// Returns one HGETALL array per claimed transaction.
@@ -218,18 +254,27 @@ return 1
 "#;
 
 /// ARGV: prefix, tx, owner, now_ms, responses json,
-/// kind ('final' | 'retry'), reason | next_ms.
+/// kind ('final' | 'retry'), reason | next_ms, attempted (0/1).
 /// Returns the record's HGETALL array.
+///
+/// An attempted finish appends one line to `history`:
+/// `{"attempt":N,"finished_ms":T,"responses":R}`; a settled one (not
+/// attempted) takes back the claim's attempt count instead.
 const FINISH_ATTEMPT: &str = r#"
 local id = ARGV[2]
 local k = txkey(id)
-local m = redis.call('HMGET', k, 'id', 'owner', 'final', 'cancelled')
+local m = redis.call('HMGET', k, 'id', 'owner', 'final', 'cancelled', 'attempts', 'history')
 if not m[1] then return redis.error_reply('NOTFOUND transaction ' .. id) end
 -- An expired lease that nobody took over is still ours: the outcome is
 -- the only one there is.
 if m[2] ~= ARGV[3] or m[3] then return redis.error_reply('LEASELOST ' .. id) end
 local now_ms = ARGV[4]
-redis.call('HSET', k, 'responses', ARGV[5])
+if ARGV[8] == '1' then
+  local line = '{"attempt":' .. m[5] .. ',"finished_ms":' .. now_ms .. ',"responses":' .. ARGV[5] .. '}\n'
+  redis.call('HSET', k, 'responses', ARGV[5], 'history', (m[6] or '') .. line)
+else
+  redis.call('HINCRBY', k, 'attempts', -1)
+end
 if ARGV[6] == 'final' then
   finalize(k, id, ARGV[7], now_ms)
 elseif m[4] then
@@ -324,7 +369,7 @@ pub(super) struct Scripts {
     pub create_blob: Script,
     pub append_blob: Script,
     pub read_blob: Script,
-    pub create_tx: Script,
+    pub create_txs: Script,
     pub claim_due: Script,
     pub renew_lease: Script,
     pub finish_attempt: Script,
@@ -341,7 +386,7 @@ impl Scripts {
             create_blob: s(CREATE_BLOB),
             append_blob: s(APPEND_BLOB),
             read_blob: s(READ_BLOB),
-            create_tx: s(CREATE_TX),
+            create_txs: s(CREATE_TXS),
             claim_due: s(CLAIM_DUE),
             renew_lease: s(RENEW_LEASE),
             finish_attempt: s(FINISH_ATTEMPT),

@@ -577,14 +577,27 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     proc: Option<Proc>,
+    /// AOF with fsync on every write; without it the server is volatile.
+    durable: bool,
 }
 
 impl RedisServer {
+    /// A durable server: AOF, `appendfsync always`.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// A server without an append-only file (`appendonly no`).
+    pub fn start_volatile() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    fn start_with(durable: bool) -> anyhow::Result<Self> {
         let mut r = Self {
             port: stable_port(),
             dir: tempfile::tempdir()?,
             proc: None,
+            durable,
         };
         r.restart()?;
         Ok(r)
@@ -615,7 +628,7 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "yes",
+            if self.durable { "yes" } else { "no" },
             "--appendfsync",
             "always",
             "--dir",

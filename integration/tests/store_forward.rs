@@ -205,39 +205,13 @@ fn acknowledged_mail_survives_kill_9_and_is_delivered_after_restart() {
     assert_eq!(msgs.len(), 5, "delivered after restart: {}", msgs.len());
 }
 
-fn redis_server() -> (Proc, u16, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-    ])
-    .arg(dir.path())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let p =
-        Proc::spawn("redis-server", &mut cmd).expect("redis-server (the test script installs it)");
-    wait_for_port(loopback(port), Duration::from_secs(10)).unwrap();
-    (p, port, dir)
-}
-
 #[test]
 fn redis_store_delivers_and_refuses_a_volatile_server() {
-    let (_redis, port, _dir) = redis_server();
+    let redis = RedisServer::start().unwrap();
     let dirs = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(&dirs.path().join("sink"), &[]).unwrap();
     let smtp = loopback(free_port());
-    let storage = format!("{{redis: {{url: \"redis://127.0.0.1:{port}/\"}}}}");
+    let storage = format!("{{redis: {{url: \"{}\"}}}}", redis.url());
     let k = Koukan::start(&config(smtp, sink.addr, &storage, 3)).unwrap();
     assert_eq!(smtplib_status(smtp, "alice@example.com").0, 250);
     assert_eq!(
@@ -248,26 +222,8 @@ fn redis_store_delivers_and_refuses_a_volatile_server() {
     );
 
     // A Redis without an append-only file is refused at start-up.
-    let vport = free_port();
-    let vdir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &vport.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-    ])
-    .arg(vdir.path())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _volatile = Proc::spawn("redis-server", &mut cmd).unwrap();
-    wait_for_port(loopback(vport), Duration::from_secs(10)).unwrap();
-    let storage = format!("{{redis: {{url: \"redis://127.0.0.1:{vport}/\"}}}}");
+    let volatile = RedisServer::start_volatile().unwrap();
+    let storage = format!("{{redis: {{url: \"{}\"}}}}", volatile.url());
     let err = Koukan::start(&config(loopback(free_port()), sink.addr, &storage, 3))
         .err()
         .expect("a volatile redis must be refused");

@@ -27,12 +27,12 @@ use futures::future::BoxFuture;
 use koukan_filters::{
     BoxTxService, Mailbox, Recipient, Response, Terminal, TxContext, TxUpdate, UpdateResponse,
 };
-use koukan_storage::{AttemptResponses, PriorAttempt, StoredResponse};
+use koukan_storage::{AttemptResponses, PriorAttempt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tower::{Service, ServiceExt};
 
-use super::store_writer::{Spool, StoreTarget, storage_error_reply};
+use super::store_writer::{Spool, StoreTarget, storage_error_reply, stored_response};
 use crate::chains::build_stack;
 use crate::runtime::Runtime;
 use crate::scheduler::ReceivingGuard;
@@ -97,13 +97,6 @@ fn class(r: &Response) -> Class {
         200..=299 => Class::Ok,
         500..=599 => Class::Perm,
         _ => Class::Temp,
-    }
-}
-
-fn stored(r: &Response) -> StoredResponse {
-    StoredResponse {
-        code: r.code,
-        text: r.text.clone(),
     }
 }
 
@@ -326,14 +319,14 @@ impl Exploder {
             .map(|(i, _)| {
                 let up = &self.upstreams[*i];
                 let data = match (&up.data, up.rcpt_reply.is_ok()) {
-                    (Some(d), _) => Some(stored(d)),
+                    (Some(d), _) => Some(stored_response(d)),
                     // Accepted by the upstream, no final reply in time.
-                    (None, true) => Some(stored(&upstream_timeout())),
+                    (None, true) => Some(stored_response(&upstream_timeout())),
                     (None, false) => None,
                 };
                 let responses = AttemptResponses {
-                    mail: up.mail_reply.as_ref().map(stored),
-                    rcpt: vec![Some(stored(&up.rcpt_reply))],
+                    mail: up.mail_reply.as_ref().map(stored_response),
+                    rcpt: vec![Some(stored_response(&up.rcpt_reply))],
                     data,
                 };
                 (&up.rcpt, Some(self.target.prior_attempt(responses)))

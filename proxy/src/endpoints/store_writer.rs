@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use koukan_filters::{Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse};
 use koukan_storage::{
     AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, ReplicaId, Store, StoreError,
-    StoredMailbox, StoredParam, StoredSession,
+    StoredMailbox, StoredParam, StoredResponse, StoredSession,
 };
 
 use crate::scheduler::retry::RetryPolicy;
@@ -71,6 +71,14 @@ pub fn stored_mailbox(m: &Mailbox) -> StoredMailbox {
                 value: p.value.clone(),
             })
             .collect(),
+    }
+}
+
+/// A reply as the store keeps it.
+pub fn stored_response(r: &Response) -> StoredResponse {
+    StoredResponse {
+        code: r.code,
+        text: r.text.clone(),
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::{Notify, Semaphore};
 use tower::{Service, ServiceExt};
 
 use crate::chains::build_stack;
+use crate::endpoints::store_writer::stored_response;
 use crate::runtime::Runtime;
 
 pub const REASON_SUCCESS: &str = "upstream response success";
@@ -234,7 +235,7 @@ impl Scheduler {
                         let r =
                             Response::new(451, format!("4.3.5 no chain named {}", record.tx.chain));
                         AttemptResponses {
-                            mail: Some(stored(&r)),
+                            mail: Some(stored_response(&r)),
                             rcpt: vec![],
                             data: None,
                         }
@@ -244,11 +245,9 @@ impl Scheduler {
             }
         };
         let now = SystemTime::now();
-        let counted = TxRecord {
-            attempt_count: record.attempt_count.saturating_sub(u32::from(!attempted)),
-            ..record.clone()
-        };
-        let next = decide(&counted, &responses, policy, now);
+        // A settled transaction's claim is not an attempt.
+        let attempt = record.attempt_count.saturating_sub(u32::from(!attempted));
+        let next = decide(&record, attempt, &responses, policy, now);
         // The bounce is stored before the outcome: a crash in between
         // makes the transaction run (and bounce) again, never lose its
         // bounce. If the bounce cannot be stored, the outcome is not
@@ -350,8 +349,8 @@ impl Scheduler {
             .collect();
         let r = call(&mut stack, first).await;
         let mut out = AttemptResponses {
-            mail: r.mail.as_ref().map(stored),
-            rcpt: r.rcpts.iter().map(|x| Some(stored(x))).collect(),
+            mail: r.mail.as_ref().map(stored_response),
+            rcpt: r.rcpts.iter().map(|x| Some(stored_response(x))).collect(),
             data: None,
         };
         let any_ok =
@@ -369,7 +368,7 @@ impl Scheduler {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(tx = %record.id, error = %e, "reading the stored body failed");
-                    out.data = Some(stored(&Response::new(
+                    out.data = Some(stored_response(&Response::new(
                         451,
                         "4.3.0 reading the stored message failed",
                     )));
@@ -380,11 +379,11 @@ impl Scheduler {
             let last = chunk.len() < READ_CHUNK;
             let r = call(&mut stack, TxUpdate::body(chunk, last)).await;
             if let Some(d) = r.data {
-                out.data = Some(stored(&d));
+                out.data = Some(stored_response(&d));
                 return out;
             }
             if last {
-                out.data = Some(stored(&Response::new(
+                out.data = Some(stored_response(&Response::new(
                     451,
                     "4.3.0 no final reply from the output chain",
                 )));
@@ -483,13 +482,6 @@ fn mailbox(m: &StoredMailbox) -> Mailbox {
     b
 }
 
-fn stored(r: &Response) -> StoredResponse {
-    StoredResponse {
-        code: r.code,
-        text: r.text.clone(),
-    }
-}
-
 fn context(record: &TxRecord) -> TxContext {
     let s = &record.tx.session;
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -552,19 +544,18 @@ fn settled_by_prior(
     if record.attempts.len() != 1 {
         return None;
     }
-    let before_claim = TxRecord {
-        attempt_count: record.attempt_count.saturating_sub(1),
-        ..record.clone()
-    };
-    match decide(&before_claim, &prior.responses, policy, now) {
+    let before_claim = record.attempt_count.saturating_sub(1);
+    match decide(record, before_claim, &prior.responses, policy, now) {
         NextStep::Final { .. } => Some(prior.responses.clone()),
         NextStep::RetryAt(_) => None,
     }
 }
 
-/// Success, permanent failure, or the retry policy's verdict.
+/// Success, permanent failure, or the retry policy's verdict on attempt
+/// number `attempt` of `record`.
 pub fn decide(
     record: &TxRecord,
+    attempt: u32,
     r: &AttemptResponses,
     policy: Option<&retry::RetryPolicy>,
     now: SystemTime,
@@ -584,9 +575,7 @@ pub fn decide(
         _ => {}
     }
     match (policy, record.tx.retry) {
-        (Some(p), true) => {
-            p.after_temp_failure(record.attempt_count, record.created, now, rand::random())
-        }
+        (Some(p), true) => p.after_temp_failure(attempt, record.created, now, rand::random()),
         _ => final_(REASON_TEMP_NO_RETRY),
     }
 }

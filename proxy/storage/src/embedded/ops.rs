@@ -550,29 +550,23 @@ pub(super) fn finish_attempt(
 
 pub(super) fn cancel(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()> {
     let (_, final_reason, cancelled, lease_expires, _) = lease_state(conn, id)?;
-    if final_reason.is_some() {
-        // Already over: only the flag is recorded (as the original does).
-        if !cancelled {
-            conn.prepare_cached(
-                "UPDATE transactions
-                 SET cancelled = 1, version = version + 1, last_update_ms = ?2
-                 WHERE id = ?1",
-            )
-            .and_then(|mut s| s.execute(params![id.0, wall]))
-            .map_err(|e| sql_error("cancel", e))?;
-        }
-        return Ok(());
-    }
-    if lease_expires.is_some_and(|e| e > wall) {
-        // Running: the holder sees the flag at its next renew or finish.
+    let flag = || {
         conn.prepare_cached(
             "UPDATE transactions
              SET cancelled = 1, version = version + 1, last_update_ms = ?2
              WHERE id = ?1",
         )
         .and_then(|mut s| s.execute(params![id.0, wall]))
-        .map_err(|e| sql_error("cancel", e))?;
-        return Ok(());
+        .map(drop)
+        .map_err(|e| sql_error("cancel", e))
+    };
+    if final_reason.is_some() {
+        // Already over: only the flag is recorded (as the original does).
+        return if cancelled { Ok(()) } else { flag() };
+    }
+    if lease_expires.is_some_and(|e| e > wall) {
+        // Running: the holder sees the flag at its next renew or finish.
+        return flag();
     }
     finalize_cancelled(conn, id, wall)
 }

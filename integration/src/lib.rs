@@ -62,15 +62,18 @@ pub fn stable_port() -> u16 {
             return port;
         }
     }
-    free_port()
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
+}
+
+/// A loopback port that was free a moment ago. Taken from below the
+/// ephemeral range like [`stable_port`]: a port the kernel hands out
+/// could meanwhile become the local end of some test's outgoing
+/// connection, and the server meant for it would fail to bind.
+pub fn free_port() -> u16 {
+    stable_port()
 }
 
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {

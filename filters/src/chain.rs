@@ -1,13 +1,16 @@
 //! The chain's service type and helpers shared by filters.
 
+use std::any::Any;
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::lock::Mutex;
-use tower::Service;
 use tower::util::BoxService;
+use tower::{Service, ServiceExt};
 
 use crate::transaction::{Response, TxUpdate, UpdateResponse};
 
@@ -71,6 +74,53 @@ impl<T: Terminal> Service<TxUpdate> for TerminalService<T> {
     }
 }
 
+/// A filter or terminal panicked while handling an update. The stack's
+/// state is unknown afterwards: the caller must drop it and answer what the
+/// update carried with [`Response::internal_error`].
+#[derive(Debug, thiserror::Error)]
+#[error("the chain panicked: {message}")]
+pub struct ChainPanicked {
+    /// The panic's message, when it was a string (it usually is).
+    pub message: String,
+}
+
+impl ChainPanicked {
+    /// From what `catch_unwind` returned.
+    pub fn from_payload(payload: Box<dyn Any + Send>) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        Self { message }
+    }
+}
+
+/// Sends one update through a stack, catching a panic anywhere inside it
+/// (in `poll_ready`, in `call` or in the future it returns), so that a bug
+/// in one filter costs one transaction its answer, never the task (and
+/// with it the client's connection or a delivery's lease) that runs it.
+///
+/// Unwind safety: on `Err` the stack may be half-updated, which is why the
+/// caller must not use it again; nothing else is shared with it mutably.
+pub async fn call_caught<S>(
+    stack: &mut S,
+    update: TxUpdate,
+) -> Result<UpdateResponse, ChainPanicked>
+where
+    S: Service<TxUpdate, Response = UpdateResponse, Error = Infallible>,
+{
+    let call = async {
+        let Ok(svc) = stack.ready().await;
+        let Ok(resp) = svc.call(update).await;
+        resp
+    };
+    AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .map_err(ChainPanicked::from_payload)
+}
+
 /// Recipients of one update split into those a filter answered itself and
 /// those it forwards inward; [`Split::merge`] puts the inner responses back
 /// in the client's order.
@@ -115,6 +165,49 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Panics;
+
+    impl Terminal for Panics {
+        fn update(&mut self, u: TxUpdate) -> BoxFuture<'_, UpdateResponse> {
+            Box::pin(async move {
+                if u.body.is_some() {
+                    panic!("body panics on purpose");
+                }
+                UpdateResponse::fill(&u, &Response::new(250, "ok"))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_the_stack_is_returned_not_propagated() {
+        let mut svc = crate::boxed(TerminalService::new(Panics));
+        let mail = call_caught(&mut svc, TxUpdate::mail(crate::Mailbox::new("a@b")))
+            .await
+            .unwrap();
+        assert_eq!(mail.mail.unwrap().code, 250);
+        let err = call_caught(&mut svc, TxUpdate::body("x", true))
+            .await
+            .unwrap_err();
+        assert_eq!(err.message, "body panics on purpose");
+        // A formatted panic message comes through too.
+        struct Formats;
+        impl Service<TxUpdate> for Formats {
+            type Response = UpdateResponse;
+            type Error = Infallible;
+            type Future = BoxFuture<'static, Result<UpdateResponse, Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                panic!("not ready: {}", 42)
+            }
+            fn call(&mut self, _: TxUpdate) -> Self::Future {
+                unreachable!()
+            }
+        }
+        let err = call_caught(&mut Formats, TxUpdate::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.message, "not ready: 42");
+    }
 
     #[test]
     fn split_merges_in_client_order() {

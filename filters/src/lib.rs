@@ -16,7 +16,9 @@ pub mod received_header;
 pub mod router;
 pub mod transaction;
 
-pub use chain::{BoxTxService, Terminal, TerminalService, TxService, boxed};
+pub use chain::{
+    BoxTxService, ChainPanicked, Terminal, TerminalService, TxService, boxed, call_caught,
+};
 pub use transaction::{
     BodyChunk, Destination, EsmtpParam, HostPort, Hosts, Mailbox, Recipient, Response, SessionInfo,
     TlsInfo, TxContext, TxUpdate, UpdateResponse,

@@ -25,6 +25,12 @@ impl Response {
         }
     }
 
+    /// The answer to whatever a panicking (or otherwise broken) chain left
+    /// unanswered: temporary, so the client tries again.
+    pub fn internal_error() -> Self {
+        Self::new(451, "4.3.0 internal error, try again later")
+    }
+
     pub fn is_ok(&self) -> bool {
         (200..300).contains(&self.code)
     }

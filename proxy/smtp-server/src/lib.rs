@@ -32,6 +32,6 @@ pub use argon2::Params as Argon2Params;
 pub use auth::{Secrets, SecretsError, generate_secret, hash_secret, hash_secret_with_params};
 pub use config::{Limits, SessionConfig};
 pub use listener::{Listener, ListenerHandle, run_listener};
-pub use metrics::{ListenerLabels, OutcomeLabels, RejectLabels, SmtpMetrics};
+pub use metrics::{ComponentLabels, ListenerLabels, OutcomeLabels, RejectLabels, SmtpMetrics};
 pub use session::{TransactionFactory, serve_connection};
 pub use tls::{TlsConfigError, load_tls_config, tls_config_from_pem};

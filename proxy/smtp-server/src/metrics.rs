@@ -15,7 +15,7 @@ pub struct ListenerLabels {
 pub struct OutcomeLabels {
     pub listener: String,
     /// `delivered`, `rejected`, `tempfail`, `mail_rejected`, `aborted`,
-    /// `too_big`, `timeout`.
+    /// `too_big`, `timeout`, `internal_error`.
     pub outcome: String,
 }
 
@@ -25,6 +25,15 @@ pub struct RejectLabels {
     /// `unknown`, `syntax`, `sequence`, `line_too_long`, `bad_bytes`,
     /// `param`, `not_implemented`, `auth`.
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    /// Where the bug was caught: `smtp_chain` (a filter or terminal of an
+    /// SMTP transaction), `smtp_session` (the session itself), `exploder`
+    /// (an upstream transaction of the fan-out), `scheduler` (a delivery
+    /// attempt).
+    pub component: String,
 }
 
 /// Counters and gauges shared by every listener (labelled by listener).
@@ -39,6 +48,11 @@ pub struct SmtpMetrics {
     /// Message octets (after dot-unstuffing) received to the end of data.
     pub messages_bytes_total: Family<ListenerLabels, Counter>,
     pub commands_rejected_total: Family<RejectLabels, Counter>,
+    /// Panics caught (each ended a transaction or an attempt, never the
+    /// process), by component. Registered without the `smtp_` prefix
+    /// (`koukan_internal_errors_total`): the delivery side counts into the
+    /// same family.
+    pub internal_errors_total: Family<ComponentLabels, Counter>,
 }
 
 impl SmtpMetrics {
@@ -49,6 +63,11 @@ impl SmtpMetrics {
     /// Registers every metric under the `smtp_` prefix. Counters get their
     /// `_total` suffix from the encoder.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "internal_errors",
+            "Panics caught by component; each ended one transaction or delivery attempt",
+            self.internal_errors_total.clone(),
+        );
         let r = registry.sub_registry_with_prefix("smtp");
         r.register(
             "connections",
@@ -97,6 +116,15 @@ impl SmtpMetrics {
             .inc();
     }
 
+    /// Counts one caught panic.
+    pub fn internal_error(&self, component: &str) {
+        self.internal_errors_total
+            .get_or_create(&ComponentLabels {
+                component: component.to_owned(),
+            })
+            .inc();
+    }
+
     pub(crate) fn rejected(&self, listener: &str, reason: &str) {
         self.commands_rejected_total
             .get_or_create(&RejectLabels {
@@ -121,6 +149,7 @@ mod tests {
             .inc();
         m.transaction("in", "delivered");
         m.rejected("in", "unknown");
+        m.internal_error("scheduler");
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(
@@ -129,5 +158,6 @@ mod tests {
         );
         assert!(out.contains("smtp_transactions_total{listener=\"in\",outcome=\"delivered\"} 1"));
         assert!(out.contains("smtp_commands_rejected_total{listener=\"in\",reason=\"unknown\"} 1"));
+        assert!(out.contains("internal_errors_total{component=\"scheduler\"} 1"));
     }
 }

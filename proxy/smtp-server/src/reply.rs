@@ -81,6 +81,7 @@ pub(crate) const TOO_MANY_CONNECTIONS: Reply = r(421, "4.3.2 too many connection
 pub(crate) const TOO_MANY_ERRORS: Reply = r(421, "4.7.0 too many errors, closing connection");
 
 pub(crate) const UPSTREAM_TIMEOUT: Reply = r(451, "4.4.1 upstream did not answer in time");
+pub(crate) const INTERNAL_ERROR_CLOSING: Reply = r(421, "4.3.0 internal error, closing connection");
 pub(crate) const UNANSWERED: Reply = r(451, "4.3.0 internal error: no response from the chain");
 
 /// A syntax error naming the expected syntax (501 5.5.4).
@@ -132,6 +133,7 @@ mod tests {
             AUTH_NEEDS_TLS,
             TIMEOUT,
             UPSTREAM_TIMEOUT,
+            INTERNAL_ERROR_CLOSING,
         ] {
             assert!(r.response().enhanced_code().is_some(), "{r:?}");
         }

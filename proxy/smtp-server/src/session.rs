@@ -6,9 +6,11 @@
 //! transaction's chain. Replies from the chain reach the client verbatim.
 
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use koukan_filters::{BoxTxService, Response, SessionInfo, TlsInfo, TxContext};
+use futures::FutureExt;
+use koukan_filters::{BoxTxService, ChainPanicked, Response, SessionInfo, TlsInfo, TxContext};
 use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -35,7 +37,12 @@ pub trait TransactionFactory: Send + Sync + 'static {
 
 /// Runs one SMTP session on an accepted connection until the client quits,
 /// disconnects, times out or shutdown closes it. Never panics on client
-/// input; errors end the session and are logged at debug level.
+/// input; errors end the session and are logged at debug level. A bug
+/// does not take the connection down unanswered: a panic in a transaction's
+/// chain ends that transaction with `451 4.3.0` and the session goes on; a
+/// panic in the session's own command handling (its state then unknown)
+/// ends it with `421 4.3.0`. Both are logged and counted
+/// (`koukan_internal_errors_total`).
 ///
 /// `shutdown` becoming true makes an idle session answer `421 4.3.2` and
 /// close; a transaction in flight may finish first (up to
@@ -62,11 +69,12 @@ pub async fn serve_connection<IO>(
         cfg.limits.max_line_length,
         cfg.limits.command_timeout,
     );
+    let listener = cfg.listener_name.clone();
     let session = Session {
         conn,
         cfg,
         factory,
-        metrics,
+        metrics: metrics.clone(),
         shutdown,
         shutdown_live: true,
         drain_deadline: None,
@@ -80,7 +88,14 @@ pub async fn serve_connection<IO>(
         tx: None,
         line: Vec::new(),
     };
-    session.run().await;
+    // Last resort: a panic outside command handling (TLS set-up, reading)
+    // leaves nothing to answer with, but is still logged and counted
+    // rather than lost in a failed task.
+    if let Err(payload) = AssertUnwindSafe(session.run()).catch_unwind().await {
+        let panicked = ChainPanicked::from_payload(payload);
+        tracing::error!(listener = %listener, peer = %peer, error = %panicked.message, "SMTP session panicked; connection closed");
+        metrics.internal_error("smtp_session");
+    }
 }
 
 struct ActiveGauge(prometheus_client::metrics::gauge::Gauge);
@@ -150,7 +165,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 break;
             }
             let flow = match self.next_line().await {
-                Next::Line => self.handle_line().await,
+                Next::Line => self.handle_line_caught().await,
                 Next::TooLong => self.reject(reply::LINE_TOO_LONG.response(), "line_too_long"),
                 Next::Eof => {
                     debug!(peer = %self.peer, "client closed the connection");
@@ -245,6 +260,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     fn reply(&mut self, reply: Reply) -> Flow {
         self.conn.queue_reply(reply);
         Flow::Continue
+    }
+
+    /// Runs one command; a panic in it closes the session with a `421`
+    /// (where the client stands in its data or exchange is unknown). A
+    /// panic inside the chain never gets here: [`Transaction::send`]
+    /// catches it and the session goes on.
+    async fn handle_line_caught(&mut self) -> Flow {
+        match AssertUnwindSafe(self.handle_line()).catch_unwind().await {
+            Ok(flow) => flow,
+            Err(payload) => {
+                let panicked = ChainPanicked::from_payload(payload);
+                tracing::error!(listener = %self.cfg.listener_name, peer = %self.peer, error = %panicked.message, "SMTP session ended by an internal error");
+                self.metrics.internal_error("smtp_session");
+                self.conn.queue_reply(reply::INTERNAL_ERROR_CLOSING);
+                self.abort_tx(Outcome::InternalError);
+                Flow::Close
+            }
+        }
     }
 
     async fn handle_line(&mut self) -> Flow {

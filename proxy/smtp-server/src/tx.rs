@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use koukan_filters::{BoxTxService, Mailbox, Response, TxContext, TxUpdate, UpdateResponse};
-use tower::{Service, ServiceExt};
+use koukan_filters::{
+    BoxTxService, Mailbox, Response, TxContext, TxUpdate, UpdateResponse, call_caught,
+};
 
 use crate::metrics::SmtpMetrics;
 use crate::reply;
@@ -28,6 +29,9 @@ pub(crate) enum Outcome {
     TooBig,
     /// The client or the chain did not answer in time.
     Timeout,
+    /// A bug: the chain (or the session itself) panicked. The client got
+    /// `451 4.3.0` (or `421 4.3.0` when the session had to close).
+    InternalError,
 }
 
 impl Outcome {
@@ -40,6 +44,7 @@ impl Outcome {
             Outcome::Aborted => "aborted",
             Outcome::TooBig => "too_big",
             Outcome::Timeout => "timeout",
+            Outcome::InternalError => "internal_error",
         }
     }
 
@@ -74,6 +79,7 @@ pub(crate) struct Transaction {
     /// message is read and discarded, then this is the reply.
     pub failed: Option<(Response, Outcome)>,
     timeout: Duration,
+    metrics: Arc<SmtpMetrics>,
 }
 
 impl Transaction {
@@ -82,6 +88,7 @@ impl Transaction {
         svc: BoxTxService,
         mail_from: Mailbox,
         chain_timeout: Duration,
+        metrics: Arc<SmtpMetrics>,
     ) -> Self {
         Self {
             ctx,
@@ -94,13 +101,16 @@ impl Transaction {
             bdat: false,
             failed: None,
             timeout: chain_timeout,
+            metrics,
         }
     }
 
     /// Sends one update through the chain. The chain maps its own failures
-    /// to responses; we only bound how long it may take. After a timeout
-    /// the chain's state is unknown, so it is dropped and the transaction
-    /// is marked failed.
+    /// to responses; we only bound how long it may take and catch a panic
+    /// inside it. After a timeout or a panic the chain's state is unknown,
+    /// so it is dropped and the transaction is marked failed; every part of
+    /// the update is answered (`451 4.4.1` or `451 4.3.0`) and the session
+    /// goes on.
     pub async fn send(&mut self, update: TxUpdate) -> UpdateResponse {
         let Some(svc) = self.svc.as_mut() else {
             let resp = self
@@ -113,13 +123,15 @@ impl Transaction {
         // Kept to answer every part of the update if the chain times out
         // (cheap: body bytes are reference counted).
         let shape = update.clone();
-        let call = async {
-            let svc = svc.ready().await?;
-            svc.call(update).await
-        };
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(self.timeout, call_caught(svc, update)).await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(never)) => match never {},
+            Ok(Err(panicked)) => {
+                tracing::error!(tx = %self.ctx.id, error = %panicked, "transaction ended by an internal error");
+                self.metrics.internal_error("smtp_chain");
+                let resp = Response::internal_error();
+                self.fail(resp.clone(), Outcome::InternalError);
+                UpdateResponse::fill(&shape, &resp)
+            }
             Err(_) => {
                 let resp = reply::UPSTREAM_TIMEOUT.response();
                 self.fail(resp.clone(), Outcome::Timeout);

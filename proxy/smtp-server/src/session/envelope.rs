@@ -112,7 +112,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             (Some(tx), _) => {
                 let r = mail_reply.unwrap_or_else(|| reply::UNANSWERED.response());
-                self.finish_tx(tx, Outcome::MailRejected, &r);
+                // A chain that timed out or panicked on MAIL failed the
+                // transaction itself: say so rather than "rejected".
+                let outcome = tx.failed.as_ref().map_or(Outcome::MailRejected, |f| f.1);
+                self.finish_tx(tx, outcome, &r);
             }
             (None, _) => {
                 if let Some(tx) = self.tx.as_mut() {
@@ -191,6 +194,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             svc,
             mailbox,
             self.cfg.limits.data_end_timeout,
+            self.metrics.clone(),
         ));
         Planned::Mail
     }

@@ -233,14 +233,23 @@ pub struct Server {
 }
 
 pub async fn start(cfg: SessionConfig, factory: TestFactory) -> Server {
+    let record = factory.record.clone();
+    start_with_factory(cfg, Arc::new(factory), record).await
+}
+
+/// Like [`start`] with any factory; `record` is what `Server::record`
+/// shows.
+pub async fn start_with_factory(
+    cfg: SessionConfig,
+    factory: Arc<dyn TransactionFactory>,
+    record: Arc<Record>,
+) -> Server {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let record = factory.record.clone();
     let metrics = Arc::new(SmtpMetrics::new());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg));
-    let (listener, handle) =
-        Listener::new(tcp, cfg_rx, Arc::new(factory), shutdown_rx, metrics.clone());
+    let (listener, handle) = Listener::new(tcp, cfg_rx, factory, shutdown_rx, metrics.clone());
     let task = tokio::spawn(listener.run());
     Server {
         addr,
@@ -375,4 +384,48 @@ pub fn ehlo_plain(size: u64) -> String {
         "250 HELP".to_owned(),
     ]
     .join("\n")
+}
+
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The process-wide log capture. A scoped subscriber (`set_default`) is
+/// not enough here: tests running in parallel threads without a subscriber
+/// make tracing cache "no interest" for the summary's callsite, and the
+/// event is then dropped everywhere. Tests sharing this capture tell their
+/// lines apart by their own addresses.
+///
+/// Captures the `koukan::tx` summary lines and errors (caught panics).
+pub fn captured_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("koukan::tx=info,error")
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        logs
+    })
+    .clone()
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }

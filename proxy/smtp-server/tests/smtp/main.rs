@@ -4,5 +4,6 @@
 mod common;
 mod data;
 mod listener;
+mod panics;
 mod session;
 mod tls_auth;

@@ -464,42 +464,6 @@ async fn upstream_failure_before_the_end_of_data_is_reported_after_it() {
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
 }
 
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The process-wide log capture. A scoped subscriber (`set_default`) is
-/// not enough here: tests running in parallel threads without a subscriber
-/// make tracing cache "no interest" for the summary's callsite, and the
-/// event is then dropped everywhere. Tests sharing this capture tell their
-/// lines apart by their own addresses.
-fn captured_logs() -> Captured {
-    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("koukan::tx=info")
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("no other global subscriber in this test binary");
-        logs
-    })
-    .clone()
-}
-
 #[tokio::test]
 async fn one_summary_line_per_transaction() {
     let logs = captured_logs();

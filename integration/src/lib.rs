@@ -762,3 +762,99 @@ pub fn queue_counts(admin: SocketAddr) -> Option<QueueCounts> {
         final_: field("final_")?,
     })
 }
+
+/// Connection counts seen by a [`TcpTap`].
+#[derive(Debug, Default)]
+pub struct TapStats {
+    accepted: std::sync::atomic::AtomicUsize,
+    active: std::sync::atomic::AtomicUsize,
+    max_active: std::sync::atomic::AtomicUsize,
+}
+
+/// A TCP relay in front of a server (or, without one, a server that
+/// accepts and never says a word) that counts the connections made to it:
+/// how many are open now, the most open at once, how many were accepted.
+/// A connection counts as open until its client closes it.
+pub struct TcpTap {
+    pub addr: SocketAddr,
+    stats: std::sync::Arc<TapStats>,
+}
+
+impl TcpTap {
+    /// Relays every connection to `target`.
+    pub fn relay(target: SocketAddr) -> Self {
+        Self::start(Some(target))
+    }
+
+    /// Accepts connections and stays silent.
+    pub fn silent() -> Self {
+        Self::start(None)
+    }
+
+    fn start(target: Option<SocketAddr>) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = TcpListener::bind(loopback(free_port())).expect("bind tap");
+        let addr = listener.local_addr().expect("tap address");
+        let stats = std::sync::Arc::new(TapStats::default());
+        let shared = stats.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                shared.accepted.fetch_add(1, SeqCst);
+                let now = shared.active.fetch_add(1, SeqCst) + 1;
+                shared.max_active.fetch_max(now, SeqCst);
+                let stats = shared.clone();
+                std::thread::spawn(move || {
+                    let upstream = target.and_then(|t| TcpStream::connect(t).ok());
+                    if let Some(up) = &upstream {
+                        let (mut from_up, mut to_client) = (
+                            up.try_clone().expect("clone"),
+                            client.try_clone().expect("clone"),
+                        );
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from_up, &mut to_client);
+                            let _ = to_client.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                    // Until the client closes its side.
+                    let mut from_client = &client;
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match from_client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if let Some(mut up) = upstream.as_ref()
+                                    && up.write_all(&buf[..n]).is_err()
+                                {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    stats.active.fetch_sub(1, SeqCst);
+                    if let Some(up) = &upstream {
+                        let _ = up.shutdown(std::net::Shutdown::Both);
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { addr, stats }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.stats
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn active(&self) -> usize {
+        self.stats.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn max_active(&self) -> usize {
+        self.stats
+            .max_active
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

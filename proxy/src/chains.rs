@@ -40,6 +40,7 @@ pub fn build_stack(
                 store_target(runtime, storage, &spec.output_chain),
                 spec.clone(),
                 ctx.clone(),
+                storage.internal_errors.clone(),
             )))
         }
         // Validation refuses store-and-forward and the exploder without
@@ -57,6 +58,8 @@ pub fn build_stack(
             FilterSpec::ReceivedHeader(cfg) => {
                 koukan_filters::boxed(ReceivedHeaderLayer::new(cfg.clone(), ctx.clone()).layer(svc))
             }
+            #[cfg(test)]
+            FilterSpec::Panic => koukan_filters::boxed(fault::Panics(svc)),
         };
     }
     svc
@@ -117,5 +120,46 @@ impl TransactionFactory for ListenerTransactions {
             )))),
         };
         (ctx, svc)
+    }
+}
+
+/// A filter with a bug on purpose, for the tests that show a panic inside
+/// a chain costs one transaction (or one attempt) its answer and nothing
+/// more. It panics on a recipient whose address starts with `panic` and on
+/// a body chunk containing `PANIC`; everything else passes through.
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
+
+    use koukan_filters::{BoxTxService, TxUpdate, UpdateResponse};
+    use tower::Service;
+
+    pub struct Panics(pub BoxTxService);
+
+    impl Service<TxUpdate> for Panics {
+        type Response = UpdateResponse;
+        type Error = Infallible;
+        type Future = <BoxTxService as Service<TxUpdate>>::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, u: TxUpdate) -> Self::Future {
+            if u.rcpt_to
+                .iter()
+                .any(|r| r.mailbox.address.starts_with("panic"))
+            {
+                panic!("filter bug on RCPT (on purpose)");
+            }
+            if u.body
+                .as_ref()
+                .is_some_and(|b| b.data.windows(5).any(|w| w == b"PANIC"))
+            {
+                panic!("filter bug on the body (on purpose)");
+            }
+            self.0.call(u)
+        }
     }
 }

@@ -9,3 +9,5 @@ pub mod listeners;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;
+#[cfg(test)]
+mod test_support;

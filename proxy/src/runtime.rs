@@ -28,6 +28,10 @@ use crate::scheduler::retry::RetryPolicy;
 pub enum FilterSpec {
     Router(Arc<RouterConfig>),
     ReceivedHeader(Arc<ReceivedHeaderConfig>),
+    /// A filter with a bug on purpose (test builds only): see
+    /// [`crate::chains::fault`].
+    #[cfg(test)]
+    Panic,
 }
 
 #[derive(Debug)]
@@ -66,6 +70,10 @@ fn retry_policy(r: &pb::RetryParams) -> RetryPolicy {
         jitter: d.jitter,
     }
 }
+
+/// Upstream transactions one exploded transaction runs at once, unless
+/// configured (`exploder.max_concurrent_upstreams`).
+pub const DEFAULT_MAX_UPSTREAMS: usize = 100;
 
 pub struct ListenerSpec {
     pub name: String,
@@ -124,7 +132,7 @@ pub struct Runtime {
     pub node_id: String,
     pub admin: SocketAddr,
     pub listeners: Vec<ListenerSpec>,
-    chains: HashMap<String, Arc<ChainSpec>>,
+    pub(crate) chains: HashMap<String, Arc<ChainSpec>>,
     senders: HashMap<String, SenderSpec>,
     pub endpoints: Arc<Endpoints>,
     /// The process's store and scheduler, kept across reloads.
@@ -404,6 +412,10 @@ impl Runtime {
                                 msa: x.msa,
                                 rcpt_timeout: duration(&x.rcpt_timeout, Duration::from_secs(rcpt)),
                                 data_timeout: duration(&x.data_timeout, Duration::from_secs(data)),
+                                max_upstreams: nonzero(
+                                    x.max_concurrent_upstreams as usize,
+                                    DEFAULT_MAX_UPSTREAMS,
+                                ),
                             })
                         }),
                     }),

@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::admin::{self, AdminState};
 use crate::listeners::ListenerSet;
 use crate::runtime::{Runtime, duration, nonzero};
-use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
+use crate::scheduler::{InternalErrors, Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
 use koukan_storage::{ReplicaId, Store};
 
 /// Reads, validates and builds a snapshot; every problem is reported with
@@ -146,6 +146,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let (_, bootstrap) = load_with(&config_path, None)?;
     let store = open_store(&config_path, &bootstrap).await?;
     let scheduler_config = scheduler_config(bootstrap.scheduler.as_ref());
+    let smtp_metrics = Arc::new(koukan_smtp_server::SmtpMetrics::new());
+    let internal_errors = InternalErrors::new(smtp_metrics.internal_errors_total.clone());
     let storage = store.map(|store| {
         let node = bootstrap
             .node
@@ -158,12 +160,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             // Unique per process start, so a restarted replica never
             // mistakes its predecessor's leases for its own.
             replica: ReplicaId(format!("{node}-{:08x}", rand::random::<u32>())),
+            internal_errors: internal_errors.clone(),
         })
     });
     let (runtime, _) = load_with(&config_path, storage.clone())?;
 
     let mut registry = Registry::with_prefix("koukan");
-    let smtp_metrics = Arc::new(koukan_smtp_server::SmtpMetrics::new());
     smtp_metrics.register(&mut registry);
     let reload_metrics = ReloadMetrics::default();
     reload_metrics.register(&mut registry);
@@ -183,13 +185,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
     let (scheduler_stop, scheduler_stop_rx) = tokio::sync::watch::channel(false);
     let scheduler_task = storage.as_ref().map(|s| {
-        let scheduler = Arc::new(Scheduler::new(
-            s.store.clone(),
-            shared.clone(),
-            s.replica.clone(),
-            scheduler_config.clone(),
-            s.scheduler.clone(),
-        ));
+        let scheduler = Arc::new(Scheduler::new(s, shared.clone(), scheduler_config.clone()));
         tokio::spawn(scheduler.run(scheduler_stop_rx))
     });
     if let Some(s) = &storage {

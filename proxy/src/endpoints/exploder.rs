@@ -26,16 +26,18 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use koukan_filters::{
     BoxTxService, Mailbox, Recipient, Response, Terminal, TxContext, TxUpdate, UpdateResponse,
+    call_caught,
 };
 use koukan_storage::{AttemptResponses, PriorAttempt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
-use tower::{Service, ServiceExt};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::store_writer::{Spool, StoreTarget, storage_error_reply, stored_response};
 use crate::chains::build_stack;
 use crate::runtime::Runtime;
-use crate::scheduler::ReceivingGuard;
+use crate::scheduler::{InternalErrors, ReceivingGuard};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExploderSpec {
@@ -45,6 +47,11 @@ pub struct ExploderSpec {
     pub msa: bool,
     pub rcpt_timeout: Duration,
     pub data_timeout: Duration,
+    /// Upstream transactions one inbound transaction runs at once (one
+    /// per recipient). A recipient over the bound waits for a slot within
+    /// its RCPT timeout; a slot frees when an upstream refuses its
+    /// recipient or its transaction ends.
+    pub max_upstreams: usize,
 }
 
 type Job = (TxUpdate, oneshot::Sender<UpdateResponse>);
@@ -52,23 +59,57 @@ type Job = (TxUpdate, oneshot::Sender<UpdateResponse>);
 /// One upstream transaction running the output chain in its own task, so
 /// a slow upstream never blocks the others or the client beyond its
 /// timeout.
+///
+/// The task belongs to the inbound transaction: dropping the runner (the
+/// recipient refused or abandoned, the exploder dropped because the
+/// transaction ended, or unwound by a panic) aborts it, which drops the
+/// upstream stack and its connection. The fan-out slot it holds is given
+/// back when the task itself is gone, so the bound counts upstream
+/// transactions that really exist.
 struct Runner {
     jobs: mpsc::Sender<Job>,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Runner {
-    fn spawn(mut stack: BoxTxService) -> Self {
+    fn spawn(
+        mut stack: BoxTxService,
+        slot: OwnedSemaphorePermit,
+        tx: String,
+        internal_errors: InternalErrors,
+    ) -> Self {
         // Two updates in flight at most: body chunks are flow-controlled
         // by the slowest upstream within the data timeout.
         let (jobs, mut rx) = mpsc::channel::<Job>(2);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let _slot = slot;
             while let Some((update, reply)) = rx.recv().await {
-                let Ok(svc) = stack.ready().await;
-                let Ok(resp) = svc.call(update).await;
-                let _ = reply.send(resp);
+                let shape = update.clone();
+                match call_caught(&mut stack, update).await {
+                    Ok(resp) => {
+                        let _ = reply.send(resp);
+                    }
+                    Err(panicked) => {
+                        tracing::error!(tx = %tx, error = %panicked, "exploder upstream transaction ended by an internal error");
+                        internal_errors.count("exploder");
+                        // The stack's state is unknown: answer this update
+                        // (a body chunk's failure as its early data reply)
+                        // and end the upstream transaction.
+                        let internal = Response::internal_error();
+                        let mut resp = UpdateResponse::fill(&shape, &internal);
+                        if shape.body.is_some() {
+                            resp.data = Some(internal);
+                        }
+                        let _ = reply.send(resp);
+                        return;
+                    }
+                }
             }
         });
-        Self { jobs }
+        Self {
+            jobs,
+            _task: AbortOnDropHandle::new(task),
+        }
     }
 
     /// Queues an update; the receiver yields its responses.
@@ -127,6 +168,10 @@ pub struct Exploder {
     ctx: Arc<TxContext>,
     mail_from: Option<Mailbox>,
     upstreams: Vec<Upstream>,
+    /// The fan-out bound (`ExploderSpec::max_upstreams`): one permit per
+    /// upstream transaction of this inbound transaction.
+    slots: Arc<Semaphore>,
+    internal_errors: InternalErrors,
     spool: Spool,
     spool_failed: Option<Response>,
     _receiving: ReceivingGuard,
@@ -138,52 +183,77 @@ impl Exploder {
         target: Arc<StoreTarget>,
         spec: Arc<ExploderSpec>,
         ctx: Arc<TxContext>,
+        internal_errors: InternalErrors,
     ) -> Self {
         Self {
             _receiving: target.scheduler.receiving(),
+            slots: Arc::new(Semaphore::new(spec.max_upstreams.max(1))),
             runtime,
             target,
             spec,
             ctx,
             mail_from: None,
             upstreams: Vec::new(),
+            internal_errors,
             spool: Spool::default(),
             spool_failed: None,
         }
     }
 
-    fn start_runner(&self) -> Option<Runner> {
-        let chain = self.runtime.chain(&self.spec.output_chain)?;
-        Some(Runner::spawn(build_stack(&self.runtime, chain, &self.ctx)))
+    /// Opens one recipient's upstream transaction once a fan-out slot is
+    /// free and returns its reply to MAIL+RCPT; `None` if no slot or no
+    /// reply came by `deadline` (a timeout). The runner comes back only
+    /// when the upstream accepted the recipient: any other runner is
+    /// dropped here, at once, so its slot serves the recipients still
+    /// waiting in the same batch.
+    async fn open_upstream(
+        &self,
+        mail: Mailbox,
+        rcpt: Mailbox,
+        deadline: Instant,
+    ) -> (Option<Runner>, Option<UpdateResponse>) {
+        let Ok(Ok(slot)) = timeout_at(deadline, self.slots.clone().acquire_owned()).await else {
+            return (None, None);
+        };
+        let Some(chain) = self.runtime.chain(&self.spec.output_chain) else {
+            return (None, None);
+        };
+        let runner = Runner::spawn(
+            build_stack(&self.runtime, chain, &self.ctx),
+            slot,
+            self.ctx.id.clone(),
+            self.internal_errors.clone(),
+        );
+        let mut first = TxUpdate::mail(mail);
+        first.rcpt_to = vec![Recipient::new(rcpt)];
+        let resp = match runner.send(first, deadline).await {
+            Some(rx) => timeout_at(deadline, rx).await.ok().and_then(Result::ok),
+            None => None,
+        };
+        let accepted = resp.as_ref().is_some_and(|r| {
+            r.mail.as_ref().is_none_or(Response::is_ok)
+                && r.rcpts.first().is_some_and(Response::is_ok)
+        });
+        (accepted.then_some(runner), resp)
     }
 
-    /// Starts one upstream per recipient and waits (together) for their
-    /// RCPT replies up to the rcpt timeout.
+    /// Starts one upstream per recipient (as many at once as the fan-out
+    /// bound allows) and waits, together, for their RCPT replies up to the
+    /// rcpt timeout.
     async fn recipients(&mut self, rcpts: Vec<Recipient>) -> Vec<Response> {
         let deadline = Instant::now() + self.spec.rcpt_timeout;
         let mail = self.mail_from.clone().unwrap_or_default();
-        let mut waits = Vec::new();
-        for rcpt in rcpts {
-            let runner = self.start_runner();
-            let reply = match &runner {
-                Some(r) => {
-                    let mut first = TxUpdate::mail(mail.clone());
-                    first.rcpt_to = vec![Recipient::new(rcpt.mailbox.clone())];
-                    r.send(first, deadline).await
-                }
-                None => None,
-            };
-            waits.push((rcpt.mailbox, runner, reply));
-        }
-        let replies =
-            futures::future::join_all(waits.into_iter().map(|(rcpt, runner, reply)| async move {
-                let resp = match reply {
-                    Some(rx) => timeout_at(deadline, rx).await.ok().and_then(Result::ok),
-                    None => None,
-                };
-                (rcpt, runner, resp)
-            }))
-            .await;
+        let this = &*self;
+        let replies = futures::future::join_all(rcpts.into_iter().map(|rcpt| {
+            let mail = mail.clone();
+            async move {
+                let (runner, resp) = this
+                    .open_upstream(mail, rcpt.mailbox.clone(), deadline)
+                    .await;
+                (rcpt.mailbox, runner, resp)
+            }
+        }))
+        .await;
         let mut out = Vec::new();
         for (rcpt, runner, resp) in replies {
             // The upstream's RCPT answer; a refused MAIL is the answer for
@@ -194,23 +264,24 @@ impl Exploder {
                 _ => r.rcpts.into_iter().next(),
             });
             let rcpt_reply = upstream.clone().unwrap_or_else(upstream_timeout);
-            let (reply, accepted, store, keep) = match upstream {
-                Some(r) if r.is_ok() => (r, true, false, true),
-                Some(r) if class(&r) == Class::Perm => (r, false, false, false),
+            let (reply, accepted, store) = match upstream {
+                Some(r) if r.is_ok() => (r, true, false),
+                Some(r) if class(&r) == Class::Perm => (r, false, false),
                 Some(_) | None if self.spec.msa => (
                     Response::new(250, "2.1.5 RCPT ok (exploder store&forward)"),
                     true,
                     true,
-                    false,
                 ),
-                Some(r) => (r, false, false, false),
-                None => (upstream_timeout(), false, false, false),
+                Some(r) => (r, false, false),
+                None => (upstream_timeout(), false, false),
             };
             self.upstreams.push(Upstream {
                 rcpt,
                 mail_reply,
                 rcpt_reply,
-                runner: runner.filter(|_| keep),
+                // Only an upstream that accepted the recipient kept its
+                // runner (see `open_upstream`).
+                runner,
                 pending: Vec::new(),
                 accepted,
                 store,
@@ -230,14 +301,22 @@ impl Exploder {
         }
         let deadline = Instant::now() + self.spec.data_timeout;
         for up in self.upstreams.iter_mut().filter(|u| u.runner.is_some()) {
+            // Take the replies that arrived. A receiver is read once: a
+            // oneshot must not be polled again after it yielded its value.
             // An upstream that already failed mid-body is done.
-            for rx in &mut up.pending {
-                if let Ok(r) = rx.try_recv()
-                    && let Some(d) = r.data
-                {
-                    up.data = Some(d);
+            let early = &mut up.data;
+            up.pending.retain_mut(|rx| match rx.try_recv() {
+                Ok(r) => {
+                    if let Some(d) = r.data {
+                        early.get_or_insert(d);
+                    }
+                    false
                 }
-            }
+                Err(TryRecvError::Empty) => true,
+                // The runner ended without answering (aborted): the
+                // wait below treats it as no reply.
+                Err(TryRecvError::Closed) => false,
+            });
             if up.data.is_some() {
                 up.runner = None;
                 continue;
@@ -262,7 +341,7 @@ impl Exploder {
                     if let Ok(Ok(r)) = timeout_at(deadline, rx).await
                         && let Some(d) = r.data
                     {
-                        up.data = Some(d);
+                        up.data.get_or_insert(d);
                     }
                 }
             }
@@ -386,5 +465,127 @@ impl Terminal for Exploder {
             }
             resp
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+
+    fn yaml(msa: bool) -> String {
+        format!(
+            r#"
+node: {{id: exploder-unit}}
+admin: {{address: "127.0.0.1:9"}}
+storage: {{embedded: {{path: koukan.db}}}}
+static_resources:
+  listeners:
+  - name: in
+    address: "{LISTENER}"
+    smtp: {{hostname: koukan.test, sender: in}}
+  senders: [{{name: in, chain: in}}]
+  chains:
+  - name: in
+    exploder: {{output_chain: out, msa: {msa}, rcpt_timeout: 5s, data_timeout: 5s}}
+  - name: out
+    filters:
+    - router: {{destination: {{endpoint: box}}}}
+    retry: {{max_attempts: 3, min_attempt_time: 1s, max_attempt_time: 1s}}
+  endpoints:
+  - name: box
+    maildir: {{path: box}}
+"#
+        )
+    }
+
+    /// A panic in one recipient's upstream transaction answers that
+    /// recipient `451 4.3.0`; the other recipient is delivered, and the
+    /// panic is counted.
+    #[tokio::test]
+    async fn a_panicking_upstream_fails_only_its_recipient() {
+        let f = fixture(&yaml(false), &["out"]);
+        let (_ctx, mut svc) = f.transaction();
+        let r = call(
+            &mut svc,
+            envelope("a@example.org", &["ok@example.com", "panic@example.com"]),
+        )
+        .await;
+        assert!(r.mail.unwrap().is_ok());
+        assert!(r.rcpts[0].is_ok(), "{:?}", r.rcpts);
+        assert_eq!(r.rcpts[1], Response::internal_error());
+        let d = call(&mut svc, TxUpdate::body("Subject: t\r\n\r\nhi\r\n", true)).await;
+        assert!(d.data.unwrap().is_ok());
+        assert_eq!(f.maildir("box").len(), 1);
+        assert_eq!(f.internal_errors("exploder"), 1);
+    }
+
+    /// msa: the recipient whose upstream panicked is accepted and stored,
+    /// with the internal error as its first attempt.
+    #[tokio::test]
+    async fn msa_stores_the_recipient_whose_upstream_panicked() {
+        let f = fixture(&yaml(true), &["out"]);
+        let (_ctx, mut svc) = f.transaction();
+        let r = call(
+            &mut svc,
+            envelope("a@example.org", &["ok@example.com", "panic@example.com"]),
+        )
+        .await;
+        assert!(r.rcpts.iter().all(Response::is_ok), "{:?}", r.rcpts);
+        let d = call(&mut svc, TxUpdate::body("Subject: t\r\n\r\nhi\r\n", true))
+            .await
+            .data
+            .unwrap();
+        let ids = d
+            .text
+            .split_once("queued as ")
+            .unwrap_or_else(|| panic!("{d}"))
+            .1
+            .to_owned();
+        let stored = f
+            .storage
+            .store
+            .get_transaction(&koukan_storage::TxId(ids))
+            .await
+            .unwrap();
+        assert_eq!(stored.tx.rcpt_to[0].address, "panic@example.com");
+        let prior = &stored.attempts[0].responses;
+        assert_eq!(prior.rcpt[0].as_ref().unwrap().code, 451);
+        assert_eq!(f.maildir("box").len(), 1);
+    }
+
+    /// Every upstream panics on the body: mx passes the common 4xx back,
+    /// and no task or upstream outlives the transaction.
+    #[tokio::test]
+    async fn upstreams_panicking_on_the_body_give_the_common_reply() {
+        let f = fixture(&yaml(false), &["out"]);
+        let (_ctx, mut svc) = f.transaction();
+        let r = call(
+            &mut svc,
+            envelope("a@example.org", &["one@example.com", "two@example.com"]),
+        )
+        .await;
+        assert!(r.rcpts.iter().all(Response::is_ok), "{:?}", r.rcpts);
+        // Several chunks, the panic in the second: the third is never
+        // sent to an upstream that already failed.
+        assert_eq!(
+            call(&mut svc, TxUpdate::body("Subject: t\r\n\r\n", false))
+                .await
+                .data,
+            None
+        );
+        let _ = call(&mut svc, TxUpdate::body("PANIC\r\n", false)).await;
+        let d = call(&mut svc, TxUpdate::body("tail\r\n", true))
+            .await
+            .data
+            .unwrap();
+        assert_eq!(d.code, 451, "{d}");
+        assert!(
+            d.text.starts_with("4.3.0 internal error")
+                && d.text.ends_with("(exploder same response)"),
+            "{d}"
+        );
+        assert!(f.maildir("box").is_empty());
+        assert_eq!(f.internal_errors("exploder"), 2);
     }
 }

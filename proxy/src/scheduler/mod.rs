@@ -11,21 +11,27 @@
 pub mod retry;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures::FutureExt;
 use koukan_filters::{
-    BoxTxService, Mailbox, Recipient, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse,
+    BoxTxService, ChainPanicked, Mailbox, Recipient, Response, SessionInfo, TxContext, TxUpdate,
+    UpdateResponse, call_caught,
 };
+use koukan_smtp_server::ComponentLabels;
 use koukan_storage::{
     AttemptOutcome, AttemptResponses, NewTransaction, NextStep, ReplicaId, Store, StoreError,
     StoredMailbox, StoredResponse, StoredSession, TxRecord,
 };
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::{Notify, Semaphore};
-use tower::{Service, ServiceExt};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::chains::build_stack;
 use crate::endpoints::store_writer::stored_response;
@@ -74,6 +80,27 @@ pub struct StorageCtx {
     pub store: Arc<dyn Store>,
     pub scheduler: SchedulerHandle,
     pub replica: ReplicaId,
+    pub internal_errors: InternalErrors,
+}
+
+/// Counts caught panics into `koukan_internal_errors_total{component}`
+/// (the family the SMTP side registers), for the parts of delivery that
+/// run outside an SMTP session: exploder upstreams and scheduler attempts.
+#[derive(Clone, Debug, Default)]
+pub struct InternalErrors(Family<ComponentLabels, Counter>);
+
+impl InternalErrors {
+    pub fn new(family: Family<ComponentLabels, Counter>) -> Self {
+        Self(family)
+    }
+
+    pub fn count(&self, component: &str) {
+        self.0
+            .get_or_create(&ComponentLabels {
+                component: component.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// What the SMTP side holds: wake the scheduler, and back-pressure.
@@ -123,23 +150,23 @@ pub struct Scheduler {
     config: SchedulerConfig,
     slots: Arc<Semaphore>,
     handle: SchedulerHandle,
+    internal_errors: InternalErrors,
 }
 
 impl Scheduler {
     pub fn new(
-        store: Arc<dyn Store>,
+        storage: &StorageCtx,
         runtime: Arc<ArcSwap<Runtime>>,
-        replica: ReplicaId,
         config: SchedulerConfig,
-        handle: SchedulerHandle,
     ) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
-            store,
+            store: storage.store.clone(),
             runtime,
-            replica,
+            replica: storage.replica.clone(),
             config,
-            handle,
+            handle: storage.scheduler.clone(),
+            internal_errors: storage.internal_errors.clone(),
         }
     }
 
@@ -177,8 +204,22 @@ impl Scheduler {
                             let this = self.clone();
                             tokio::spawn(async move {
                                 let id = record.id.clone();
-                                if let Err(e) = this.attempt(record).await {
-                                    tracing::warn!(tx = %id, error = %e, "delivery attempt failed to record");
+                                // A chain's panic is an attempt's 451
+                                // (see `deliver`); one anywhere else in the
+                                // attempt leaves the transaction leased, and
+                                // its lease (no longer renewed: the
+                                // heartbeat ends with the attempt) hands it
+                                // back after `lease_ttl`.
+                                match AssertUnwindSafe(this.attempt(record)).catch_unwind().await {
+                                    Ok(Ok(())) => {}
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(tx = %id, error = %e, "delivery attempt failed to record");
+                                    }
+                                    Err(payload) => {
+                                        let panicked = ChainPanicked::from_payload(payload);
+                                        tracing::error!(tx = %id, error = %panicked.message, "delivery attempt panicked; the transaction is retried when its lease expires");
+                                        this.internal_errors.count("scheduler");
+                                    }
                                 }
                                 drop(permit);
                                 this.handle.wake();
@@ -221,6 +262,8 @@ impl Scheduler {
         let started = std::time::Instant::now();
         let chain = runtime.chain(&record.tx.chain);
         let policy = chain.and_then(|c| c.retry.as_ref());
+        // Renews the lease while the attempt runs, and stops with it
+        // whichever way it ends (dropped on return and on unwinding).
         let heartbeat = self.spawn_heartbeat(&record);
         let (responses, attempted) = match settled_by_prior(&record, policy, SystemTime::now()) {
             Some(prior) => (prior, false),
@@ -259,11 +302,11 @@ impl Scheduler {
             && let Some(notification) = chain.and_then(|c| c.notification.as_ref())
             && let Err(e) = self.bounce(&record, &responses, notification, now).await
         {
-            heartbeat.abort();
+            drop(heartbeat);
             tracing::warn!(tx = %record.id, error = %e, "storing the bounce failed; the transaction runs again after its lease");
             return Err(e);
         }
-        heartbeat.abort();
+        drop(heartbeat);
         let finished = self
             .record_outcome(
                 &record,
@@ -320,12 +363,12 @@ impl Scheduler {
         }
     }
 
-    fn spawn_heartbeat(&self, record: &TxRecord) -> tokio::task::JoinHandle<()> {
+    fn spawn_heartbeat(&self, record: &TxRecord) -> AbortOnDropHandle<()> {
         let store = self.store.clone();
         let id = record.id.clone();
         let replica = self.replica.clone();
         let ttl = self.config.lease_ttl;
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
                 if let Err(e) = store.renew_lease(&id, &replica, ttl).await {
@@ -335,10 +378,12 @@ impl Scheduler {
                     }
                 }
             }
-        })
+        }))
     }
 
-    /// Feeds the stored transaction through the chain, body in chunks.
+    /// Feeds the stored transaction through the chain, body in chunks. A
+    /// panic inside the chain ends the attempt as a temporary failure
+    /// (`451 4.3.0` for what the update carried), retried with backoff.
     async fn deliver(&self, mut stack: BoxTxService, record: &TxRecord) -> AttemptResponses {
         let mut first = TxUpdate::mail(mailbox(&record.tx.mail_from));
         first.rcpt_to = record
@@ -347,7 +392,7 @@ impl Scheduler {
             .iter()
             .map(|r| Recipient::new(mailbox(r)))
             .collect();
-        let r = call(&mut stack, first).await;
+        let r = self.call(&mut stack, first, &record.id).await;
         let mut out = AttemptResponses {
             mail: r.mail.as_ref().map(stored_response),
             rcpt: r.rcpts.iter().map(|x| Some(stored_response(x))).collect(),
@@ -377,7 +422,9 @@ impl Scheduler {
             };
             offset += chunk.len() as u64;
             let last = chunk.len() < READ_CHUNK;
-            let r = call(&mut stack, TxUpdate::body(chunk, last)).await;
+            let r = self
+                .call(&mut stack, TxUpdate::body(chunk, last), &record.id)
+                .await;
             if let Some(d) = r.data {
                 out.data = Some(stored_response(&d));
                 return out;
@@ -468,10 +515,31 @@ impl Scheduler {
     }
 }
 
-async fn call(stack: &mut BoxTxService, update: TxUpdate) -> UpdateResponse {
-    let Ok(svc) = stack.ready().await;
-    let Ok(r) = svc.call(update).await;
-    r
+impl Scheduler {
+    /// One update through the attempt's stack; a panic answers every part
+    /// of it (a body chunk's with an early data reply) with the internal
+    /// error, which ends the attempt.
+    async fn call(
+        &self,
+        stack: &mut BoxTxService,
+        update: TxUpdate,
+        id: &koukan_storage::TxId,
+    ) -> UpdateResponse {
+        let shape = update.clone();
+        match call_caught(stack, update).await {
+            Ok(r) => r,
+            Err(panicked) => {
+                tracing::error!(tx = %id, error = %panicked, "delivery attempt ended by an internal error");
+                self.internal_errors.count("scheduler");
+                let internal = Response::internal_error();
+                let mut r = UpdateResponse::fill(&shape, &internal);
+                if shape.body.is_some() {
+                    r.data = Some(internal);
+                }
+                r
+            }
+        }
+    }
 }
 
 fn mailbox(m: &StoredMailbox) -> Mailbox {
@@ -577,5 +645,105 @@ pub fn decide(
     match (policy, record.tx.retry) {
         (Some(p), true) => p.after_temp_failure(attempt, record.created, now, rand::random()),
         _ => final_(REASON_TEMP_NO_RETRY),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+
+    const YAML: &str = r#"
+node: {id: scheduler-unit}
+admin: {address: "127.0.0.1:9"}
+storage: {embedded: {path: koukan.db}}
+static_resources:
+  listeners:
+  - name: in
+    address: "127.0.0.1:1"
+    smtp: {hostname: koukan.test, sender: in}
+  senders: [{name: in, chain: in}]
+  chains:
+  - name: in
+    store_and_forward: {output_chain: out}
+  - name: out
+    filters:
+    - router: {destination: {endpoint: box}}
+    retry: {max_attempts: 3, min_attempt_time: 30s, max_attempt_time: 30s}
+  endpoints:
+  - name: box
+    maildir: {path: box}
+"#;
+
+    /// A panic in the output chain ends the attempt as a temporary
+    /// failure: recorded with `451 4.3.0`, the lease released, a retry
+    /// scheduled, the panic counted; the scheduler goes on delivering.
+    #[tokio::test]
+    async fn a_panicking_chain_is_an_attempt_that_failed_temporarily() {
+        let f = fixture(YAML, &["out"]);
+        let scheduler = Arc::new(Scheduler::new(
+            &f.storage,
+            f.runtime.clone(),
+            SchedulerConfig {
+                poll_interval: Duration::from_millis(50),
+                lease_ttl: Duration::from_secs(3),
+                ..SchedulerConfig::default()
+            },
+        ));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(scheduler.run(stop_rx));
+
+        let mut ids = Vec::new();
+        for body in [
+            "Subject: bug\r\n\r\nPANIC\r\n",
+            "Subject: fine\r\n\r\nok\r\n",
+        ] {
+            let (_ctx, mut svc) = f.transaction();
+            let r = call(&mut svc, envelope("a@example.org", &["b@example.com"])).await;
+            assert!(r.rcpts[0].is_ok());
+            let d = call(&mut svc, TxUpdate::body(body, true))
+                .await
+                .data
+                .unwrap();
+            ids.push(koukan_storage::TxId(
+                d.text.split_once("queued as ").unwrap().1.to_owned(),
+            ));
+        }
+        let store = f.storage.store.clone();
+        let failed = eventually(Duration::from_secs(10), || {
+            let (store, id) = (store.clone(), ids[0].clone());
+            async move {
+                let r = store.get_transaction(&id).await.ok()?;
+                (!r.attempts.is_empty()).then_some(r)
+            }
+        })
+        .await
+        .expect("the attempt was recorded");
+        let data = failed.attempts[0].responses.data.clone().unwrap();
+        assert_eq!(
+            (data.code, data.text.as_str()),
+            (451, "4.3.0 internal error, try again later")
+        );
+        assert_eq!(failed.final_attempt_reason, None);
+        assert_eq!(failed.lease_owner, None, "the lease is released");
+        assert!(failed.next_attempt.unwrap() > SystemTime::now() + Duration::from_secs(20));
+        assert_eq!(f.internal_errors("scheduler"), 1);
+
+        let delivered = eventually(Duration::from_secs(10), || {
+            let (store, id) = (store.clone(), ids[1].clone());
+            async move {
+                let r = store.get_transaction(&id).await.ok()?;
+                r.final_attempt_reason.is_some().then_some(r)
+            }
+        })
+        .await
+        .expect("the next transaction is delivered");
+        assert_eq!(
+            delivered.final_attempt_reason.as_deref(),
+            Some(REASON_SUCCESS)
+        );
+        assert_eq!(f.maildir("box").len(), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }

@@ -306,34 +306,81 @@ impl Koukan {
     }
 }
 
-/// A minimal HTTP/1.0 GET (no client crate needed for admin probes).
+/// A minimal HTTP/1.1 GET (no client crate needed for admin probes).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     http_request(addr, "GET", path)
 }
 
+/// A POST as the admin API expects a mutation: a JSON body.
 pub fn http_post(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    http_request(addr, "POST", path)
+    http_with(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        "{}",
+    )
 }
 
 fn http_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    http_with(addr, method, path, &[], "")
+}
+
+/// An HTTP/1.1 request (`Connection: close`) with the given headers and
+/// body; `Host` is the address unless `headers` sets one. Returns the
+/// status and the body.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
     let status = resp
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("bad HTTP status line")?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    // The admin server answers HTTP/1.1 with chunked bodies at times.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Polls `f` every 50 ms until it yields a value or `timeout` passes.

@@ -76,6 +76,11 @@ pub enum Problem {
     /// Not an `IP` or `IP:port`.
     #[error("invalid nameserver {value:?}: expected IP or IP:port, e.g. 127.0.0.1:5353")]
     BadNameserver { value: String },
+    /// Not a host name or IP literal, optionally with `:port`.
+    #[error(
+        "invalid host {value:?}: expected a name or IP, optionally with :port, e.g. koukan-admin.mail.svc"
+    )]
+    BadHost { value: String },
     /// A port outside 1..=65535.
     #[error("port {0} is out of range 1..=65535")]
     BadPort(u32),
@@ -371,6 +376,20 @@ impl Validator<'_> {
             && self.required("admin.address", &admin.address)
         {
             self.bind_address("admin.address", &admin.address);
+        }
+        if let Some(admin) = &b.admin {
+            for (i, h) in admin.allowed_hosts.iter().enumerate() {
+                let bad = h.is_empty()
+                    || !h
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"-.:[]_".contains(&c));
+                if bad {
+                    self.err(
+                        format!("admin.allowed_hosts[{i}]"),
+                        Problem::BadHost { value: h.clone() },
+                    );
+                }
+            }
         }
         if let Some(s) = &b.storage {
             match &s.backend {

@@ -404,6 +404,7 @@ fn several_errors_are_all_reported() {
     b.node = Some(Node { id: String::new() });
     b.admin = Some(Admin {
         address: "localhost".into(),
+        ..Default::default()
     });
     res(&mut b).listeners[0].address = "nowhere".into();
     smtp_listener(&mut b, 0).sender = "ghost".into();
@@ -1080,8 +1081,19 @@ fn admin_storage_and_dns_rules() {
     let mut b = quickstart();
     b.admin = Some(Admin {
         address: String::new(),
+        ..Default::default()
     });
     assert_eq!(only_error(&b, "admin.address"), Problem::Missing);
+    b.admin = Some(Admin {
+        address: "127.0.0.1:9901".into(),
+        allowed_hosts: vec!["koukan-admin.mail.svc".into(), "http://x/".into()],
+    });
+    assert_eq!(
+        only_error(&b, "admin.allowed_hosts[1]"),
+        Problem::BadHost {
+            value: "http://x/".into()
+        }
+    );
     b.admin = None;
     assert_eq!(check(&b), vec![], "admin is optional");
 

@@ -1,6 +1,20 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz`
-//! (the process is alive) and `/ready` (listeners are bound and the proxy is
-//! not draining).
+//! (the process is alive), `/ready` (listeners are bound and the proxy is
+//! not draining), and the queue: `/queue`, `/transactions/{id}` and
+//! `POST /transactions/{id}/cancel`.
+//!
+//! It is unauthenticated (keep it on loopback or a private network), so it
+//! must not be drivable from a web page the operator happens to open:
+//!
+//! - every request's `Host` must name this server (its configured address,
+//!   `localhost` when that is a loopback address, any IP literal when it
+//!   listens on all addresses, or a name in `admin.allowed_hosts`), which
+//!   defeats DNS rebinding (a hostile name resolved to 127.0.0.1 arrives
+//!   with that name as its `Host`);
+//! - a mutation (POST) must be `Content-Type: application/json`, which a
+//!   page can only send after a CORS preflight this server never grants,
+//!   and is refused when the browser says it comes from another origin
+//!   (`Origin` not this server, or `Sec-Fetch-Site: cross-site`/`same-site`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use koukan_storage::{Store, StoreError, TxId};
+use koukan_storage::{CancelOutcome, Store, StoreError, TxId, TxState};
 use prometheus_client::registry::Registry;
 
 pub struct AdminState {
@@ -105,8 +120,11 @@ async fn transaction(
     }
 }
 
-/// Cancels a stored transaction: it is not attempted again (an attempt in
-/// flight finishes and is recorded as final).
+/// Cancels a stored transaction: it is not attempted again. `200` with
+/// `{"cancelled": true, "state": "final"}` when it ended at once, or
+/// `"state": "inflight"` when an attempt is running (it finishes, may
+/// still deliver, and is then final); `409` with its final state when it
+/// was already final (delivered, bounced or cancelled): nothing changed.
 async fn cancel(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
@@ -114,13 +132,161 @@ async fn cancel(
     let Some(store) = state.store.get() else {
         return json_error(StatusCode::NOT_FOUND, "no storage configured".into());
     };
-    match store.cancel(&TxId(id)).await {
-        Ok(()) => Json(serde_json::json!({ "cancelled": true })).into_response(),
+    let id = TxId(id);
+    match store.cancel(&id).await {
+        Ok(CancelOutcome::Cancelled) => {
+            Json(serde_json::json!({ "cancelled": true, "state": TxState::Final })).into_response()
+        }
+        Ok(CancelOutcome::Requested) => {
+            Json(serde_json::json!({ "cancelled": true, "state": TxState::Inflight }))
+                .into_response()
+        }
+        Ok(CancelOutcome::AlreadyFinal) => {
+            let reason = store
+                .get_transaction(&id)
+                .await
+                .ok()
+                .and_then(|r| r.final_attempt_reason);
+            (
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({
+                    "error": "the transaction is already final; nothing was cancelled",
+                    "state": TxState::Final,
+                    "final_attempt_reason": reason,
+                })),
+            )
+                .into_response()
+        }
         Err(e) => store_error(e),
     }
 }
 
-pub fn router(state: Arc<AdminState>) -> Router {
+/// The `Host` values (lower-case, with the port) a request to the admin
+/// server may carry.
+#[derive(Clone, Debug)]
+pub struct AllowedHosts {
+    addr: SocketAddr,
+    names: Vec<String>,
+}
+
+impl AllowedHosts {
+    /// `names` are extra host names (`name:port`, or a bare name meaning
+    /// the admin port), e.g. a Kubernetes service's DNS name.
+    pub fn new(addr: SocketAddr, names: &[String]) -> Self {
+        let port = addr.port();
+        let names = names
+            .iter()
+            .map(|n| {
+                let n = n.trim().to_ascii_lowercase();
+                if split_host_port(&n).1.is_some() {
+                    n
+                } else {
+                    format!("{n}:{port}")
+                }
+            })
+            .collect();
+        Self { addr, names }
+    }
+
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let (name, port) = split_host_port(&host);
+        // No port means the scheme's default (80): only if that is ours.
+        let port = port.unwrap_or(80);
+        if port != self.addr.port() {
+            return false;
+        }
+        if self.names.contains(&format!("{name}:{port}")) {
+            return true;
+        }
+        let ip = self.addr.ip();
+        match name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            Ok(literal) => ip.is_unspecified() || literal == ip,
+            Err(_) => name == "localhost" && (ip.is_loopback() || ip.is_unspecified()),
+        }
+    }
+
+    /// The origins a browser would send for this server.
+    fn origin_allowed(&self, origin: &str) -> bool {
+        origin
+            .strip_prefix("http://")
+            .is_some_and(|host| !host.contains('/') && self.allows(host))
+    }
+}
+
+/// `host[:port]`, with IPv6 literals in brackets.
+fn split_host_port(s: &str) -> (&str, Option<u16>) {
+    let (host, port) = match s.rfind(':') {
+        // "[::1]:9901" or "name:9901"; a bare IPv6 literal has no port.
+        Some(i) if !s[i..].contains(']') && (s.starts_with('[') || s[..i].find(':').is_none()) => {
+            (&s[..i], s[i + 1..].parse().ok())
+        }
+        _ => (s, None),
+    };
+    (host, port)
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Refuses requests that do not name this server, and mutations that are
+/// not JSON or come from another origin (see the module docs).
+async fn guard(
+    State(allowed): State<Arc<AllowedHosts>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    let h = req.headers();
+    // HTTP/1.1 requires Host; an HTTP/1.0 request without one is not from
+    // a browser and is judged by the rest.
+    if let Some(host) = h.get(header::HOST) {
+        let ok = host.to_str().is_ok_and(|v| allowed.allows(v));
+        if !ok {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "the Host header does not name this admin server (admin.allowed_hosts adds names)"
+                    .into(),
+            );
+        }
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if let Some(origin) = header_str(h, header::ORIGIN)
+            && !allowed.origin_allowed(origin)
+        {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                format!("cross-origin request refused (Origin {origin})"),
+            );
+        }
+        if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+            && !matches!(site, "same-origin" | "none")
+        {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                format!("cross-site request refused (Sec-Fetch-Site {site})"),
+            );
+        }
+        let json = header_str(h, header::CONTENT_TYPE).is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a request that changes state must be Content-Type: application/json".into(),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+pub fn router(state: Arc<AdminState>, allowed: AllowedHosts) -> Router {
     Router::new()
         .route("/queue", get(queue))
         .route("/transactions/{id}", get(transaction))
@@ -129,13 +295,63 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .with_state(state)
+        .layer(middleware::from_fn_with_state(Arc::new(allowed), guard))
 }
 
 /// Binds the admin address; the caller spawns the returned future.
 pub async fn bind(
     addr: SocketAddr,
+    allowed_hosts: Vec<String>,
     state: Arc<AdminState>,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    Ok(async move { axum::serve(listener, router(state)).await })
+    let allowed = AllowedHosts::new(addr, &allowed_hosts);
+    Ok(async move { axum::serve(listener, router(state, allowed)).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_checks() {
+        let lo = AllowedHosts::new("127.0.0.1:9901".parse().unwrap(), &["admin.svc".into()]);
+        for ok in [
+            "127.0.0.1:9901",
+            "localhost:9901",
+            "LOCALHOST:9901",
+            "admin.svc:9901",
+        ] {
+            assert!(lo.allows(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:9902",
+            "127.0.0.2:9901",
+            "evil.example:9901",
+            "127.0.0.1",
+            "localhost",
+            "[::1]:9901",
+            "",
+        ] {
+            assert!(!lo.allows(bad), "{bad}");
+        }
+        let any = AllowedHosts::new("[::]:80".parse().unwrap(), &[]);
+        for ok in [
+            "10.1.2.3",
+            "10.1.2.3:80",
+            "[fd00::1]:80",
+            "[fd00::1]",
+            "localhost",
+        ] {
+            assert!(any.allows(ok), "{ok}");
+        }
+        assert!(!any.allows("rebound.example"));
+        let v6 = AllowedHosts::new("[::1]:9901".parse().unwrap(), &[]);
+        assert!(v6.allows("[::1]:9901") && v6.allows("localhost:9901"));
+        assert!(!v6.allows("127.0.0.1:9901"));
+        assert!(lo.origin_allowed("http://localhost:9901"));
+        assert!(!lo.origin_allowed("http://evil.example:9901"));
+        assert!(!lo.origin_allowed("null"));
+        assert!(!lo.origin_allowed("https://localhost:9901"));
+    }
 }

@@ -131,6 +131,8 @@ impl EndpointFactory for Endpoints {
 pub struct Runtime {
     pub node_id: String,
     pub admin: SocketAddr,
+    /// Host names the admin server answers to besides its address.
+    pub admin_allowed_hosts: Vec<String>,
     pub listeners: Vec<ListenerSpec>,
     pub(crate) chains: HashMap<String, Arc<ChainSpec>>,
     senders: HashMap<String, SenderSpec>,
@@ -491,6 +493,11 @@ impl Runtime {
         Ok(Self {
             node_id: b.node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
             admin,
+            admin_allowed_hosts: b
+                .admin
+                .as_ref()
+                .map(|a| a.allowed_hosts.clone())
+                .unwrap_or_default(),
             listeners,
             chains,
             senders,

@@ -173,9 +173,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let admin_state = AdminState::new(registry);
     let admin_addr = runtime.admin;
-    let admin_server = admin::bind(admin_addr, admin_state.clone())
-        .await
-        .with_context(|| format!("admin.address: binding {admin_addr}"))?;
+    let admin_server = admin::bind(
+        admin_addr,
+        runtime.admin_allowed_hosts.clone(),
+        admin_state.clone(),
+    )
+    .await
+    .with_context(|| format!("admin.address: binding {admin_addr}"))?;
     tokio::spawn(async move {
         if let Err(e) = admin_server.await {
             tracing::error!(error = %e, "admin server failed");

@@ -141,9 +141,12 @@ pub trait Store: Send + Sync + 'static {
         outcome: AttemptOutcome,
     ) -> BoxFuture<'a, StoreResult<TxRecord>>;
 
-    /// Marks a transaction cancelled; the holder of its lease sees it at
-    /// its next renew/finish and a non-leased one is finalized.
-    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<()>>;
+    /// Cancels a transaction: a non-leased one is finalized at once
+    /// ([`CancelOutcome::Cancelled`]); a leased one is flagged and its
+    /// holder sees it at its next renew/finish
+    /// ([`CancelOutcome::Requested`]); a final one is left as it is
+    /// ([`CancelOutcome::AlreadyFinal`]).
+    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<CancelOutcome>>;
 
     /// Deletes final transactions whose last update is older than
     /// `older_than`, and blobs no transaction references. Returns the

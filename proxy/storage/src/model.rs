@@ -181,6 +181,19 @@ pub enum NextStep {
     Final { reason: String },
 }
 
+/// What a cancel did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// Not under a lease: final now, with the reason `cancelled`.
+    Cancelled,
+    /// Under a lease: flagged; the attempt in flight finishes (it may
+    /// still deliver) and the holder records it as final.
+    Requested,
+    /// Already final: nothing changed (its reason stands).
+    AlreadyFinal,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueCounts {
     pub waiting: u64,

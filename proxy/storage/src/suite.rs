@@ -69,9 +69,9 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
 
 use crate::{
-    AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, NewTransaction, NextStep,
-    PriorAttempt, QueueCounts, ReplicaId, Store, StoreError, StoreResult, StoredMailbox,
-    StoredParam, StoredResponse, StoredSession, TxId, TxRecord, TxState,
+    AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome,
+    NewTransaction, NextStep, PriorAttempt, QueueCounts, ReplicaId, Store, StoreError, StoreResult,
+    StoredMailbox, StoredParam, StoredResponse, StoredSession, TxId, TxRecord, TxState,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -1033,7 +1033,10 @@ pub async fn cancel(store: &dyn Store) {
 
     // Not leased: final at once.
     let plain = create(store, sample_tx(&body)).await;
-    store.cancel(&plain).await.unwrap();
+    assert_eq!(
+        store.cancel(&plain).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
     let rec = get(store, &plain).await;
     assert!(rec.cancelled);
     assert!(rec.final_attempt_reason.is_some());
@@ -1043,7 +1046,15 @@ pub async fn cancel(store: &dyn Store) {
 
     // Leased: flagged, the lease stays; the holder's renew says stop.
     let renewing = create(store, leased_tx(&body, &a, LONG_TTL)).await;
-    store.cancel(&renewing).await.unwrap();
+    assert_eq!(
+        store.cancel(&renewing).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    // Asking again changes nothing more.
+    assert_eq!(
+        store.cancel(&renewing).await.unwrap(),
+        CancelOutcome::Requested
+    );
     let rec = get(store, &renewing).await;
     assert!(rec.cancelled);
     assert_eq!(rec.final_attempt_reason, None);
@@ -1054,7 +1065,10 @@ pub async fn cancel(store: &dyn Store) {
 
     // Leased: the holder's finish is recorded and ends it, retry or not.
     let finishing = create(store, leased_tx(&body, &a, LONG_TTL)).await;
-    store.cancel(&finishing).await.unwrap();
+    assert_eq!(
+        store.cancel(&finishing).await.unwrap(),
+        CancelOutcome::Requested
+    );
     let rec = store
         .finish_attempt(&finishing, &a, retry_at(now_ms() + HOUR, "cut short"))
         .await
@@ -1067,7 +1081,10 @@ pub async fn cancel(store: &dyn Store) {
 
     // Leased, and the holder vanished: no claim after expiry returns it.
     let abandoned = create(store, leased_tx(&body, &a, SHORT_TTL)).await;
-    store.cancel(&abandoned).await.unwrap();
+    assert_eq!(
+        store.cancel(&abandoned).await.unwrap(),
+        CancelOutcome::Requested
+    );
     let expires = get(store, &abandoned).await.lease_expires.unwrap();
     assert_eq!(claim(store, &b, expires, 10).await, vec![]);
 
@@ -1077,9 +1094,23 @@ pub async fn cancel(store: &dyn Store) {
         .finish_attempt(&done, &a, final_outcome("delivered"))
         .await
         .unwrap();
-    store.cancel(&done).await.unwrap();
+    let before = get(store, &done).await;
+    assert_eq!(
+        store.cancel(&done).await.unwrap(),
+        CancelOutcome::AlreadyFinal
+    );
     let rec = get(store, &done).await;
     assert_eq!(rec.final_attempt_reason.as_deref(), Some("delivered"));
+    assert!(
+        !rec.cancelled,
+        "a delivered transaction is not marked cancelled"
+    );
+    assert_eq!(rec, before, "nothing changed");
+    // A cancelled one, cancelled again.
+    assert_eq!(
+        store.cancel(&plain).await.unwrap(),
+        CancelOutcome::AlreadyFinal
+    );
     assert_eq!(rec.state(now_ms()), TxState::Final);
 
     // None of them is ever claimed again, even the one whose lease runs out.

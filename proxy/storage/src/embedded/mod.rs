@@ -68,8 +68,8 @@ use self::ops::{NewRow, Next};
 use self::readers::Readers;
 use self::writer::Writer;
 use crate::{
-    AttemptOutcome, BlobId, BlobInfo, NewTransaction, NextStep, QueueCounts, ReplicaId, Store,
-    StoreError, StoreResult, TxId, TxRecord,
+    AttemptOutcome, BlobId, BlobInfo, CancelOutcome, NewTransaction, NextStep, QueueCounts,
+    ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
 };
 
 pub use self::ops::CANCELLED_REASON;
@@ -323,7 +323,7 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<()>> {
+    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
         Box::pin(async move {
             let id = id.clone();
             self.writer

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::convert::{expiry, from_ms, new_id, sql_error, to_i64, to_ms, to_u64, ttl_ms};
 use super::schema::{CHUNK_MAX, CLAIMABLE_AT};
 use crate::{
-    AttemptRecord, AttemptResponses, BlobId, BlobInfo, NewTransaction, QueueCounts, ReplicaId,
-    StoreError, StoreResult, TxId, TxRecord,
+    AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, NewTransaction, QueueCounts,
+    ReplicaId, StoreError, StoreResult, TxId, TxRecord,
 };
 
 /// Final reason recorded when a cancellation finalizes a transaction.
@@ -548,27 +548,28 @@ pub(super) fn finish_attempt(
     .into_record()
 }
 
-pub(super) fn cancel(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()> {
+pub(super) fn cancel(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<CancelOutcome> {
     let (_, final_reason, cancelled, lease_expires, _) = lease_state(conn, id)?;
-    let flag = || {
-        conn.prepare_cached(
-            "UPDATE transactions
-             SET cancelled = 1, version = version + 1, last_update_ms = ?2
-             WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute(params![id.0, wall]))
-        .map(drop)
-        .map_err(|e| sql_error("cancel", e))
-    };
     if final_reason.is_some() {
-        // Already over: only the flag is recorded (as the original does).
-        return if cancelled { Ok(()) } else { flag() };
+        // Already over: nothing to change (a delivered transaction is not
+        // marked cancelled after the fact).
+        return Ok(CancelOutcome::AlreadyFinal);
     }
     if lease_expires.is_some_and(|e| e > wall) {
         // Running: the holder sees the flag at its next renew or finish.
-        return flag();
+        if !cancelled {
+            conn.prepare_cached(
+                "UPDATE transactions
+                 SET cancelled = 1, version = version + 1, last_update_ms = ?2
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id.0, wall]))
+            .map_err(|e| sql_error("cancel", e))?;
+        }
+        return Ok(CancelOutcome::Requested);
     }
-    finalize_cancelled(conn, id, wall)
+    finalize_cancelled(conn, id, wall)?;
+    Ok(CancelOutcome::Cancelled)
 }
 
 /// Deletes up to `limit` final transactions last updated before `cutoff`

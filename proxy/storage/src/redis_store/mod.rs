@@ -102,8 +102,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
 
 use crate::{
-    AttemptOutcome, AttemptResponses, BlobId, BlobInfo, NewTransaction, NextStep, QueueCounts,
-    ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
+    AttemptOutcome, AttemptResponses, BlobId, BlobInfo, CancelOutcome, NewTransaction, NextStep,
+    QueueCounts, ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
 };
 use scripts::Scripts;
 
@@ -682,20 +682,28 @@ impl RedisStore {
         record::decode(record::fields(v)?)
     }
 
-    async fn cancel_impl(&self, id: &TxId) -> StoreResult<()> {
+    async fn cancel_impl(&self, id: &TxId) -> StoreResult<CancelOutcome> {
         let now = record::ms(SystemTime::now());
         let mut conn = self.conn.clone();
-        self.bounded(
-            "cancel",
-            self.scripts
-                .cancel
-                .arg(self.prefix())
-                .arg(&id.0)
-                .arg(now)
-                .invoke_async::<Value>(&mut conn),
-        )
-        .await?;
-        Ok(())
+        let code: i64 = self
+            .bounded(
+                "cancel",
+                self.scripts
+                    .cancel
+                    .arg(self.prefix())
+                    .arg(&id.0)
+                    .arg(now)
+                    .invoke_async::<i64>(&mut conn),
+            )
+            .await?;
+        match code {
+            0 => Ok(CancelOutcome::AlreadyFinal),
+            1 => Ok(CancelOutcome::Cancelled),
+            2 => Ok(CancelOutcome::Requested),
+            other => Err(StoreError::Internal(format!(
+                "cancel {id}: unexpected script result {other}"
+            ))),
+        }
     }
 
     /// Runs a gc script batch after batch until a batch comes back short;
@@ -896,7 +904,7 @@ impl Store for RedisStore {
         Box::pin(self.finish_attempt_impl(id, owner, outcome))
     }
 
-    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<()>> {
+    fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
         Box::pin(self.cancel_impl(id))
     }
 

@@ -296,13 +296,17 @@ local id = ARGV[2]
 local k = txkey(id)
 local m = redis.call('HMGET', k, 'id', 'final', 'owner', 'expires', 'cancelled')
 if not m[1] then return redis.error_reply('NOTFOUND transaction ' .. id) end
--- Final already, or cancelled and waiting for its holder: nothing to do.
-if m[2] or m[5] then return 0 end
+-- 0: final already (nothing changes); 1: finalized now; 2: leased, the
+-- holder stops at its next renew or finish.
+if m[2] then return 0 end
+local leased = m[3] and m[4] and tonumber(m[4]) > tonumber(ARGV[3])
+if leased and m[5] then return 2 end
 redis.call('HSET', k, 'cancelled', '1')
-if not (m[3] and m[4] and tonumber(m[4]) > tonumber(ARGV[3])) then
+if not leased then
   finalize(k, id, 'cancelled', ARGV[3])
 end
 bump(k, id, ARGV[3])
+if leased then return 2 end
 return 1
 "#;
 

@@ -80,7 +80,7 @@ fn data(c: &mut RawSmtp) -> String {
 }
 
 #[test]
-fn mx_fan_out_stays_within_its_bound_and_recipients_over_it_time_out() {
+fn mx_fan_out_stays_within_its_bound_and_recipients_over_it_are_deferred() {
     let d = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(&d.path().join("sink"), &[]).unwrap();
     let tap = TcpTap::relay(sink.addr);
@@ -89,17 +89,30 @@ fn mx_fan_out_stays_within_its_bound_and_recipients_over_it_time_out() {
         listen,
         tap.addr,
         tap.addr,
-        "msa: false, rcpt_timeout: 1s, data_timeout: 10s, max_concurrent_upstreams: 3",
+        "msa: false, rcpt_timeout: 20s, data_timeout: 10s, max_concurrent_upstreams: 3",
     ))
     .unwrap();
     let rcpts: Vec<String> = (0..8).map(|i| format!("u{i}@a.test")).collect();
+    let started = std::time::Instant::now();
     let (mut c, replies) = pipelined(listen, &rcpts);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "recipients over the bound did not wait for the RCPT timeout"
+    );
+    // The first three hold their slots until the end of data, so the
+    // others are over the bound at once: 452, to be sent again in another
+    // transaction (no wait for the RCPT timeout).
     let ok = replies.iter().filter(|r| r.starts_with("250")).count();
-    let timed_out = replies
+    let over = replies
         .iter()
-        .filter(|r| *r == "451 4.4.7 upstream timeout (exploder)")
+        .filter(|r| {
+            *r == "452 4.5.3 too many recipients at once, send the rest in another transaction (exploder)"
+        })
         .count();
-    assert_eq!((ok, timed_out), (3, 5), "{replies:?}");
+    assert_eq!((ok, over), (3, 5), "{replies:?}");
+    // One more, not pipelined: over the bound at once too.
+    let late = c.cmd("RCPT TO:<late@a.test>").unwrap();
+    assert!(late.starts_with("452 4.5.3"), "{late}");
     assert_eq!(tap.max_active(), 3, "upstream connections at once");
     assert_eq!(
         tap.accepted(),
@@ -121,7 +134,7 @@ fn msa_fan_out_stores_recipients_over_its_bound_and_delivers_them_later() {
         listen,
         tap.addr,
         tap.addr,
-        "msa: true, rcpt_timeout: 1s, data_timeout: 10s, max_concurrent_upstreams: 2",
+        "msa: true, rcpt_timeout: 20s, data_timeout: 10s, max_concurrent_upstreams: 2",
     ))
     .unwrap();
     let rcpts: Vec<String> = (0..6).map(|i| format!("u{i}@a.test")).collect();
@@ -193,6 +206,34 @@ fn slots_freed_by_refused_recipients_serve_the_waiting_ones() {
     );
     assert_eq!(data(&mut c), "250 2.0.0 Ok (exploder same response)");
     assert_eq!(good.wait_messages(2, Duration::from_secs(5)).len(), 2);
+}
+
+#[test]
+fn a_recipient_waiting_for_a_slot_gets_the_rcpt_timeout() {
+    // One slot, held by a recipient whose upstream never answers: the next
+    // recipient waits for it (its answer could free the slot) until the
+    // RCPT timeout, and no upstream is ever opened for it.
+    let silent = TcpTap::silent();
+    let d = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(&d.path().join("sink"), &[]).unwrap();
+    let tap = TcpTap::relay(sink.addr);
+    let listen = loopback(free_port());
+    let _k = Koukan::start(&config(
+        listen,
+        silent.addr,
+        tap.addr,
+        "msa: false, rcpt_timeout: 1s, data_timeout: 1s, max_concurrent_upstreams: 1",
+    ))
+    .unwrap();
+    let (_c, replies) = pipelined(listen, &["x@a.test".to_owned(), "y@b.test".to_owned()]);
+    assert_eq!(
+        replies,
+        [
+            "451 4.4.7 upstream timeout (exploder)",
+            "451 4.4.7 upstream timeout (exploder)"
+        ]
+    );
+    assert_eq!(tap.accepted(), 0);
 }
 
 #[test]

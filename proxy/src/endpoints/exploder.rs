@@ -19,6 +19,12 @@
 //! and otherwise 250 with the failed recipients stored for retry and
 //! bounce. Every body is spooled into a blob as it streams, so storing
 //! needs no second pass; a blob no transaction references is collected.
+//!
+//! The fan-out is bounded (`max_upstreams` upstream transactions per
+//! inbound one). A recipient over the bound is answered like a timeout if
+//! it waited for a slot in vain; if no slot could free before the end of
+//! data it is over the bound at once: msa stores it, mx answers
+//! `452 4.5.3` so the client sends it again in another transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +36,7 @@ use koukan_filters::{
 };
 use koukan_storage::{AttemptResponses, PriorAttempt};
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -48,9 +54,8 @@ pub struct ExploderSpec {
     pub rcpt_timeout: Duration,
     pub data_timeout: Duration,
     /// Upstream transactions one inbound transaction runs at once (one
-    /// per recipient). A recipient over the bound waits for a slot within
-    /// its RCPT timeout; a slot frees when an upstream refuses its
-    /// recipient or its transaction ends.
+    /// per recipient); see [`Exploder::slot`] for who waits and who is
+    /// over the bound at once.
     pub max_upstreams: usize,
 }
 
@@ -63,12 +68,13 @@ type Job = (TxUpdate, oneshot::Sender<UpdateResponse>);
 /// The task belongs to the inbound transaction: dropping the runner (the
 /// recipient refused or abandoned, the exploder dropped because the
 /// transaction ended, or unwound by a panic) aborts it, which drops the
-/// upstream stack and its connection. The fan-out slot it holds is given
-/// back when the task itself is gone, so the bound counts upstream
-/// transactions that really exist.
+/// upstream stack and its connection. Its fan-out slot is given back at
+/// once, so that a recipient waiting in the same batch can take it (the
+/// aborted task's connection closes a moment later, as the task ends).
 struct Runner {
     jobs: mpsc::Sender<Job>,
     _task: AbortOnDropHandle<()>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Runner {
@@ -82,7 +88,6 @@ impl Runner {
         // by the slowest upstream within the data timeout.
         let (jobs, mut rx) = mpsc::channel::<Job>(2);
         let task = tokio::spawn(async move {
-            let _slot = slot;
             while let Some((update, reply)) = rx.recv().await {
                 let shape = update.clone();
                 match call_caught(&mut stack, update).await {
@@ -109,6 +114,7 @@ impl Runner {
         Self {
             jobs,
             _task: AbortOnDropHandle::new(task),
+            _slot: slot,
         }
     }
 
@@ -145,8 +151,33 @@ fn upstream_timeout() -> Response {
     Response::new(451, "4.4.7 upstream timeout (exploder)")
 }
 
+/// mx: a recipient over the fan-out bound is refused for now, as over a
+/// recipient limit (RFC 5321 §4.5.3.1.10): the client sends it again in
+/// another transaction.
+fn over_bound() -> Response {
+    Response::new(
+        452,
+        "4.5.3 too many recipients at once, send the rest in another transaction (exploder)",
+    )
+}
+
+/// How opening one recipient's upstream transaction went.
+enum Opened {
+    /// The upstream answered MAIL+RCPT; its runner is kept iff it accepted
+    /// the recipient.
+    Replied(UpdateResponse, Option<Runner>),
+    /// No reply (or no fan-out slot) by the RCPT deadline.
+    TimedOut,
+    /// Over the fan-out bound with no slot that could free before the end
+    /// of data: no upstream was tried.
+    OverBound,
+}
+
 struct Upstream {
     rcpt: Mailbox,
+    /// An upstream was asked (false: over the fan-out bound); only then is
+    /// there an attempt to store with the transaction.
+    attempted: bool,
     /// The upstream's MAIL and RCPT replies (a timeout as its 451), kept
     /// as the first attempt of a stored transaction.
     mail_reply: Option<Response>,
@@ -200,41 +231,96 @@ impl Exploder {
         }
     }
 
-    /// Opens one recipient's upstream transaction once a fan-out slot is
-    /// free and returns its reply to MAIL+RCPT; `None` if no slot or no
-    /// reply came by `deadline` (a timeout). The runner comes back only
-    /// when the upstream accepted the recipient: any other runner is
-    /// dropped here, at once, so its slot serves the recipients still
-    /// waiting in the same batch.
+    /// A fan-out slot for one recipient of the current batch. A slot
+    /// frees before the end of data only when an upstream of this batch
+    /// refuses its recipient or times out (an accepted one keeps its slot
+    /// until its transaction ends), so a recipient waits, up to
+    /// `deadline`, only while some upstream of the batch is still
+    /// unsettled; otherwise it is over the bound at once, rather than after
+    /// a pointless wait (which a client sending RCPTs one by one would pay
+    /// per recipient).
+    async fn slot(
+        &self,
+        deadline: Instant,
+        unsettled: &watch::Sender<usize>,
+    ) -> Result<OwnedSemaphorePermit, Opened> {
+        let mut changed = unsettled.subscribe();
+        loop {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                unsettled.send_modify(|n| *n += 1);
+                return Ok(slot);
+            }
+            if *changed.borrow_and_update() == 0 {
+                return Err(Opened::OverBound);
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(Opened::TimedOut),
+            }
+        }
+    }
+
+    /// Opens one recipient's upstream transaction once it has a fan-out
+    /// slot and returns how it answered MAIL+RCPT by `deadline`. The
+    /// runner is kept only when the upstream accepted the recipient; any
+    /// other is dropped here, at once, so its slot serves the recipients
+    /// still waiting in the same batch.
     async fn open_upstream(
         &self,
         mail: Mailbox,
         rcpt: Mailbox,
         deadline: Instant,
-    ) -> (Option<Runner>, Option<UpdateResponse>) {
-        let Ok(Ok(slot)) = timeout_at(deadline, self.slots.clone().acquire_owned()).await else {
-            return (None, None);
+        unsettled: &watch::Sender<usize>,
+    ) -> Opened {
+        let slot = match self.slot(deadline, unsettled).await {
+            Ok(slot) => slot,
+            Err(not) => return not,
         };
-        let Some(chain) = self.runtime.chain(&self.spec.output_chain) else {
-            return (None, None);
+        let opened = match self.runtime.chain(&self.spec.output_chain) {
+            Some(chain) => {
+                let runner = Runner::spawn(
+                    build_stack(&self.runtime, chain, &self.ctx),
+                    slot,
+                    self.ctx.id.clone(),
+                    self.internal_errors.clone(),
+                );
+                let mut first = TxUpdate::mail(mail);
+                first.rcpt_to = vec![Recipient::new(rcpt)];
+                let resp = match runner.send(first, deadline).await {
+                    Some(rx) => timeout_at(deadline, rx).await.ok().and_then(Result::ok),
+                    None => None,
+                };
+                match resp {
+                    Some(r) => {
+                        let accepted = r.mail.as_ref().is_none_or(Response::is_ok)
+                            && r.rcpts.first().is_some_and(Response::is_ok);
+                        Opened::Replied(r, accepted.then_some(runner))
+                    }
+                    None => Opened::TimedOut,
+                }
+            }
+            // Validation makes the output chain exist; a reload that drops
+            // it leaves this transaction's recipients a clear 451.
+            None => {
+                drop(slot);
+                let r = Response::new(
+                    451,
+                    format!("4.3.5 no chain named {}", self.spec.output_chain),
+                );
+                Opened::Replied(
+                    UpdateResponse {
+                        mail: None,
+                        rcpts: vec![r],
+                        data: None,
+                    },
+                    None,
+                )
+            }
         };
-        let runner = Runner::spawn(
-            build_stack(&self.runtime, chain, &self.ctx),
-            slot,
-            self.ctx.id.clone(),
-            self.internal_errors.clone(),
-        );
-        let mut first = TxUpdate::mail(mail);
-        first.rcpt_to = vec![Recipient::new(rcpt)];
-        let resp = match runner.send(first, deadline).await {
-            Some(rx) => timeout_at(deadline, rx).await.ok().and_then(Result::ok),
-            None => None,
-        };
-        let accepted = resp.as_ref().is_some_and(|r| {
-            r.mail.as_ref().is_none_or(Response::is_ok)
-                && r.rcpts.first().is_some_and(Response::is_ok)
-        });
-        (accepted.then_some(runner), resp)
+        // Settled: a refused or timed-out runner is gone by now, with its
+        // slot.
+        unsettled.send_modify(|n| *n -= 1);
+        opened
     }
 
     /// Starts one upstream per recipient (as many at once as the fan-out
@@ -243,19 +329,26 @@ impl Exploder {
     async fn recipients(&mut self, rcpts: Vec<Recipient>) -> Vec<Response> {
         let deadline = Instant::now() + self.spec.rcpt_timeout;
         let mail = self.mail_from.clone().unwrap_or_default();
+        let unsettled = watch::Sender::new(0usize);
         let this = &*self;
         let replies = futures::future::join_all(rcpts.into_iter().map(|rcpt| {
             let mail = mail.clone();
+            let unsettled = &unsettled;
             async move {
-                let (runner, resp) = this
-                    .open_upstream(mail, rcpt.mailbox.clone(), deadline)
+                let opened = this
+                    .open_upstream(mail, rcpt.mailbox.clone(), deadline, unsettled)
                     .await;
-                (rcpt.mailbox, runner, resp)
+                (rcpt.mailbox, opened)
             }
         }))
         .await;
         let mut out = Vec::new();
-        for (rcpt, runner, resp) in replies {
+        for (rcpt, opened) in replies {
+            let (resp, runner, attempted) = match opened {
+                Opened::Replied(r, runner) => (Some(r), runner, true),
+                Opened::TimedOut => (None, None, true),
+                Opened::OverBound => (None, None, false),
+            };
             // The upstream's RCPT answer; a refused MAIL is the answer for
             // the recipient that travelled with it.
             let mail_reply = resp.as_ref().and_then(|r| r.mail.clone());
@@ -273,10 +366,12 @@ impl Exploder {
                     true,
                 ),
                 Some(r) => (r, false, false),
-                None => (upstream_timeout(), false, false),
+                None if attempted => (upstream_timeout(), false, false),
+                None => (over_bound(), false, false),
             };
             self.upstreams.push(Upstream {
                 rcpt,
+                attempted,
                 mail_reply,
                 rcpt_reply,
                 // Only an upstream that accepted the recipient kept its
@@ -408,7 +503,8 @@ impl Exploder {
                     rcpt: vec![Some(stored_response(&up.rcpt_reply))],
                     data,
                 };
-                (&up.rcpt, Some(self.target.prior_attempt(responses)))
+                let prior = up.attempted.then(|| self.target.prior_attempt(responses));
+                (&up.rcpt, prior)
             })
             .collect();
         if let Some(failed) = &self.spool_failed {

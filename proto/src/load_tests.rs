@@ -1126,6 +1126,47 @@ fn limits_are_parsed() {
 }
 
 #[test]
+fn data_line_length_is_at_least_rfc_5321s_1000() {
+    let path = "static_resources.listeners[0].smtp.limits.max_data_line_length";
+    let mut b = quickstart();
+    for ok in [0, 1000, 1001, 1 << 20, u32::MAX] {
+        smtp_listener(&mut b, 0).limits = Some(SmtpLimits {
+            max_data_line_length: ok,
+            ..Default::default()
+        });
+        assert_eq!(check(&b), vec![], "{ok}");
+    }
+    for bad in [1, 998, 999] {
+        smtp_listener(&mut b, 0).limits = Some(SmtpLimits {
+            max_data_line_length: bad,
+            ..Default::default()
+        });
+        assert_eq!(
+            only_error(&b, path),
+            Problem::BelowMinimum {
+                value: bad.into(),
+                min: 1000,
+                why: "RFC 5321 section 4.5.3.1.6"
+            }
+        );
+    }
+    // From YAML, with the file and field path in the message.
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in\n",
+        "      sender: smtp-in\n      limits: {max_data_line_length: 999}\n",
+    );
+    let b = parse(&yaml).unwrap();
+    let err = validate(Path::new("koukan.yaml"), &b).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "koukan.yaml: {path}: must be at least 1000 (RFC 5321 section 4.5.3.1.6) \
+             or 0 for the default, got 999"
+        )
+    );
+}
+
+#[test]
 fn nameserver_parsing() {
     assert_eq!(
         parse_nameserver("127.0.0.1:5353"),

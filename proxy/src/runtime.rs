@@ -256,6 +256,7 @@ fn session_config(
             max_message_size: nonzero(l.max_message_size, d.max_message_size),
             max_recipients: nonzero(l.max_recipients as usize, d.max_recipients),
             max_line_length: nonzero(l.max_line_length as usize, d.max_line_length),
+            max_data_line_length: nonzero(l.max_data_line_length as usize, d.max_data_line_length),
             max_connections: nonzero(l.max_connections as usize, d.max_connections),
             max_bad_commands: nonzero(l.max_bad_commands, d.max_bad_commands),
             command_timeout: duration(&l.command_timeout, d.command_timeout),

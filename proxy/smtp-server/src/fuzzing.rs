@@ -98,6 +98,7 @@ pub fn config() -> SessionConfig {
             max_message_size: 256 * 1024,
             max_recipients: 20,
             max_line_length: 512,
+            max_data_line_length: 1000,
             max_bad_commands: 100,
             max_connections: 1,
             command_timeout: Duration::from_secs(10),

@@ -11,7 +11,8 @@
 //! machine; `session/envelope` for MAIL/RCPT batches, `session/sasl` for
 //! AUTH), `conn` (bounded reader, reply buffer, TLS upgrade), `data`
 //! (DATA/BDAT streaming), `tx` (per-transaction chain and summary log),
-//! `auth` (secrets file), `tls`, `reply` (local replies), `listener` (accept
+//! `line_limit` (message line length count), `auth` (secrets file),
+//! `tls`, `reply` (local replies), `listener` (accept
 //! loop, connection limit, drain), `metrics`, and [`fuzzing`] (socket-free
 //! harness for the fuzz target in `fuzz/`).
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ mod config;
 mod conn;
 mod data;
 pub mod fuzzing;
+mod line_limit;
 mod listener;
 mod metrics;
 mod reply;

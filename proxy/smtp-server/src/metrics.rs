@@ -23,7 +23,9 @@ pub struct OutcomeLabels {
 pub struct RejectLabels {
     pub listener: String,
     /// `unknown`, `syntax`, `sequence`, `line_too_long`, `bad_bytes`,
-    /// `param`, `not_implemented`, `auth`.
+    /// `param`, `not_implemented`, `auth`; `data_line_too_long` (a message
+    /// refused for a line over `max_data_line_length`, once per message)
+    /// and `bdat_size_out_of_range`.
     pub reason: String,
 }
 

@@ -631,6 +631,13 @@ impl Validator<'_> {
             if self.required(format!("{ap}.secrets"), &auth.secrets) {
                 self.readable_file(&format!("{ap}.secrets"), &auth.secrets);
             }
+            if let Some(f) = &auth.failure_limits {
+                let fp = format!("{ap}.failure_limits");
+                self.duration(&format!("{fp}.window"), &f.window);
+                self.duration(&format!("{fp}.lockout"), &f.lockout);
+                self.duration(&format!("{fp}.delay"), &f.delay);
+                self.duration(&format!("{fp}.max_delay"), &f.max_delay);
+            }
             if !has_tls && !auth.allow_plaintext_on_loopback {
                 self.err(ap, Problem::AuthWithoutTls);
             }

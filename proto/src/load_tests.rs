@@ -585,6 +585,7 @@ fn auth_needs_a_secrets_file_and_tls() {
         secrets: "secrets.json".into(),
         require: true,
         allow_plaintext_on_loopback: true,
+        failure_limits: None,
     });
     assert_eq!(check_in(&dir, &b), vec![]);
 
@@ -592,6 +593,7 @@ fn auth_needs_a_secrets_file_and_tls() {
         secrets: "nope.json".into(),
         require: true,
         allow_plaintext_on_loopback: false,
+        failure_limits: None,
     });
     let errs = check_in(&dir, &b);
     assert_eq!(errs.len(), 2, "{errs:#?}");
@@ -609,10 +611,61 @@ fn auth_needs_a_secrets_file_and_tls() {
         secrets: String::new(),
         require: false,
         allow_plaintext_on_loopback: true,
+        failure_limits: None,
     });
     assert_eq!(
         only_error(&b, "static_resources.listeners[0].smtp.auth.secrets"),
         Problem::Missing
+    );
+}
+
+#[test]
+fn auth_failure_limits_parse_and_durations_are_checked() {
+    let dir = Dir::new();
+    dir.file("secrets.json", "{}");
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in\n",
+        "      sender: smtp-in\n      auth:\n        secrets: secrets.json\n        \
+         allow_plaintext_on_loopback: true\n        failure_limits: {max_failures_per_address: 5, \
+         max_failures_per_user: 50, window: 600s, lockout: 3600s, delay: 0.25s, max_delay: 4s}\n",
+    );
+    let b = parse(&yaml).unwrap();
+    let f = b.static_resources.as_ref().unwrap().listeners[0]
+        .protocol
+        .as_ref()
+        .map(|p| match p {
+            listener::Protocol::Smtp(s) => s.auth.clone().unwrap().failure_limits.unwrap(),
+        })
+        .unwrap();
+    assert_eq!(
+        (f.max_failures_per_address, f.max_failures_per_user),
+        (5, 50)
+    );
+    assert_eq!(f.window.unwrap().seconds, 600);
+    assert_eq!(f.lockout.unwrap().seconds, 3600);
+    assert_eq!(f.delay.unwrap().nanos, 250_000_000);
+    assert_eq!(f.max_delay.unwrap().seconds, 4);
+    assert!(!f.disabled);
+    assert_eq!(check_in(&dir, &b), vec![]);
+
+    let yaml = yaml.replace("delay: 0.25s", "delay: -1s");
+    let b = parse(&yaml).unwrap();
+    assert_eq!(
+        check_in(&dir, &b),
+        vec![(
+            "static_resources.listeners[0].smtp.auth.failure_limits.delay".into(),
+            Problem::NegativeDuration
+        )]
+    );
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in\n",
+        "      sender: smtp-in\n      auth: {secrets: secrets.json, \
+         allow_plaintext_on_loopback: true, failure_limits: {lockot: 1s}}\n",
+    );
+    let e = parse(&yaml).unwrap_err();
+    assert_eq!(
+        e.errors[0].path,
+        "static_resources.listeners[0].smtp.auth.failure_limits.lockot"
     );
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Secrets;
+use crate::auth_limit::AuthFailureLimits;
 
 /// Everything a session needs to know about its listener. Immutable for the
 /// life of a connection: the proxy builds a new one on config reload and
@@ -27,6 +28,10 @@ pub struct SessionConfig {
     pub auth_allow_plaintext_loopback: bool,
     /// MAIL before a successful AUTH gets `530 5.7.0`.
     pub require_auth: bool,
+    /// Delays and lockouts after failed AUTH, counted across connections
+    /// (see `auth_limit`). `None`: only `max_bad_commands` bounds guessing,
+    /// per connection.
+    pub auth_failures: Option<AuthFailureLimits>,
     pub limits: Limits,
 }
 
@@ -41,6 +46,7 @@ impl SessionConfig {
             auth: None,
             auth_allow_plaintext_loopback: false,
             require_auth: false,
+            auth_failures: None,
             limits: Limits::default(),
         }
     }

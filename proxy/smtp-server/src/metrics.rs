@@ -25,8 +25,16 @@ pub struct RejectLabels {
     /// `unknown`, `syntax`, `sequence`, `line_too_long`, `bad_bytes`,
     /// `param`, `not_implemented`, `auth`; `data_line_too_long` (a message
     /// refused for a line over `max_data_line_length`, once per message)
-    /// and `bdat_size_out_of_range`.
+    /// and `bdat_size_out_of_range`; `auth_locked` (AUTH during a
+    /// lockout).
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthScopeLabels {
+    pub listener: String,
+    /// `address` (a client address or IPv6 /64) or `user`.
+    pub scope: String,
 }
 
 /// Counters and gauges shared by every listener (labelled by listener).
@@ -41,6 +49,13 @@ pub struct SmtpMetrics {
     /// Message octets (after dot-unstuffing) received to the end of data.
     pub messages_bytes_total: Family<ListenerLabels, Counter>,
     pub commands_rejected_total: Family<RejectLabels, Counter>,
+    /// AUTH with wrong credentials (answered 535), per listener.
+    pub auth_failures_total: Family<ListenerLabels, Counter>,
+    /// Lockouts started, by the listener of the failure that reached the
+    /// limit and by scope.
+    pub auth_lockouts_total: Family<AuthScopeLabels, Counter>,
+    /// AUTH refused with 454 during a lockout (no password checked).
+    pub auth_lockout_refusals_total: Family<AuthScopeLabels, Counter>,
 }
 
 impl SmtpMetrics {
@@ -82,6 +97,21 @@ impl SmtpMetrics {
             "Client commands rejected locally, by reason",
             self.commands_rejected_total.clone(),
         );
+        r.register(
+            "auth_failures",
+            "AUTH attempts with wrong credentials",
+            self.auth_failures_total.clone(),
+        );
+        r.register(
+            "auth_lockouts",
+            "AUTH lockouts started, by scope (address or user)",
+            self.auth_lockouts_total.clone(),
+        );
+        r.register(
+            "auth_lockout_refusals",
+            "AUTH refused during a lockout, by scope",
+            self.auth_lockout_refusals_total.clone(),
+        );
     }
 
     pub(crate) fn listener(name: &str) -> ListenerLabels {
@@ -97,6 +127,13 @@ impl SmtpMetrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    pub(crate) fn auth_scope(listener: &str, scope: &str) -> AuthScopeLabels {
+        AuthScopeLabels {
+            listener: listener.to_owned(),
+            scope: scope.to_owned(),
+        }
     }
 
     pub(crate) fn rejected(&self, listener: &str, reason: &str) {

@@ -76,6 +76,12 @@ pub(crate) const AUTH_NEEDS_TLS: Reply = r(
 );
 pub(crate) const AUTH_CANCELLED: Reply = r(501, "5.7.0 authentication cancelled");
 pub(crate) const AUTH_BAD_BASE64: Reply = r(501, "5.5.2 invalid base64 data");
+/// AUTH during a lockout (RFC 4954 §6: 454 is a temporary authentication
+/// failure; 4.7.0 as the other security refusals).
+pub(crate) const AUTH_LOCKED: Reply = r(
+    454,
+    "4.7.0 too many authentication failures, try again later",
+);
 pub(crate) const AUTH_MECHANISM: Reply = r(504, "5.5.4 unrecognized authentication mechanism");
 
 pub(crate) const TIMEOUT: Reply = r(421, "4.4.2 timeout, closing connection");
@@ -145,6 +151,7 @@ mod tests {
             TIMEOUT,
             UPSTREAM_TIMEOUT,
             BDAT_SIZE_OUT_OF_RANGE,
+            AUTH_LOCKED,
         ] {
             assert!(r.response().enhanced_code().is_some(), "{r:?}");
         }

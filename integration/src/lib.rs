@@ -428,6 +428,30 @@ pub struct RawSmtp {
 impl RawSmtp {
     pub fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Self::from_stream(stream)
+    }
+
+    /// Connects from `source` (any address of 127.0.0.0/8 is loopback, so
+    /// tests can play distinct clients: 127.0.0.2, 127.0.0.3, ...).
+    pub fn connect_from(addr: SocketAddr, source: &str) -> anyhow::Result<Self> {
+        let source = SocketAddr::new(source.parse()?, 0);
+        // std cannot bind before connecting; tokio's socket can.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stream = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(source)?;
+            tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))?
+        })?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Self::from_stream(stream)
+    }
+
+    fn from_stream(stream: TcpStream) -> anyhow::Result<Self> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Self { reader, stream })

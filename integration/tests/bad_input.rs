@@ -1,7 +1,7 @@
 //! Bad input against the real binary: each case gets its precise reply
 //! and the process keeps serving afterwards.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -302,5 +302,145 @@ fn thousand_connections_over_the_limit() {
     }
     drop(conns);
     std::thread::sleep(Duration::from_millis(500));
+    still_serving(&mut s);
+}
+
+/// A connection in a transaction: greeted, EHLO, MAIL and RCPT accepted.
+fn in_transaction(s: &Setup) -> RawSmtp {
+    let mut c = greeted(s);
+    assert!(c.cmd("EHLO x.test").unwrap().starts_with("250"));
+    let r = c.cmd("MAIL FROM:<a@example.com>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<b@example.net>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    c
+}
+
+/// A message whose header line `X-Long:` is `len` octets with its CRLF.
+fn long_header_message(marker: &str, len: usize) -> Vec<u8> {
+    let head = "X-Long: ";
+    let mut m = format!("Subject: {marker}\r\n{head}").into_bytes();
+    m.extend(std::iter::repeat_n(b'h', len - head.len() - 2));
+    m.extend_from_slice(b"\r\n\r\nbody of ");
+    m.extend_from_slice(marker.as_bytes());
+    m.extend_from_slice(b"\r\n");
+    m
+}
+
+/// The sink's dump of the message with `marker`, if it got one.
+fn sunk(s: &Setup, marker: &str) -> Option<String> {
+    s.sink
+        .messages()
+        .into_iter()
+        .find(|m| m.contains(&format!("body of {marker}")))
+}
+
+/// Everything the server sends until it closes the connection.
+fn rest_until_closed(c: &mut RawSmtp) -> String {
+    let mut rest = Vec::new();
+    let _ = c.reader.read_to_end(&mut rest);
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+#[test]
+fn data_line_limit_boundaries_with_data_and_bdat() {
+    let mut s = setup_with("{max_data_line_length: 1000, command_timeout: 5s, data_timeout: 5s}");
+    let refused = "554 5.6.0 message has a line longer than 1000 octets\r\n";
+    for (len, ok) in [(999, true), (1000, true), (1001, false)] {
+        // DATA.
+        let marker = format!("data-{len}");
+        let msg = long_header_message(&marker, len);
+        let mut c = in_transaction(&s);
+        assert!(c.cmd("DATA").unwrap().starts_with("354"));
+        c.send(&msg).unwrap();
+        c.send(b".\r\n").unwrap();
+        let r = c.reply().unwrap();
+        assert!(
+            c.cmd("MAIL FROM:<a@example.com>")
+                .unwrap()
+                .starts_with("250")
+        );
+        assert!(c.cmd("RCPT TO:<b@example.net>").unwrap().starts_with("250"));
+        // BDAT, the same message split in two chunks inside the line.
+        let bmarker = format!("bdat-{len}");
+        let bmsg = long_header_message(&bmarker, len);
+        let (a, b) = bmsg.split_at(500);
+        c.send(format!("BDAT {}\r\n", a.len()).as_bytes()).unwrap();
+        c.send(a).unwrap();
+        let r1 = c.reply().unwrap();
+        assert!(r1.starts_with("250"), "{r1}");
+        c.send(format!("BDAT {} LAST\r\n", b.len()).as_bytes())
+            .unwrap();
+        c.send(b).unwrap();
+        let r2 = c.reply().unwrap();
+        assert!(c.cmd("NOOP").unwrap().starts_with("250"));
+        if ok {
+            assert!(r.starts_with("250"), "DATA, line of {len}: {r}");
+            assert!(r2.starts_with("250"), "BDAT, line of {len}: {r2}");
+            for (m, msg) in [(&marker, &msg), (&bmarker, &bmsg)] {
+                let got = wait_for(Duration::from_secs(5), || sunk(&s, m))
+                    .unwrap_or_else(|| panic!("{m} not delivered"));
+                // The message, byte for byte, after our Received header
+                // (smtp-sink writes its dump with LF line ends).
+                let text = String::from_utf8(msg.clone()).unwrap();
+                let text = text.replace("\r\n", "\n");
+                assert!(got.contains(&text), "{m}: {got}");
+            }
+        } else {
+            assert_eq!(r, refused, "DATA, line of {len}");
+            assert_eq!(r2, refused, "BDAT, line of {len}");
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(sunk(&s, &marker), None, "refused DATA delivered");
+            assert_eq!(sunk(&s, &bmarker), None, "refused BDAT delivered");
+        }
+    }
+    still_serving(&mut s);
+}
+
+#[test]
+fn ten_megabyte_header_line_is_refused_by_default() {
+    // Default limits: the message size limit (32 MiB) allows it, the data
+    // line limit (1 MiB) does not.
+    let mut s = setup_with("{}");
+    let refused = "554 5.6.0 message has a line longer than 1048576 octets\r\n";
+    let msg = long_header_message("ten-mib", 10 * 1024 * 1024);
+    let mut c = in_transaction(&s);
+    assert!(c.cmd("DATA").unwrap().starts_with("354"));
+    c.send(&msg).unwrap();
+    c.send(b".\r\n").unwrap();
+    assert_eq!(c.reply().unwrap(), refused);
+    let r = c.cmd("MAIL FROM:<a@example.com>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("RCPT TO:<b@example.net>").unwrap().starts_with("250"));
+    let bmsg = long_header_message("ten-mib-bdat", 10 * 1024 * 1024);
+    c.send(format!("BDAT {} LAST\r\n", bmsg.len()).as_bytes())
+        .unwrap();
+    c.send(&bmsg).unwrap();
+    assert_eq!(c.reply().unwrap(), refused);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sunk(&s, "ten-mib"), None);
+    assert_eq!(sunk(&s, "ten-mib-bdat"), None);
+    assert!(c.cmd("NOOP").unwrap().starts_with("250"));
+    still_serving(&mut s);
+}
+
+#[test]
+fn bdat_chunk_size_beyond_64_bits_closes_the_connection() {
+    let mut s = setup();
+    let mut c = in_transaction(&s);
+    // smtp-proto alone reads this size as 5: "hello" would be the chunk
+    // and RSET and MAIL would run as commands.
+    c.send(b"BDAT 184467440737095516165\r\nhelloRSET\r\nMAIL FROM:<x@example.com>\r\n")
+        .unwrap();
+    assert_eq!(
+        c.reply().unwrap(),
+        "501 5.5.4 BDAT chunk size out of range\r\n"
+    );
+    assert_eq!(rest_until_closed(&mut c), "", "nothing after the 501");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        s.sink.messages().iter().all(|m| !m.contains("hello")),
+        "no data of it is delivered"
+    );
     still_serving(&mut s);
 }

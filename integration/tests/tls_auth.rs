@@ -278,3 +278,228 @@ fn loopback_opt_out_allows_auth_without_tls() {
     );
     assert_eq!(out, "OK {}");
 }
+
+const LOCKED: &str = "454 4.7.0 too many authentication failures, try again later\r\n";
+const WRONG: &str = "535 5.7.8 authentication credentials invalid\r\n";
+const AUTH_OK: &str = "235 2.7.0 authentication successful\r\n";
+
+/// A koukan whose plaintext loopback listener has small failure limits:
+/// 3 per address, 4 per user, delay 0.4 s doubling up to 1.6 s (longer
+/// than an Argon2 check of the debug build, so the delays show).
+fn guarded() -> (Koukan, std::net::SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        format!(
+            r#"{{"app": "{}", "billing": "{}"}}"#,
+            hash_secret("app-secret"),
+            hash_secret("billing-secret")
+        ),
+    )
+    .unwrap();
+    let smtp = loopback(free_port());
+    let yaml = format!(
+        r#"
+node: {{id: auth-limits}}
+admin: {{address: "{{admin}}"}}
+static_resources:
+  listeners:
+  - name: guarded
+    address: "{smtp}"
+    smtp:
+      hostname: koukan.test
+      sender: inbound
+      auth:
+        secrets: secrets.json
+        allow_plaintext_on_loopback: true
+        failure_limits:
+          max_failures_per_address: 3
+          max_failures_per_user: 4
+          window: 60s
+          lockout: 60s
+          delay: 0.4s
+          max_delay: 1.6s
+  senders:
+  - name: inbound
+    chain: nowhere
+  chains:
+  - name: nowhere
+    filters:
+    - router: {{}}
+    endpoint: sink
+  endpoints:
+  - name: sink
+    maildir: {{path: maildir}}
+"#
+    );
+    (Koukan::start_in(dir, &yaml).unwrap(), smtp)
+}
+
+/// One AUTH PLAIN on a fresh connection from `source`: the reply and the
+/// time it took.
+fn auth_from(
+    smtp: std::net::SocketAddr,
+    source: &str,
+    user: &str,
+    pass: &str,
+) -> (String, Duration) {
+    let mut c = RawSmtp::connect_from(smtp, source).unwrap();
+    assert!(c.reply().unwrap().starts_with("220"));
+    assert!(c.cmd("EHLO client.test").unwrap().contains("AUTH PLAIN"));
+    let cred = base64_plain(user, pass);
+    let start = std::time::Instant::now();
+    let r = c.cmd(&format!("AUTH PLAIN {cred}")).unwrap();
+    (r, start.elapsed())
+}
+
+fn base64_plain(user: &str, pass: &str) -> String {
+    // No base64 crate in this test crate: python's, via the harness.
+    let out = python(
+        "import base64, sys; print(base64.b64encode(('\\0%s\\0%s' % (sys.argv[1], sys.argv[2])).encode()).decode())",
+        &[user, pass],
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn metrics(k: &Koukan) -> String {
+    let (code, body) = http_get(k.admin, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    body
+}
+
+/// Lockout lines as the README's fail2ban filter sees them: the line
+/// after its timestamp starts with the fixed text.
+fn lockout_lines(k: &Koukan) -> Vec<String> {
+    k.log()
+        .lines()
+        .filter(|l| {
+            l.split_once(' ').is_some_and(|(_, rest)| {
+                rest.trim_start()
+                    .starts_with("WARN koukan::auth: authentication lockout ")
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn address_lockout_across_connections() {
+    let (k, smtp) = guarded();
+    // One wrong password per connection from 127.0.0.2, each answered
+    // after a longer delay: at least 0.4 s, 0.8 s, 1.6 s.
+    let mut took = Vec::new();
+    for (i, min_ms) in [400, 800, 1600].into_iter().enumerate() {
+        let (r, t) = auth_from(smtp, "127.0.0.2", "app", &format!("guess-{i}"));
+        assert_eq!(r, WRONG, "guess {i}");
+        assert!(t >= Duration::from_millis(min_ms), "guess {i} took {t:?}");
+        took.push(t);
+    }
+    assert!(took[0] < took[2], "the delay grows: {took:?}");
+    // Locked out: 454 for more guesses, for the right password too (its
+    // answer does not depend on the password), and without an initial
+    // response the secret is not even asked for.
+    for pass in ["guess-3", "guess-4", "app-secret"] {
+        assert_eq!(
+            auth_from(smtp, "127.0.0.2", "app", pass).0,
+            LOCKED,
+            "{pass}"
+        );
+    }
+    let mut c = RawSmtp::connect_from(smtp, "127.0.0.2").unwrap();
+    c.reply().unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    assert_eq!(c.cmd("AUTH PLAIN").unwrap(), LOCKED);
+    assert!(
+        c.cmd("NOOP").unwrap().starts_with("250"),
+        "the session goes on"
+    );
+    // The right password from another address still authenticates, while
+    // 127.0.0.2 stays locked.
+    assert_eq!(auth_from(smtp, "127.0.0.3", "app", "app-secret").0, AUTH_OK);
+    assert_eq!(
+        auth_from(smtp, "127.0.0.2", "billing", "billing-secret").0,
+        LOCKED
+    );
+
+    // A config reload keeps the counts: still locked.
+    k.proc.signal("HUP");
+    wait_for(Duration::from_secs(10), || {
+        k.log().contains("config reloaded").then_some(())
+    })
+    .expect("reloaded");
+    assert_eq!(auth_from(smtp, "127.0.0.2", "app", "app-secret").0, LOCKED);
+
+    let m = metrics(&k);
+    for line in [
+        r#"koukan_smtp_auth_failures_total{listener="guarded"} 3"#,
+        r#"koukan_smtp_auth_lockouts_total{listener="guarded",scope="address"} 1"#,
+        r#"koukan_smtp_auth_lockout_refusals_total{listener="guarded",scope="address"} 6"#,
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
+
+    let lines = lockout_lines(&k);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    for field in [
+        " WARN koukan::auth: authentication lockout scope=address peer=127.0.0.2 client=127.0.0.2 ",
+        r#" failures=3 lockout_secs=60 listener=guarded user="app""#,
+    ] {
+        assert!(lines[0].contains(field), "{field} missing: {}", lines[0]);
+    }
+}
+
+#[test]
+fn user_lockout_spares_the_known_good_address() {
+    let (k, smtp) = guarded();
+    // The application authenticates from 127.0.0.4.
+    assert_eq!(
+        auth_from(smtp, "127.0.0.4", "billing", "billing-secret").0,
+        AUTH_OK
+    );
+    // One guess each from four other addresses locks the user.
+    for i in 5..=8 {
+        let (r, _) = auth_from(smtp, &format!("127.0.0.{i}"), "billing", "guess");
+        assert_eq!(r, WRONG);
+    }
+    // A user name forging a lockout line of another address (newline and
+    // all) is logged escaped, inside its quotes.
+    let forged = "x\n2026-01-01T00:00:00Z  WARN koukan::auth: authentication lockout \
+                  scope=address peer=10.9.9.9 client=10.9.9.9";
+    assert_eq!(auth_from(smtp, "127.0.0.10", forged, "guess").0, WRONG);
+    // A new address gets 454 even with the right password...
+    assert_eq!(
+        auth_from(smtp, "127.0.0.9", "billing", "billing-secret").0,
+        LOCKED
+    );
+    // ...while the known-good address keeps working, and other users are
+    // not locked.
+    assert_eq!(
+        auth_from(smtp, "127.0.0.4", "billing", "billing-secret").0,
+        AUTH_OK
+    );
+    assert_eq!(auth_from(smtp, "127.0.0.9", "app", "app-secret").0, AUTH_OK);
+
+    let m = metrics(&k);
+    for line in [
+        r#"koukan_smtp_auth_failures_total{listener="guarded"} 5"#,
+        r#"koukan_smtp_auth_lockouts_total{listener="guarded",scope="user"} 1"#,
+        r#"koukan_smtp_auth_lockout_refusals_total{listener="guarded",scope="user"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
+    let log = k.log();
+    assert!(log.contains(r#"user="x\n2026-01-01T00:00:00Z"#), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "{log}"
+    );
+    let lines = lockout_lines(&k);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].ends_with(
+            r#"scope=user peer=127.0.0.8 client=127.0.0.8 failures=4 lockout_secs=60 listener=guarded user="billing""#
+        ),
+        "{}",
+        lines[0]
+    );
+}

@@ -38,6 +38,10 @@ use crate::config::v1::{
 /// Port used for a nameserver given as a bare IP.
 pub const DNS_PORT: u16 = 53;
 
+/// The smallest `max_data_line_length`: RFC 5321 §4.5.3.1.6 requires
+/// accepting text lines of 1000 octets including CRLF.
+pub const MIN_DATA_LINE_LENGTH: u32 = 1000;
+
 /// How much of a PEM file is read to find its `-----BEGIN` marker. Enough
 /// for any certificate chain header; bounded so that a path pointing at a
 /// huge file or a device does not stall validation.
@@ -149,6 +153,13 @@ pub enum Problem {
     /// A negative or non-finite number.
     #[error("must be a finite number >= 0")]
     BadNumber,
+    /// A non-zero number below the least a standard allows.
+    #[error("must be at least {min} ({why}) or 0 for the default, got {value}")]
+    BelowMinimum {
+        value: u64,
+        min: u64,
+        why: &'static str,
+    },
     /// Two terminals for one chain.
     #[error("cannot be combined with store_and_forward")]
     ExploderWithStoreAndForward,
@@ -639,6 +650,13 @@ impl Validator<'_> {
             if self.required(format!("{ap}.secrets"), &auth.secrets) {
                 self.readable_file(&format!("{ap}.secrets"), &auth.secrets);
             }
+            if let Some(f) = &auth.failure_limits {
+                let fp = format!("{ap}.failure_limits");
+                self.duration(&format!("{fp}.window"), &f.window);
+                self.duration(&format!("{fp}.lockout"), &f.lockout);
+                self.duration(&format!("{fp}.delay"), &f.delay);
+                self.duration(&format!("{fp}.max_delay"), &f.max_delay);
+            }
             if !has_tls && !auth.allow_plaintext_on_loopback {
                 self.err(ap, Problem::AuthWithoutTls);
             }
@@ -649,6 +667,17 @@ impl Validator<'_> {
             self.duration(&format!("{lp}.command_timeout"), &limits.command_timeout);
             self.duration(&format!("{lp}.data_timeout"), &limits.data_timeout);
             self.duration(&format!("{lp}.drain_timeout"), &limits.drain_timeout);
+            let n = limits.max_data_line_length;
+            if n != 0 && n < MIN_DATA_LINE_LENGTH {
+                self.err(
+                    format!("{lp}.max_data_line_length"),
+                    Problem::BelowMinimum {
+                        value: n.into(),
+                        min: MIN_DATA_LINE_LENGTH.into(),
+                        why: "RFC 5321 section 4.5.3.1.6",
+                    },
+                );
+            }
         }
     }
 

@@ -586,6 +586,7 @@ fn auth_needs_a_secrets_file_and_tls() {
         secrets: "secrets.json".into(),
         require: true,
         allow_plaintext_on_loopback: true,
+        failure_limits: None,
     });
     assert_eq!(check_in(&dir, &b), vec![]);
 
@@ -593,6 +594,7 @@ fn auth_needs_a_secrets_file_and_tls() {
         secrets: "nope.json".into(),
         require: true,
         allow_plaintext_on_loopback: false,
+        failure_limits: None,
     });
     let errs = check_in(&dir, &b);
     assert_eq!(errs.len(), 2, "{errs:#?}");
@@ -610,10 +612,61 @@ fn auth_needs_a_secrets_file_and_tls() {
         secrets: String::new(),
         require: false,
         allow_plaintext_on_loopback: true,
+        failure_limits: None,
     });
     assert_eq!(
         only_error(&b, "static_resources.listeners[0].smtp.auth.secrets"),
         Problem::Missing
+    );
+}
+
+#[test]
+fn auth_failure_limits_parse_and_durations_are_checked() {
+    let dir = Dir::new();
+    dir.file("secrets.json", "{}");
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in\n",
+        "      sender: smtp-in\n      auth:\n        secrets: secrets.json\n        \
+         allow_plaintext_on_loopback: true\n        failure_limits: {max_failures_per_address: 5, \
+         max_failures_per_user: 50, window: 600s, lockout: 3600s, delay: 0.25s, max_delay: 4s}\n",
+    );
+    let b = parse(&yaml).unwrap();
+    let f = b.static_resources.as_ref().unwrap().listeners[0]
+        .protocol
+        .as_ref()
+        .map(|p| match p {
+            listener::Protocol::Smtp(s) => s.auth.clone().unwrap().failure_limits.unwrap(),
+        })
+        .unwrap();
+    assert_eq!(
+        (f.max_failures_per_address, f.max_failures_per_user),
+        (5, 50)
+    );
+    assert_eq!(f.window.unwrap().seconds, 600);
+    assert_eq!(f.lockout.unwrap().seconds, 3600);
+    assert_eq!(f.delay.unwrap().nanos, 250_000_000);
+    assert_eq!(f.max_delay.unwrap().seconds, 4);
+    assert!(!f.disabled);
+    assert_eq!(check_in(&dir, &b), vec![]);
+
+    let yaml = yaml.replace("delay: 0.25s", "delay: -1s");
+    let b = parse(&yaml).unwrap();
+    assert_eq!(
+        check_in(&dir, &b),
+        vec![(
+            "static_resources.listeners[0].smtp.auth.failure_limits.delay".into(),
+            Problem::NegativeDuration
+        )]
+    );
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in\n",
+        "      sender: smtp-in\n      auth: {secrets: secrets.json, \
+         allow_plaintext_on_loopback: true, failure_limits: {lockot: 1s}}\n",
+    );
+    let e = parse(&yaml).unwrap_err();
+    assert_eq!(
+        e.errors[0].path,
+        "static_resources.listeners[0].smtp.auth.failure_limits.lockot"
     );
 }
 
@@ -1135,6 +1188,47 @@ fn limits_are_parsed() {
         ..Default::default()
     });
     assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn data_line_length_is_at_least_rfc_5321s_1000() {
+    let path = "static_resources.listeners[0].smtp.limits.max_data_line_length";
+    let mut b = quickstart();
+    for ok in [0, 1000, 1001, 1 << 20, u32::MAX] {
+        smtp_listener(&mut b, 0).limits = Some(SmtpLimits {
+            max_data_line_length: ok,
+            ..Default::default()
+        });
+        assert_eq!(check(&b), vec![], "{ok}");
+    }
+    for bad in [1, 998, 999] {
+        smtp_listener(&mut b, 0).limits = Some(SmtpLimits {
+            max_data_line_length: bad,
+            ..Default::default()
+        });
+        assert_eq!(
+            only_error(&b, path),
+            Problem::BelowMinimum {
+                value: bad.into(),
+                min: 1000,
+                why: "RFC 5321 section 4.5.3.1.6"
+            }
+        );
+    }
+    // From YAML, with the file and field path in the message.
+    let yaml = QUICKSTART.replace(
+        "      sender: smtp-in\n",
+        "      sender: smtp-in\n      limits: {max_data_line_length: 999}\n",
+    );
+    let b = parse(&yaml).unwrap();
+    let err = validate(Path::new("koukan.yaml"), &b).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "koukan.yaml: {path}: must be at least 1000 (RFC 5321 section 4.5.3.1.6) \
+             or 0 for the default, got 999"
+        )
+    );
 }
 
 #[test]

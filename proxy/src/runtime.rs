@@ -14,7 +14,9 @@ use koukan_filters::router::{AddressList, RouterConfig, RoutingPolicy};
 use koukan_filters::{BoxTxService, Destination, HostPort, Hosts, Response, TerminalService};
 use koukan_proto::config::v1 as pb;
 use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, TlsMode};
-use koukan_smtp_server::{Limits, Secrets, SessionConfig};
+use koukan_smtp_server::{
+    AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker, Limits, Secrets, SessionConfig,
+};
 
 use crate::endpoints::EndpointFactory;
 use crate::endpoints::exploder::ExploderSpec;
@@ -139,6 +141,10 @@ pub struct Runtime {
     pub endpoints: Arc<Endpoints>,
     /// The process's store and scheduler, kept across reloads.
     pub storage: Option<Arc<StorageCtx>>,
+    /// The process's AUTH failure counts, shared by every SMTP listener
+    /// and kept across reloads (a reload must not hand a guesser fresh
+    /// attempts).
+    pub auth_tracker: Arc<AuthFailureTracker>,
 }
 
 impl Runtime {
@@ -235,10 +241,38 @@ fn tls_server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
     Ok(Arc::new(cfg))
 }
 
+/// A listener's failure limits, unless turned off.
+fn auth_failures(
+    f: Option<&pb::AuthFailureLimits>,
+    tracker: &Arc<AuthFailureTracker>,
+) -> Option<AuthFailureLimits> {
+    let d = AuthFailurePolicy::default();
+    let policy = match f {
+        Some(f) if f.disabled => return None,
+        None => d,
+        Some(f) => AuthFailurePolicy {
+            max_failures_per_address: nonzero(
+                f.max_failures_per_address,
+                d.max_failures_per_address,
+            ),
+            max_failures_per_user: nonzero(f.max_failures_per_user, d.max_failures_per_user),
+            window: duration(&f.window, d.window),
+            lockout: duration(&f.lockout, d.lockout),
+            delay: duration(&f.delay, d.delay),
+            max_delay: duration(&f.max_delay, d.max_delay),
+        },
+    };
+    Some(AuthFailureLimits {
+        policy,
+        tracker: tracker.clone(),
+    })
+}
+
 fn session_config(
     config_file: &Path,
     name: &str,
     s: &pb::SmtpListener,
+    auth_tracker: &Arc<AuthFailureTracker>,
 ) -> anyhow::Result<Arc<SessionConfig>> {
     let tls = match &s.tls {
         Some(t) if !t.cert.is_empty() => Some(tls_server_config(
@@ -247,7 +281,7 @@ fn session_config(
         )?),
         _ => None,
     };
-    let (auth, require_auth, loopback) = match &s.auth {
+    let (auth, require_auth, loopback, auth_failures) = match &s.auth {
         Some(a) if !a.secrets.is_empty() => {
             let path = resolve(config_file, &a.secrets);
             let secrets = Secrets::load(&path)
@@ -256,9 +290,10 @@ fn session_config(
                 Some(Arc::new(secrets)),
                 a.require,
                 a.allow_plaintext_on_loopback,
+                auth_failures(a.failure_limits.as_ref(), auth_tracker),
             )
         }
-        _ => (None, false, false),
+        _ => (None, false, false, None),
     };
     let d = Limits::default();
     let limits = match &s.limits {
@@ -266,6 +301,7 @@ fn session_config(
             max_message_size: nonzero(l.max_message_size, d.max_message_size),
             max_recipients: nonzero(l.max_recipients as usize, d.max_recipients),
             max_line_length: nonzero(l.max_line_length as usize, d.max_line_length),
+            max_data_line_length: nonzero(l.max_data_line_length as usize, d.max_data_line_length),
             max_connections: nonzero(l.max_connections as usize, d.max_connections),
             max_bad_commands: nonzero(l.max_bad_commands, d.max_bad_commands),
             command_timeout: duration(&l.command_timeout, d.command_timeout),
@@ -288,6 +324,7 @@ fn session_config(
         auth,
         auth_allow_plaintext_loopback: loopback,
         require_auth,
+        auth_failures,
         limits,
     }))
 }
@@ -341,6 +378,7 @@ impl Runtime {
         config_path: &Path,
         b: &pb::Bootstrap,
         storage: Option<Arc<StorageCtx>>,
+        auth_tracker: Arc<AuthFailureTracker>,
     ) -> anyhow::Result<Self> {
         let res = b.static_resources.clone().unwrap_or_default();
 
@@ -349,7 +387,7 @@ impl Runtime {
             let Some(pb::listener::Protocol::Smtp(s)) = &l.protocol else {
                 continue;
             };
-            let session = session_config(config_path, &l.name, s)
+            let session = session_config(config_path, &l.name, s, &auth_tracker)
                 .with_context(|| format!("static_resources.listeners[{i}] ({})", l.name))?;
             listeners.push(ListenerSpec {
                 name: l.name.clone(),
@@ -502,10 +540,64 @@ impl Runtime {
             chains,
             senders,
             storage,
+            auth_tracker,
             endpoints: Arc::new(Endpoints {
                 kinds,
                 resolver: Arc::new(resolver),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_failure_limits_from_config() {
+        let tracker = Arc::new(AuthFailureTracker::new());
+        let d = AuthFailurePolicy::default();
+        // Absent, or present with zero fields: on, with the defaults.
+        assert_eq!(auth_failures(None, &tracker).unwrap().policy, d);
+        let zero = pb::AuthFailureLimits::default();
+        assert_eq!(auth_failures(Some(&zero), &tracker).unwrap().policy, d);
+        // Every field maps.
+        let secs = |s| {
+            Some(pbjson_types::Duration {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        let set = pb::AuthFailureLimits {
+            disabled: false,
+            max_failures_per_address: 3,
+            max_failures_per_user: 4,
+            window: secs(60),
+            lockout: secs(120),
+            delay: Some(pbjson_types::Duration {
+                seconds: 0,
+                nanos: 250_000_000,
+            }),
+            max_delay: secs(2),
+        };
+        let l = auth_failures(Some(&set), &tracker).unwrap();
+        assert_eq!(
+            l.policy,
+            AuthFailurePolicy {
+                max_failures_per_address: 3,
+                max_failures_per_user: 4,
+                window: Duration::from_secs(60),
+                lockout: Duration::from_secs(120),
+                delay: Duration::from_millis(250),
+                max_delay: Duration::from_secs(2),
+            }
+        );
+        // The process's tracker, not a copy.
+        assert!(Arc::ptr_eq(&l.tracker, &tracker));
+        let off = pb::AuthFailureLimits {
+            disabled: true,
+            ..set
+        };
+        assert!(auth_failures(Some(&off), &tracker).is_none());
     }
 }

@@ -16,21 +16,24 @@ use crate::admin::{self, AdminState};
 use crate::listeners::ListenerSet;
 use crate::runtime::{Runtime, duration, nonzero};
 use crate::scheduler::{InternalErrors, Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
+use koukan_smtp_server::AuthFailureTracker;
 use koukan_storage::{ReplicaId, Store};
 
 /// Reads, validates and builds a snapshot; every problem is reported with
 /// the file name and field path.
 pub fn load(path: &Path) -> anyhow::Result<Runtime> {
-    load_with(path, None).map(|(r, _)| r)
+    load_with(path, None, Arc::default()).map(|(r, _)| r)
 }
 
+/// `storage` and `auth_tracker` are the process's, kept across reloads.
 fn load_with(
     path: &Path,
     storage: Option<Arc<StorageCtx>>,
+    auth_tracker: Arc<AuthFailureTracker>,
 ) -> anyhow::Result<(Runtime, koukan_proto::config::v1::Bootstrap)> {
     let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
-    let runtime =
-        Runtime::build(path, &bootstrap, storage).with_context(|| path.display().to_string())?;
+    let runtime = Runtime::build(path, &bootstrap, storage, auth_tracker)
+        .with_context(|| path.display().to_string())?;
     Ok((runtime, bootstrap))
 }
 
@@ -130,8 +133,11 @@ async fn reload(
     shared: &Arc<ArcSwap<Runtime>>,
     listeners: &mut ListenerSet,
 ) -> anyhow::Result<()> {
-    let storage = shared.load().storage.clone();
-    let (next, _) = load_with(path, storage)?;
+    let (storage, auth_tracker) = {
+        let current = shared.load();
+        (current.storage.clone(), current.auth_tracker.clone())
+    };
+    let (next, _) = load_with(path, storage, auth_tracker)?;
     if next.admin != shared.load().admin {
         tracing::warn!(admin = %next.admin, "admin address changes take effect at restart");
     }
@@ -143,7 +149,8 @@ async fn reload(
 }
 
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let (_, bootstrap) = load_with(&config_path, None)?;
+    let auth_tracker = Arc::new(AuthFailureTracker::new());
+    let (_, bootstrap) = load_with(&config_path, None, auth_tracker.clone())?;
     let store = open_store(&config_path, &bootstrap).await?;
     let scheduler_config = scheduler_config(bootstrap.scheduler.as_ref());
     let smtp_metrics = Arc::new(koukan_smtp_server::SmtpMetrics::new());
@@ -163,7 +170,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             internal_errors: internal_errors.clone(),
         })
     });
-    let (runtime, _) = load_with(&config_path, storage.clone())?;
+    let (runtime, _) = load_with(&config_path, storage.clone(), auth_tracker)?;
 
     let mut registry = Registry::with_prefix("koukan");
     smtp_metrics.register(&mut registry);

@@ -49,7 +49,13 @@ pub fn fixture(yaml: &str, faulty: &[&str]) -> Fixture {
         replica: ReplicaId("test-replica".into()),
         internal_errors: InternalErrors::new(errors.clone()),
     });
-    let mut runtime = Runtime::build(&path, &bootstrap, Some(storage.clone())).unwrap();
+    let mut runtime = Runtime::build(
+        &path,
+        &bootstrap,
+        Some(storage.clone()),
+        Arc::new(koukan_smtp_server::AuthFailureTracker::new()),
+    )
+    .unwrap();
     for name in faulty {
         let chain = runtime
             .chains

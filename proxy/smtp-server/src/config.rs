@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Secrets;
+use crate::auth_limit::AuthFailureLimits;
 
 /// Everything a session needs to know about its listener. Immutable for the
 /// life of a connection: the proxy builds a new one on config reload and
@@ -27,6 +28,10 @@ pub struct SessionConfig {
     pub auth_allow_plaintext_loopback: bool,
     /// MAIL before a successful AUTH gets `530 5.7.0`.
     pub require_auth: bool,
+    /// Delays and lockouts after failed AUTH, counted across connections
+    /// (see `auth_limit`). `None`: only `max_bad_commands` bounds guessing,
+    /// per connection.
+    pub auth_failures: Option<AuthFailureLimits>,
     pub limits: Limits,
 }
 
@@ -41,6 +46,7 @@ impl SessionConfig {
             auth: None,
             auth_allow_plaintext_loopback: false,
             require_auth: false,
+            auth_failures: None,
             limits: Limits::default(),
         }
     }
@@ -54,7 +60,8 @@ impl SessionConfig {
 /// | --- | --- | --- |
 /// | `max_message_size` | 32 MiB | common provider limit; advertised as `SIZE` |
 /// | `max_recipients` | 1000 | well above RFC 5321's minimum of 100 |
-/// | `max_line_length` | 4096 octets | RFC 5321 allows 512 plus extension parameters; leaves room for AUTH PLAIN initial responses |
+/// | `max_line_length` | 4096 octets | command and AUTH lines, CRLF not counted; RFC 5321 allows 512 plus extension parameters; leaves room for AUTH PLAIN initial responses |
+/// | `max_data_line_length` | 1 MiB | message lines, CRLF counted; RFC 5321 §4.5.3.1.6 requires at least 1000 octets, and real mail (long base64 or HTML lines) needs more |
 /// | `max_bad_commands` | 20 | enough for a confused client, too few for a scanner |
 /// | `max_connections` | 1000 | per listener |
 /// | `command_timeout` | 5 min | RFC 5321 §4.5.3.2.7 (server timeout) |
@@ -71,9 +78,19 @@ pub struct Limits {
     /// a pipelined batch can be judged before the chain answers, and so the
     /// chain's work per transaction is bounded too.
     pub max_recipients: usize,
-    /// Longest command line (without CRLF). Longer ones get
-    /// `500 5.5.2 line too long` and are discarded without being stored.
+    /// Longest command line, and AUTH exchange line, in octets without
+    /// its CRLF. Longer ones get `500 5.5.2 line too long` and are
+    /// discarded without being stored. Message data is not affected (see
+    /// `max_data_line_length`).
     pub max_line_length: usize,
+    /// Longest line of message content, in octets including its CRLF
+    /// after dot-unstuffing (so DATA and BDAT count alike; the last line
+    /// of a BDAT message counts even without a CRLF). A message with a
+    /// longer line is read to its end and discarded, its upstream
+    /// transaction dropped, and the final reply is
+    /// `554 5.6.0 message has a line longer than N octets`. Counted as
+    /// the data streams, so a long line is never buffered.
+    pub max_data_line_length: usize,
     /// Bad commands tolerated; the next one gets `421 4.7.0` and the
     /// connection is closed.
     pub max_bad_commands: u32,
@@ -96,6 +113,10 @@ impl Default for Limits {
             max_message_size: 32 * 1024 * 1024,
             max_recipients: 1000,
             max_line_length: 4096,
+            // Far above what real mail uses (RFC 5322 asks for at most
+            // 998 octets; long base64 or HTML lines reach a few KiB), far
+            // below a single 10 MiB line.
+            max_data_line_length: 1024 * 1024,
             max_bad_commands: 20,
             max_connections: 1000,
             command_timeout: Duration::from_secs(5 * 60),

@@ -3,7 +3,8 @@
 //!
 //! Memory per session is the read buffer plus one chunk, whatever the
 //! message size or line lengths: data is never split into lines, only
-//! unstuffed as it streams through smtp-proto's receivers.
+//! unstuffed as it streams through smtp-proto's receivers. The line length
+//! limit is checked by counting as it streams ([`LineLimit`]).
 
 use std::io;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Limits;
 use crate::conn::Conn;
+use crate::line_limit::{LineLimit, LineTooLong};
 use crate::reply;
 use crate::tx::{Outcome, Transaction};
 
@@ -88,12 +90,29 @@ fn too_big(tx: &mut Transaction) {
     tx.fail(reply::SIZE_EXCEEDED.response(), Outcome::TooBig);
 }
 
+/// A content line over `max_data_line_length`: like the size limit, the
+/// transaction fails (its upstream is dropped, so nothing half-sent is
+/// delivered) and the rest of the message is only read and discarded.
+/// `Rejected` is the outcome label until a dedicated one exists; the
+/// `data_line_too_long` rejection counter tells these apart.
+fn line_too_long(tx: &mut Transaction, e: LineTooLong) {
+    tx.fail(reply::data_line_too_long(e.max), Outcome::LineTooLong);
+}
+
+/// Counts `data[from..]` (the octets a receiver just added; `from` may be
+/// past the end when the DATA receiver took back a CR it had output).
+fn check_lines(lines: &mut LineLimit, data: &[u8], from: usize) -> Result<(), LineTooLong> {
+    lines.feed(data.get(from..).unwrap_or_default())
+}
+
 /// Reads a DATA message (after the 354 was queued) up to `CRLF.CRLF`,
 /// forwarding it in chunks, and returns the reply for the client.
+/// `lines` counts line lengths (a fresh one per message).
 pub(crate) async fn receive_data<IO: AsyncRead + AsyncWrite + Unpin + Send>(
     conn: &mut Conn<IO>,
     tx: &mut Transaction,
     limits: &Limits,
+    lines: &mut LineLimit,
 ) -> Result<Response, DataError> {
     let mut rx = DataReceiver::new();
     // The receiver only recognises a dot at the start of a line after it
@@ -122,12 +141,18 @@ pub(crate) async fn receive_data<IO: AsyncRead + AsyncWrite + Unpin + Send>(
         // data, so the chunk stays within CHUNK octets.
         let input = &avail[..avail.len().min(CHUNK - buf.len())];
         let mut it = input.iter();
+        let before = buf.len();
         let done = rx.ingest(&mut it, &mut buf);
         let used = input.len() - it.len();
         conn.consume(used);
 
-        if tx.size + buf.len() as u64 > limits.max_message_size {
-            too_big(tx);
+        let over_size = tx.size + buf.len() as u64 > limits.max_message_size;
+        let long_line = check_lines(lines, &buf, before).err();
+        if over_size || long_line.is_some() {
+            match long_line {
+                Some(e) if !over_size => line_too_long(tx, e),
+                _ => too_big(tx),
+            }
             tx.size += buf.len() as u64;
             buf = Vec::new();
             if done {
@@ -153,12 +178,17 @@ pub(crate) async fn receive_data<IO: AsyncRead + AsyncWrite + Unpin + Send>(
 /// Reads and forwards one BDAT chunk of `size` octets. Returns the reply:
 /// for `last`, the final response; otherwise `250 <n> octets received` or
 /// the failure already known.
+///
+/// `lines` carries the line length count from one chunk of the message to
+/// the next (a line may span chunks); the session starts a fresh one with
+/// the message's first chunk.
 pub(crate) async fn receive_bdat<IO: AsyncRead + AsyncWrite + Unpin + Send>(
     conn: &mut Conn<IO>,
     tx: &mut Transaction,
     size: usize,
     last: bool,
     limits: &Limits,
+    lines: &mut LineLimit,
 ) -> Result<Response, DataError> {
     tx.bdat = true;
     if tx.failed.is_none() && tx.size.saturating_add(size as u64) > limits.max_message_size {
@@ -177,10 +207,19 @@ pub(crate) async fn receive_bdat<IO: AsyncRead + AsyncWrite + Unpin + Send>(
         let avail = conn.buffered();
         let input = &avail[..avail.len().min(CHUNK - buf.len())];
         let mut it = input.iter();
+        let before = buf.len();
         rx.ingest(&mut it, &mut buf);
         let used = input.len() - it.len();
         conn.consume(used);
         remaining -= used;
+        if let Err(e) = check_lines(lines, &buf, before) {
+            line_too_long(tx, e);
+            tx.size += buf.len() as u64;
+            buf = Vec::new();
+            discard_bdat(conn, remaining, limits.data_block_timeout).await?;
+            tx.size += remaining as u64;
+            break;
+        }
         // The last piece of a LAST chunk goes out with `last = true` below.
         if buf.len() == CHUNK && (remaining > 0 || !last) {
             send_partial(tx, Bytes::from(std::mem::take(&mut buf))).await;

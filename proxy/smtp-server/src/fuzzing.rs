@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::auth::{Secrets, hash_secret_with_params};
+use crate::auth_limit::{AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker};
 use crate::config::{Limits, SessionConfig};
 use crate::metrics::SmtpMetrics;
 use crate::session::{TransactionFactory, serve_connection};
@@ -94,10 +95,23 @@ pub fn config() -> SessionConfig {
         auth: Some(secrets()),
         auth_allow_plaintext_loopback: true,
         require_auth: false,
+        // Reachable from short inputs, and no delay: the fuzzer must stay
+        // fast. A fresh tracker per session keeps runs independent.
+        auth_failures: Some(AuthFailureLimits {
+            policy: AuthFailurePolicy {
+                max_failures_per_address: 3,
+                max_failures_per_user: 3,
+                delay: Duration::ZERO,
+                max_delay: Duration::ZERO,
+                ..AuthFailurePolicy::default()
+            },
+            tracker: Arc::new(AuthFailureTracker::new()),
+        }),
         limits: Limits {
             max_message_size: 256 * 1024,
             max_recipients: 20,
             max_line_length: 512,
+            max_data_line_length: 1000,
             max_bad_commands: 100,
             max_connections: 1,
             command_timeout: Duration::from_secs(10),

@@ -11,16 +11,20 @@
 //! machine; `session/envelope` for MAIL/RCPT batches, `session/sasl` for
 //! AUTH), `conn` (bounded reader, reply buffer, TLS upgrade), `data`
 //! (DATA/BDAT streaming), `tx` (per-transaction chain and summary log),
-//! `auth` (secrets file), `tls`, `reply` (local replies), `listener` (accept
+//! `line_limit` (message line length count), `auth` (secrets file),
+//! `auth_limit` (failed AUTH delays and lockouts across connections),
+//! `tls`, `reply` (local replies), `listener` (accept
 //! loop, connection limit, drain), `metrics`, and [`fuzzing`] (socket-free
 //! harness for the fuzz target in `fuzz/`).
 #![forbid(unsafe_code)]
 
 mod auth;
+mod auth_limit;
 mod config;
 mod conn;
 mod data;
 pub mod fuzzing;
+mod line_limit;
 mod listener;
 mod metrics;
 mod reply;
@@ -30,8 +34,14 @@ mod tx;
 
 pub use argon2::Params as Argon2Params;
 pub use auth::{Secrets, SecretsError, generate_secret, hash_secret, hash_secret_with_params};
+pub use auth_limit::{
+    AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker, ClientKey, MAX_KNOWN_GOOD,
+    MAX_TRACKED, Scope as AuthScope,
+};
 pub use config::{Limits, SessionConfig};
 pub use listener::{Listener, ListenerHandle, run_listener};
-pub use metrics::{ComponentLabels, ListenerLabels, OutcomeLabels, RejectLabels, SmtpMetrics};
+pub use metrics::{
+    AuthScopeLabels, ComponentLabels, ListenerLabels, OutcomeLabels, RejectLabels, SmtpMetrics,
+};
 pub use session::{TransactionFactory, serve_connection};
 pub use tls::{TlsConfigError, load_tls_config, tls_config_from_pem};

@@ -15,7 +15,7 @@ pub struct ListenerLabels {
 pub struct OutcomeLabels {
     pub listener: String,
     /// `delivered`, `rejected`, `tempfail`, `mail_rejected`, `aborted`,
-    /// `too_big`, `timeout`, `internal_error`.
+    /// `too_big`, `line_too_long`, `timeout`, `internal_error`.
     pub outcome: String,
 }
 
@@ -23,7 +23,10 @@ pub struct OutcomeLabels {
 pub struct RejectLabels {
     pub listener: String,
     /// `unknown`, `syntax`, `sequence`, `line_too_long`, `bad_bytes`,
-    /// `param`, `not_implemented`, `auth`.
+    /// `param`, `not_implemented`, `auth`; `data_line_too_long` (a message
+    /// refused for a line over `max_data_line_length`, once per message)
+    /// and `bdat_size_out_of_range`; `auth_locked` (AUTH during a
+    /// lockout).
     pub reason: String,
 }
 
@@ -34,6 +37,13 @@ pub struct ComponentLabels {
     /// (an upstream transaction of the fan-out), `scheduler` (a delivery
     /// attempt).
     pub component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthScopeLabels {
+    pub listener: String,
+    /// `address` (a client address or IPv6 /64) or `user`.
+    pub scope: String,
 }
 
 /// Counters and gauges shared by every listener (labelled by listener).
@@ -53,6 +63,13 @@ pub struct SmtpMetrics {
     /// (`koukan_internal_errors_total`): the delivery side counts into the
     /// same family.
     pub internal_errors_total: Family<ComponentLabels, Counter>,
+    /// AUTH with wrong credentials (answered 535), per listener.
+    pub auth_failures_total: Family<ListenerLabels, Counter>,
+    /// Lockouts started, by the listener of the failure that reached the
+    /// limit and by scope.
+    pub auth_lockouts_total: Family<AuthScopeLabels, Counter>,
+    /// AUTH refused with 454 during a lockout (no password checked).
+    pub auth_lockout_refusals_total: Family<AuthScopeLabels, Counter>,
 }
 
 impl SmtpMetrics {
@@ -99,6 +116,21 @@ impl SmtpMetrics {
             "Client commands rejected locally, by reason",
             self.commands_rejected_total.clone(),
         );
+        r.register(
+            "auth_failures",
+            "AUTH attempts with wrong credentials",
+            self.auth_failures_total.clone(),
+        );
+        r.register(
+            "auth_lockouts",
+            "AUTH lockouts started, by scope (address or user)",
+            self.auth_lockouts_total.clone(),
+        );
+        r.register(
+            "auth_lockout_refusals",
+            "AUTH refused during a lockout, by scope",
+            self.auth_lockout_refusals_total.clone(),
+        );
     }
 
     pub(crate) fn listener(name: &str) -> ListenerLabels {
@@ -123,6 +155,13 @@ impl SmtpMetrics {
                 component: component.to_owned(),
             })
             .inc();
+    }
+
+    pub(crate) fn auth_scope(listener: &str, scope: &str) -> AuthScopeLabels {
+        AuthScopeLabels {
+            listener: listener.to_owned(),
+            scope: scope.to_owned(),
+        }
     }
 
     pub(crate) fn rejected(&self, listener: &str, reason: &str) {

@@ -60,6 +60,9 @@ pub(crate) const BAD_SENDER: Reply = r(501, "5.1.7 invalid sender address");
 pub(crate) const BAD_RECIPIENT: Reply = r(501, "5.1.3 invalid recipient address");
 pub(crate) const NEED_SMTPUTF8: Reply = r(553, "5.6.7 non-ASCII address requires SMTPUTF8");
 
+/// A BDAT size smtp-proto cannot represent: see `session::bdat_size_out_of_range`.
+pub(crate) const BDAT_SIZE_OUT_OF_RANGE: Reply = r(501, "5.5.4 BDAT chunk size out of range");
+
 pub(crate) const TOO_MANY_RCPTS: Reply = r(452, "4.5.3 too many recipients");
 pub(crate) const SIZE_EXCEEDED: Reply =
     r(552, "5.3.4 message size exceeds fixed maximum message size");
@@ -73,6 +76,12 @@ pub(crate) const AUTH_NEEDS_TLS: Reply = r(
 );
 pub(crate) const AUTH_CANCELLED: Reply = r(501, "5.7.0 authentication cancelled");
 pub(crate) const AUTH_BAD_BASE64: Reply = r(501, "5.5.2 invalid base64 data");
+/// AUTH during a lockout (RFC 4954 §6: 454 is a temporary authentication
+/// failure; 4.7.0 as the other security refusals).
+pub(crate) const AUTH_LOCKED: Reply = r(
+    454,
+    "4.7.0 too many authentication failures, try again later",
+);
 pub(crate) const AUTH_MECHANISM: Reply = r(504, "5.5.4 unrecognized authentication mechanism");
 
 pub(crate) const TIMEOUT: Reply = r(421, "4.4.2 timeout, closing connection");
@@ -97,6 +106,15 @@ pub(crate) fn unsupported_param(param: &str) -> Response {
     Response::new(
         555,
         format!("5.5.4 unsupported parameter {}", printable(param)),
+    )
+}
+
+/// Final reply to a message with a line over `max_data_line_length`
+/// (5.6.0: a problem with the content, RFC 3463).
+pub(crate) fn data_line_too_long(max: usize) -> Response {
+    Response::new(
+        554,
+        format!("5.6.0 message has a line longer than {max} octets"),
     )
 }
 
@@ -134,9 +152,12 @@ mod tests {
             TIMEOUT,
             UPSTREAM_TIMEOUT,
             INTERNAL_ERROR_CLOSING,
+            BDAT_SIZE_OUT_OF_RANGE,
+            AUTH_LOCKED,
         ] {
             assert!(r.response().enhanced_code().is_some(), "{r:?}");
         }
+        assert!(data_line_too_long(1000).enhanced_code().is_some());
         assert_eq!(
             unsupported_param("X=\r\n250 ok").text,
             "5.5.4 unsupported parameter X=250ok"

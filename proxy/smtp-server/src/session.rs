@@ -20,6 +20,7 @@ use tracing::debug;
 use crate::config::SessionConfig;
 use crate::conn::{Conn, LineRead, Stream};
 use crate::data::{self, DataError};
+use crate::line_limit::LineLimit;
 use crate::metrics::SmtpMetrics;
 use crate::reply::{self, Reply};
 use crate::tls::tls_info;
@@ -87,6 +88,7 @@ pub async fn serve_connection<IO>(
         bad_commands: 0,
         tx: None,
         line: Vec::new(),
+        data_lines: LineLimit::new(0),
     };
     // Last resort: a panic outside command handling (TLS set-up, reading)
     // leaves nothing to answer with, but is still logged and counted
@@ -144,6 +146,9 @@ struct Session<IO> {
     tx: Option<Transaction>,
     /// The current command line (reused; bounded by `max_line_length`).
     line: Vec<u8>,
+    /// Line length count of the message being received; reset at DATA and
+    /// at the first BDAT of a message (BDAT lines may span chunks).
+    data_lines: LineLimit,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
@@ -281,6 +286,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     }
 
     async fn handle_line(&mut self) -> Flow {
+        if bdat_size_out_of_range(&self.line) {
+            // The chunk's length is unknowable, so is where the next
+            // command starts: going on would run message octets as
+            // commands. Answer, then close.
+            debug!(peer = %self.peer, "BDAT chunk size out of range; closing");
+            self.metrics
+                .rejected(&self.cfg.listener_name, "bdat_size_out_of_range");
+            self.conn.queue_reply(reply::BDAT_SIZE_OUT_OF_RANGE);
+            self.abort_tx(Outcome::Aborted);
+            return Flow::Close;
+        }
         let req = match parse_command(&self.line) {
             Ok(req) => req,
             Err((resp, reason)) => return self.reject(resp, reason),
@@ -423,7 +439,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return self.reject(reply::DATA_AFTER_BDAT.response(), "sequence");
         }
         self.conn.queue_reply(reply::START_DATA);
-        let result = data::receive_data(&mut self.conn, tx, &self.cfg.limits).await;
+        self.data_lines = LineLimit::new(self.cfg.limits.max_data_line_length);
+        let result =
+            data::receive_data(&mut self.conn, tx, &self.cfg.limits, &mut self.data_lines).await;
+        self.count_long_line(false);
         self.end_of_data(result, true)
     }
 
@@ -440,8 +459,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let Some(tx) = self.tx.as_mut() else {
             unreachable!("checked by data_allowed")
         };
-        let result = data::receive_bdat(&mut self.conn, tx, size, last, &self.cfg.limits).await;
+        if !tx.bdat {
+            // The message's first chunk.
+            self.data_lines = LineLimit::new(self.cfg.limits.max_data_line_length);
+        }
+        let was_exceeded = self.data_lines.exceeded();
+        let result = data::receive_bdat(
+            &mut self.conn,
+            tx,
+            size,
+            last,
+            &self.cfg.limits,
+            &mut self.data_lines,
+        )
+        .await;
+        self.count_long_line(was_exceeded);
         self.end_of_data(result, last)
+    }
+
+    /// Counts a message refused for a long line, once per message.
+    fn count_long_line(&self, already_counted: bool) {
+        if self.data_lines.exceeded() && !already_counted {
+            self.metrics
+                .rejected(&self.cfg.listener_name, "data_line_too_long");
+        }
     }
 
     /// Replies to a DATA message or a BDAT chunk; a final one ends the
@@ -532,6 +573,50 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether `line` is a BDAT command whose chunk size smtp-proto would
+/// misread: a number that does not fit in 64 bits (its parser saturates,
+/// then starts over from the next digit, so `BDAT 184467440737095516165`
+/// reads as 5), or exactly 2^64 - 1 (its "no number" marker). The command
+/// word is read with smtp-proto's own tokenizer and the number the way its
+/// `size()` reads it (leading spaces and any CR skipped), so this sees the
+/// same token the parser would.
+fn bdat_size_out_of_range(line: &[u8]) -> bool {
+    use smtp_proto::request::parser::Rfc5321Parser;
+    fn command(bytes: &mut std::slice::Iter<'_, u8>) -> Option<(u64, u8)> {
+        let mut p = Rfc5321Parser::new(bytes);
+        let word = p.hashed_value().ok()?;
+        Some((word, p.stop_char))
+    }
+    // smtp-proto's tokens are private; its tokenizer gives BDAT's.
+    let bdat = command(&mut b"BDAT ".iter()).map(|(w, _)| w);
+    let mut rest = line.iter();
+    match command(&mut rest) {
+        Some((word, stop)) if Some(word) == bdat && stop.is_ascii_whitespace() && stop != b'\n' => {
+        }
+        _ => return false,
+    }
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    for &b in rest {
+        match b {
+            b'0'..=b'9' => {
+                digits += 1;
+                match value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                {
+                    Some(v) => value = v,
+                    None => return true,
+                }
+            }
+            b'\r' => {}
+            b' ' if digits == 0 => {}
+            _ => break,
+        }
+    }
+    digits > 0 && (value == u64::MAX || usize::try_from(value).is_err())
+}
+
 /// Parses one command line (with its line end). `Err` is the local reply
 /// and the rejection reason.
 fn parse_command(line: &[u8]) -> Result<Request<String>, (Response, &'static str)> {
@@ -601,6 +686,38 @@ mod tests {
             panic!()
         };
         assert_eq!(unsupported_mail_param(&from), Some("ENVID"));
+    }
+
+    #[test]
+    fn bdat_sizes_beyond_64_bits_are_caught_before_parsing() {
+        let out = |s: &str| bdat_size_out_of_range(s.as_bytes());
+        // What smtp-proto makes of them: the reason for the check.
+        assert!(matches!(
+            parse("BDAT 184467440737095516165\r\n"),
+            Ok(Request::Bdat { chunk_size: 5, .. })
+        ));
+        assert!(out("BDAT 184467440737095516165\r\n"));
+        assert!(out("bdat 184467440737095516165 LAST\r\n"));
+        assert!(out("BDAT 18446744073709551616\r\n")); // 2^64
+        assert!(out("BDAT 18446744073709551615\r\n")); // smtp-proto's marker
+        assert!(out(&format!("BDAT {}\r\n", "9".repeat(100))));
+        assert!(out("  BDAT   99999999999999999999999 LAST\r\n"));
+        // CRs inside the number are skipped by smtp-proto, so here too.
+        assert!(out("BDAT 1844674407\r3709551616\r\n"));
+        // In range, or not a BDAT size at all: left to the parser.
+        assert!(!out("BDAT 18446744073709551614\r\n"));
+        assert!(!out("BDAT 0 LAST\r\n"));
+        assert!(!out(&format!("BDAT {}5\r\n", "0".repeat(30))));
+        assert!(!out("BDAT\r\n"));
+        assert!(!out("BDAT LAST\r\n"));
+        assert!(!out("BDATX 99999999999999999999999\r\n"));
+        assert!(!out("NOOP 99999999999999999999999\r\n"));
+        assert!(!out("MAIL FROM:<a@b> SIZE=99999999999999999999999\r\n"));
+        // Leading zeros are digits like any other, and parse right.
+        assert!(matches!(
+            parse(&format!("BDAT {}5\r\n", "0".repeat(30))),
+            Ok(Request::Bdat { chunk_size: 5, .. })
+        ));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(crate) enum Outcome {
     Aborted,
     /// The message exceeded the size limit.
     TooBig,
+    /// A line of the message exceeded `max_data_line_length`.
+    LineTooLong,
     /// The client or the chain did not answer in time.
     Timeout,
     /// A bug: the chain (or the session itself) panicked. The client got
@@ -43,6 +45,7 @@ impl Outcome {
             Outcome::MailRejected => "mail_rejected",
             Outcome::Aborted => "aborted",
             Outcome::TooBig => "too_big",
+            Outcome::LineTooLong => "line_too_long",
             Outcome::Timeout => "timeout",
             Outcome::InternalError => "internal_error",
         }

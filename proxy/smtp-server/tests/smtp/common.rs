@@ -267,6 +267,16 @@ impl Server {
         Client::new(TcpStream::connect(self.addr).await.unwrap())
     }
 
+    /// Connects from a loopback address of our choosing (127.0.0.0/8 is
+    /// all loopback), e.g. to play distinct clients.
+    pub async fn connect_from(&self, ip: &str) -> Client<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(ip.parse().unwrap(), 0))
+            .unwrap();
+        Client::new(socket.connect(self.addr).await.unwrap())
+    }
+
     /// Connects and reads the greeting.
     pub async fn session(&self) -> Client<TcpStream> {
         let mut c = self.connect().await;

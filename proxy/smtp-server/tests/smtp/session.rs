@@ -511,3 +511,40 @@ async fn one_summary_line_per_transaction() {
     assert!(lines[1].contains("tx=tx1"), "{}", lines[1]);
     assert!(lines[1].contains("outcome=\"aborted\""), "{}", lines[1]);
 }
+
+#[tokio::test]
+async fn bdat_size_beyond_64_bits_is_refused_and_closes() {
+    let srv = start(config(), TestFactory::new()).await;
+    let mut c = srv.session().await;
+    c.ehlo().await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.org>").await,
+        "250 2.1.0 sender ok"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<b@example.net>").await,
+        "250 2.1.5 recipient ok"
+    );
+    // smtp-proto would read this size as 5 and run "RSET" and the MAIL
+    // that follow the first 5 octets as commands.
+    c.send("BDAT 184467440737095516165\r\nhelloRSET\r\nMAIL FROM:<x@example.org>\r\n")
+        .await;
+    assert_eq!(c.reply().await, "501 5.5.4 BDAT chunk size out of range");
+    // No reply to anything after it: the connection is closed.
+    c.expect_eof().await;
+    assert_eq!(srv.record.dropped(), 1, "the open transaction is dropped");
+    assert!(
+        srv.record.seen().iter().all(|s| s.body.is_none()),
+        "no message data reached the chain"
+    );
+    let m = srv.metrics_text();
+    assert!(m.contains(r#"reason="bdat_size_out_of_range"} 1"#), "{m}");
+
+    // Other sessions are unaffected.
+    let mut c = srv.session().await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<a@example.org>").await;
+    c.cmd("RCPT TO:<b@example.net>").await;
+    c.send("BDAT 5 LAST\r\nhello").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+}

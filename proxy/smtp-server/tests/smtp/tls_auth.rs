@@ -1,7 +1,11 @@
 //! STARTTLS, implicit TLS and AUTH.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use koukan_smtp_server::{AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -257,5 +261,183 @@ async fn require_auth_refuses_mail_before_auth() {
         c.cmd(&format!("AUTH PLAIN {}", plain("alice", "wonderland")))
             .await,
         "503 5.5.1 already authenticated"
+    );
+}
+
+/// A plaintext loopback listener with AUTH and failure limits of small
+/// numbers and short durations.
+fn limited(policy: AuthFailurePolicy) -> koukan_smtp_server::SessionConfig {
+    let mut cfg = config();
+    cfg.auth = Some(secrets());
+    cfg.auth_allow_plaintext_loopback = true;
+    cfg.auth_failures = Some(AuthFailureLimits {
+        policy,
+        tracker: Arc::new(AuthFailureTracker::new()),
+    });
+    cfg
+}
+
+/// One AUTH PLAIN from `ip` on a fresh connection; returns the reply and
+/// how long it took.
+async fn auth_from(srv: &Server, ip: &str, user: &str, pass: &str) -> (String, Duration) {
+    let mut c = srv.connect_from(ip).await;
+    c.reply().await;
+    c.ehlo().await;
+    let start = Instant::now();
+    let r = c.cmd(&format!("AUTH PLAIN {}", plain(user, pass))).await;
+    (r, start.elapsed())
+}
+
+const LOCKED: &str = "454 4.7.0 too many authentication failures, try again later";
+const WRONG: &str = "535 5.7.8 authentication credentials invalid";
+const OK: &str = "235 2.7.0 authentication successful";
+
+#[tokio::test]
+async fn auth_failures_lock_the_address_out_across_connections() {
+    let policy = AuthFailurePolicy {
+        max_failures_per_address: 3,
+        max_failures_per_user: 100,
+        window: Duration::from_secs(60),
+        lockout: Duration::from_secs(60),
+        delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(150),
+    };
+    let srv = start(limited(policy), TestFactory::new()).await;
+    // One wrong password per connection, each answered later than the
+    // one before (lower bounds only: 50, 100, 150 ms).
+    for (i, min_ms) in [50, 100, 150].into_iter().enumerate() {
+        let (r, took) = auth_from(&srv, "127.0.0.2", "alice", &format!("guess{i}")).await;
+        assert_eq!(r, WRONG);
+        assert!(
+            took >= Duration::from_millis(min_ms),
+            "failure {i}: {took:?}"
+        );
+    }
+    // Locked: refused whatever the password, as any user, without the
+    // password being checked (the right one gets 454 too; without an
+    // initial response the secret is not even asked for).
+    assert_eq!(
+        auth_from(&srv, "127.0.0.2", "alice", "guess3").await.0,
+        LOCKED
+    );
+    assert_eq!(
+        auth_from(&srv, "127.0.0.2", "alice", "wonderland").await.0,
+        LOCKED
+    );
+    let mut c = srv.connect_from("127.0.0.2").await;
+    c.reply().await;
+    c.ehlo().await;
+    assert_eq!(c.cmd("AUTH PLAIN").await, LOCKED);
+    assert_eq!(c.cmd("AUTH LOGIN").await, LOCKED);
+    // The session itself goes on.
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
+    // Another address with the right password is not affected.
+    assert_eq!(
+        auth_from(&srv, "127.0.0.3", "alice", "wonderland").await.0,
+        OK
+    );
+
+    let m = srv.metrics_text();
+    for line in [
+        r#"smtp_auth_failures_total{listener="test"} 3"#,
+        r#"smtp_auth_lockouts_total{listener="test",scope="address"} 1"#,
+        r#"smtp_auth_lockout_refusals_total{listener="test",scope="address"} 4"#,
+        r#"smtp_commands_rejected_total{listener="test",reason="auth_locked"} 4"#,
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
+    assert!(!m.contains(r#"scope="user""#), "{m}");
+}
+
+#[tokio::test]
+async fn user_lockout_spares_the_known_good_address() {
+    let policy = AuthFailurePolicy {
+        max_failures_per_address: 100,
+        max_failures_per_user: 3,
+        window: Duration::from_secs(60),
+        lockout: Duration::from_secs(60),
+        delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(1),
+    };
+    let srv = start(limited(policy), TestFactory::new()).await;
+    // The application authenticates from 127.0.0.4.
+    assert_eq!(
+        auth_from(&srv, "127.0.0.4", "alice", "wonderland").await.0,
+        OK
+    );
+    // Guesses at its user name from three other addresses lock the user.
+    for ip in ["127.0.0.5", "127.0.0.6", "127.0.0.7"] {
+        assert_eq!(auth_from(&srv, ip, "alice", "guess").await.0, WRONG);
+    }
+    // A new address is refused even with the right password...
+    assert_eq!(
+        auth_from(&srv, "127.0.0.8", "alice", "wonderland").await.0,
+        LOCKED
+    );
+    // ...also through LOGIN, once the user name is known.
+    let mut c = srv.connect_from("127.0.0.8").await;
+    c.reply().await;
+    c.ehlo().await;
+    assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
+    assert_eq!(c.cmd(&b64("alice")).await, "334 UGFzc3dvcmQ6");
+    assert_eq!(c.cmd(&b64("wonderland")).await, LOCKED);
+    // Other users are not locked.
+    assert_eq!(auth_from(&srv, "127.0.0.8", "mallory", "x").await.0, WRONG);
+    // The known-good address keeps working.
+    assert_eq!(
+        auth_from(&srv, "127.0.0.4", "alice", "wonderland").await.0,
+        OK
+    );
+    assert_eq!(
+        auth_from(&srv, "127.0.0.4", "alice", "wonderland").await.0,
+        OK
+    );
+
+    let m = srv.metrics_text();
+    for line in [
+        r#"smtp_auth_failures_total{listener="test"} 4"#,
+        r#"smtp_auth_lockouts_total{listener="test",scope="user"} 1"#,
+        r#"smtp_auth_lockout_refusals_total{listener="test",scope="user"} 2"#,
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn listeners_share_one_tracker() {
+    let policy = AuthFailurePolicy {
+        max_failures_per_address: 2,
+        delay: Duration::from_millis(1),
+        ..AuthFailurePolicy::default()
+    };
+    let tracker = Arc::new(AuthFailureTracker::new());
+    let mut servers = Vec::new();
+    for name in ["one", "two"] {
+        let mut cfg = limited(policy.clone());
+        cfg.listener_name = name.to_owned();
+        cfg.auth_failures.as_mut().unwrap().tracker = tracker.clone();
+        servers.push(start(cfg, TestFactory::new()).await);
+    }
+    assert_eq!(
+        auth_from(&servers[0], "127.0.0.9", "alice", "x").await.0,
+        WRONG
+    );
+    assert_eq!(
+        auth_from(&servers[1], "127.0.0.9", "alice", "y").await.0,
+        WRONG
+    );
+    // Locked on both, by failures split between them.
+    assert_eq!(
+        auth_from(&servers[0], "127.0.0.9", "alice", "z").await.0,
+        LOCKED
+    );
+    assert_eq!(
+        auth_from(&servers[1], "127.0.0.9", "alice", "z").await.0,
+        LOCKED
+    );
+    assert!(
+        servers[1]
+            .metrics_text()
+            .contains(r#"smtp_auth_lockouts_total{listener="two",scope="address"} 1"#)
     );
 }

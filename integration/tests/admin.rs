@@ -172,8 +172,7 @@ fn cancelling_a_final_transaction_is_a_conflict() {
     // no attempt is running when the cancel arrives.
     let waiting = wait_for(Duration::from_secs(10), || {
         let (_, tx) = http_get(k.admin, &format!("/transactions/{id}")).ok()?;
-        (tx.contains("\"state\":\"waiting\"") && tx.contains("\"attempt_count\":1"))
-            .then_some(())
+        (tx.contains("\"state\":\"waiting\"") && tx.contains("\"attempt_count\":1")).then_some(())
     });
     assert!(waiting.is_some(), "log:\n{}", k.log());
     let (status, body) = http_post(k.admin, &format!("/transactions/{id}/cancel")).unwrap();

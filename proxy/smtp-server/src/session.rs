@@ -299,6 +299,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         }
         let req = match parse_command(&self.line) {
             Ok(req) => req,
+            Err((resp, reason)) if is_bdat(&self.line) => {
+                // A BDAT whose size cannot be read: as above, the chunk's
+                // octets follow and nothing tells where they end.
+                debug!(peer = %self.peer, "unparseable BDAT; closing");
+                self.metrics.rejected(&self.cfg.listener_name, reason);
+                self.conn.queue(&resp);
+                self.abort_tx(Outcome::Aborted);
+                return Flow::Close;
+            }
             Err((resp, reason)) => return self.reject(resp, reason),
         };
         match req {
@@ -581,20 +590,9 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// `size()` reads it (leading spaces and any CR skipped), so this sees the
 /// same token the parser would.
 fn bdat_size_out_of_range(line: &[u8]) -> bool {
-    use smtp_proto::request::parser::Rfc5321Parser;
-    fn command(bytes: &mut std::slice::Iter<'_, u8>) -> Option<(u64, u8)> {
-        let mut p = Rfc5321Parser::new(bytes);
-        let word = p.hashed_value().ok()?;
-        Some((word, p.stop_char))
-    }
-    // smtp-proto's tokens are private; its tokenizer gives BDAT's.
-    let bdat = command(&mut b"BDAT ".iter()).map(|(w, _)| w);
-    let mut rest = line.iter();
-    match command(&mut rest) {
-        Some((word, stop)) if Some(word) == bdat && stop.is_ascii_whitespace() && stop != b'\n' => {
-        }
-        _ => return false,
-    }
+    let Some(rest) = bdat_arguments(line) else {
+        return false;
+    };
     let mut value: u64 = 0;
     let mut digits = 0;
     for &b in rest {
@@ -615,6 +613,33 @@ fn bdat_size_out_of_range(line: &[u8]) -> bool {
         }
     }
     digits > 0 && (value == u64::MAX || usize::try_from(value).is_err())
+}
+
+/// The bytes after the command word if `line` is a BDAT command with
+/// arguments. The word is read with smtp-proto's own tokenizer (its tokens
+/// are private; the tokenizer gives BDAT's), so this sees what the parser
+/// would.
+fn bdat_arguments(line: &[u8]) -> Option<std::slice::Iter<'_, u8>> {
+    use smtp_proto::request::parser::Rfc5321Parser;
+    fn command(bytes: &mut std::slice::Iter<'_, u8>) -> Option<(u64, u8)> {
+        let mut p = Rfc5321Parser::new(bytes);
+        let word = p.hashed_value().ok()?;
+        Some((word, p.stop_char))
+    }
+    let bdat = command(&mut b"BDAT ".iter()).map(|(w, _)| w);
+    let mut rest = line.iter();
+    match command(&mut rest) {
+        Some((word, stop)) if Some(word) == bdat && stop.is_ascii_whitespace() && stop != b'\n' => {
+            Some(rest)
+        }
+        _ => None,
+    }
+}
+
+/// A BDAT command (with arguments, parseable or not): its chunk follows
+/// it on the wire.
+fn is_bdat(line: &[u8]) -> bool {
+    bdat_arguments(line).is_some()
 }
 
 /// Parses one command line (with its line end). `Err` is the local reply
@@ -711,6 +736,9 @@ mod tests {
         assert!(!out("BDAT\r\n"));
         assert!(!out("BDAT LAST\r\n"));
         assert!(!out("BDATX 99999999999999999999999\r\n"));
+        // Any BDAT with arguments has a chunk behind it.
+        assert!(is_bdat(b"BDAT 12x\r\n") && is_bdat(b"bdat 5 LAST\r\n"));
+        assert!(!is_bdat(b"BDAT\r\n") && !is_bdat(b"BDATX 5\r\n") && !is_bdat(b"DATA\r\n"));
         assert!(!out("NOOP 99999999999999999999999\r\n"));
         assert!(!out("MAIL FROM:<a@b> SIZE=99999999999999999999999\r\n"));
         // Leading zeros are digits like any other, and parse right.

@@ -1515,3 +1515,45 @@ async fn memory_reserve_defaults_to_a_tenth_of_maxmemory() {
     set_maxmemory(&server, 0).await;
     admit_becomes(&s, true).await.unwrap();
 }
+
+/// Over maxmemory (another replica's burst, a reserve too small), new mail
+/// is refused by Redis itself, but delivery's scripts still run: a full
+/// Redis can always drain.
+#[tokio::test]
+async fn delivery_runs_over_maxmemory_and_frees_it() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let a = replica("a");
+    let b = body(&s, &vec![b'z'; 1 << 20]).await;
+    let id = s
+        .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    let queued = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    set_maxmemory(&server, used_memory(&server).await / 2).await;
+    let r = s.create_blob().await;
+    assert!(matches!(r, Err(StoreError::Full(_))), "{r:?}");
+    s.renew_lease(&id, &a, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_due(&a, SystemTime::now(), Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    s.finish_attempt(&id, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    s.finish_attempt(&queued, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.blob_info(&b).await,
+        Err(StoreError::NotFound(_))
+    ));
+    s.gc(SystemTime::now() + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    set_maxmemory(&server, 0).await;
+    s.create_blob().await.unwrap();
+}

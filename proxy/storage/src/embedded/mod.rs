@@ -216,6 +216,15 @@ impl EmbeddedStore {
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Self, StoreError> {
         let conn = schema::open_writer(path, &opts)?;
         let space = Space::new(path, opts.reserve_bytes, opts.max_size_bytes)?;
+        let page_size = read_pages(&conn)?.size;
+        let wal = space::wal_pages(space.reserve, page_size);
+        // After a checkpoint the WAL file is also cut back to about this
+        // size, so a burst does not keep its space taken.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {wal}; PRAGMA journal_size_limit = {};",
+            (wal * page_size * 2).min(64 << 20)
+        ))
+        .map_err(|e| convert::sql_error("size the WAL", e))?;
         let writer = Writer::start(conn, opts.queue_capacity, opts.max_batch)?;
         Ok(EmbeddedStore {
             writer,
@@ -278,9 +287,12 @@ impl Store for EmbeddedStore {
             if self.space.reserve == 0 {
                 return Ok(());
             }
+            // Within a reserve of the limit a cached reading less what was
+            // written since is not precise enough (the WAL and pages take
+            // more than the bytes): every admission takes a new reading.
             let room = match self.space.fresh_room() {
-                Some(room) => room,
-                None => self.free_bytes().await?,
+                Some(room) if room / 2 >= self.space.reserve => room,
+                _ => self.free_bytes().await?,
             };
             self.space.verdict(room)
         })

@@ -3,10 +3,16 @@
 //! Free space is what the store could still grow into: the file system's
 //! available bytes (statvfs of the database's directory, so the WAL and
 //! everything else on that disk counts) plus the database's own free
-//! pages. The latter matter: deleted bodies leave free pages inside the
-//! file that SQLite reuses but statvfs does not see, so without them prompt
-//! collection would never re-open admission on a full disk. With
-//! `max_size_bytes` the room under that cap bounds it too.
+//! pages, less what the next checkpoint will add to the database file.
+//! The free pages matter: deleted bodies leave free pages inside the file
+//! that SQLite reuses but statvfs does not see, so without them prompt
+//! collection would never re-open admission on a full disk. The checkpoint
+//! matters too: pages written since the last one live only in the WAL, and
+//! copying them into the database grows its file; if the disk cannot take
+//! that, the checkpoint fails, the WAL can never be reused, and every later
+//! write (claims included) fails. That is also why the WAL is kept small
+//! next to the reserve ([`wal_pages`]). With `max_size_bytes` the room
+//! under that cap bounds it too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -36,7 +42,21 @@ struct Reading {
     taken: Instant,
 }
 
+/// The `wal_autocheckpoint` for a reserve: the WAL (which the disk must
+/// hold besides the database, and whose pages a checkpoint then adds to
+/// the database file) stays within about a quarter of the reserve, at
+/// SQLite's default of 1000 pages at most.
+pub(super) fn wal_pages(reserve: u64, page_size: u64) -> u64 {
+    if reserve == 0 {
+        return 1000;
+    }
+    (reserve / 4 / page_size.max(512)).clamp(16, 1000)
+}
+
 pub(super) struct Space {
+    /// The database file (its length, against its pages, is what the next
+    /// checkpoint adds).
+    db: PathBuf,
     /// The database's directory (what statvfs looks at).
     dir: PathBuf,
     pub(super) reserve: u64,
@@ -81,6 +101,7 @@ impl Space {
             }
         };
         Ok(Space {
+            db: db.to_path_buf(),
             dir,
             reserve,
             cap,
@@ -107,8 +128,15 @@ impl Space {
     /// [`Space::start_measuring`] before reading the pages.
     pub(super) fn measure(&self, pages: Pages) -> StoreResult<u64> {
         let (avail, _) = statvfs(&self.dir)?;
+        let file_len = std::fs::metadata(&self.db).map_or(0, |m| m.len());
+        let checkpoint_growth = pages
+            .count
+            .saturating_mul(pages.size)
+            .saturating_sub(file_len);
         let free_pages = pages.free.saturating_mul(pages.size);
-        let mut room = avail.saturating_add(free_pages);
+        let mut room = avail
+            .saturating_add(free_pages)
+            .saturating_sub(checkpoint_growth);
         if let Some(cap) = self.cap {
             let used = pages
                 .count

@@ -241,6 +241,10 @@ struct MemoryGate {
     last: std::sync::Mutex<Option<(std::time::Instant, MemoryReading)>>,
     below: std::sync::atomic::AtomicBool,
     info_refused_logged: std::sync::atomic::AtomicBool,
+    /// Body bytes appended since the last reading: counted on top of it, so
+    /// a fast writer cannot run through the reserve while a reading is
+    /// fresh.
+    written: std::sync::atomic::AtomicU64,
 }
 
 /// `used_memory` and `maxmemory` from an `INFO memory` reply.
@@ -310,10 +314,13 @@ impl RedisStore {
             durability: Durability::Unknown {
                 reason: "not checked yet".into(),
             },
-            scripts: Scripts::new(),
+            scripts: Scripts::new(false),
             memory: MemoryGate::default(),
         };
         store.durability = store.detect_durability().await?;
+        if store.script_flags_supported().await {
+            store.scripts = Scripts::new(true);
+        }
         match &store.durability {
             Durability::Volatile { .. } if !store.opts.allow_volatile => {
                 return Err(StoreError::Unavailable(format!(
@@ -341,6 +348,30 @@ impl RedisStore {
     /// transaction write.
     pub fn version_channel(&self) -> String {
         format!("{}tx-version", self.opts.key_prefix)
+    }
+
+    /// Whether the server understands script flags (`#!lua flags=…`,
+    /// Redis 7.0 and later), from `INFO server`; false when it cannot tell.
+    async fn script_flags_supported(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let info = self
+            .bounded(
+                "INFO server",
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn),
+            )
+            .await
+            .unwrap_or_default();
+        let major = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok());
+        if major.is_none_or(|m| m < 7) {
+            tracing::warn!(addr = %self.addr, version = ?major,
+                "redis older than 7.0 (or version unknown): delivery cannot write beyond maxmemory");
+        }
+        major.is_some_and(|m| m >= 7)
     }
 
     async fn detect_durability(&self) -> StoreResult<Durability> {
@@ -409,13 +440,19 @@ impl RedisStore {
 
     /// `(used_memory, maxmemory)`, from a reading at most
     /// [`MEMORY_FRESH_FOR`] old; `None` when `INFO` is not allowed.
-    async fn memory(&self) -> StoreResult<Option<(u64, u64)>> {
-        if let Some((taken, reading)) = *self.memory.last.lock().unwrap_or_else(|p| p.into_inner())
+    /// `fresh`: take a new reading whatever the age of the last one.
+    async fn memory(&self, fresh: bool) -> StoreResult<Option<(u64, u64)>> {
+        if !fresh
+            && let Some((taken, reading)) =
+                *self.memory.last.lock().unwrap_or_else(|p| p.into_inner())
             && taken.elapsed() < MEMORY_FRESH_FOR
         {
             return Ok(reading);
         }
         let mut conn = self.conn.clone();
+        self.memory
+            .written
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         let reply = self
             .bounded(
                 "INFO memory",
@@ -446,13 +483,33 @@ impl RedisStore {
     }
 
     async fn admit_impl(&self) -> StoreResult<()> {
-        let Some((used, max)) = self.memory().await? else {
+        let estimate = |reading: Option<(u64, u64)>| {
+            reading.map(|(used, max)| {
+                let written = self
+                    .memory
+                    .written
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let reserve = self.opts.memory_reserve_bytes.unwrap_or(max / 10);
+                (used.saturating_add(written), max, reserve)
+            })
+        };
+        let Some(mut reading) = estimate(self.memory(false).await?) else {
             return Ok(());
         };
+        // Near the limit a cached reading plus what was appended since is
+        // not precise enough (bodies take more memory than their bytes):
+        // within a reserve of it, every admission takes a new reading.
+        let (used, max, reserve) = reading;
+        if used.saturating_add(reserve) >= max.saturating_sub(reserve) {
+            match estimate(self.memory(true).await?) {
+                Some(r) => reading = r,
+                None => return Ok(()),
+            }
+        }
+        let (used, max, reserve) = reading;
         if max == 0 {
             return Ok(());
         }
-        let reserve = self.opts.memory_reserve_bytes.unwrap_or(max / 10);
         let limit = max.saturating_sub(reserve);
         let below = used > limit;
         let was = self
@@ -520,20 +577,26 @@ impl RedisStore {
         last: bool,
     ) -> StoreResult<u64> {
         let now = record::ms(SystemTime::now());
+        let size = data.len() as u64;
         let mut conn = self.conn.clone();
-        self.bounded(
-            "append_blob",
-            self.scripts
-                .append_blob
-                .arg(self.prefix())
-                .arg(&blob.0)
-                .arg(offset)
-                .arg(&data[..])
-                .arg(if last { "1" } else { "0" })
-                .arg(now)
-                .invoke_async::<u64>(&mut conn),
-        )
-        .await
+        let len = self
+            .bounded(
+                "append_blob",
+                self.scripts
+                    .append_blob
+                    .arg(self.prefix())
+                    .arg(&blob.0)
+                    .arg(offset)
+                    .arg(&data[..])
+                    .arg(if last { "1" } else { "0" })
+                    .arg(now)
+                    .invoke_async::<u64>(&mut conn),
+            )
+            .await?;
+        self.memory
+            .written
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(len)
     }
 
     async fn read_blob_impl(&self, blob: &BlobId, offset: u64, max: usize) -> StoreResult<Bytes> {

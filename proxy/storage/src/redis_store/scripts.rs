@@ -418,20 +418,34 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
-    pub fn new() -> Self {
+    /// With `allow_oom` (Redis 7.0 and later understand script flags),
+    /// the scripts of delivery (claim, renew, finish, cancel, gc, blob
+    /// deletion) run even when Redis is over `maxmemory`: they write a few
+    /// bytes and free bodies, and refusing them would leave a full Redis
+    /// unable to drain. Receiving new mail (blobs, appends, storing
+    /// transactions) keeps Redis's check at the first write, so it is
+    /// refused with `-OOM` there and changes nothing.
+    pub fn new(allow_oom: bool) -> Self {
         let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let delivery = |body: &str| {
+            if allow_oom {
+                Script::new(&format!("#!lua flags=allow-oom\n{PRELUDE}{body}"))
+            } else {
+                s(body)
+            }
+        };
         Scripts {
             create_blob: s(CREATE_BLOB),
             append_blob: s(APPEND_BLOB),
             read_blob: s(READ_BLOB),
             create_txs: s(CREATE_TXS),
-            claim_due: s(CLAIM_DUE),
-            renew_lease: s(RENEW_LEASE),
-            finish_attempt: s(FINISH_ATTEMPT),
-            cancel: s(CANCEL),
-            gc_txs: s(GC_TXS),
-            gc_blobs: s(GC_BLOBS),
-            delete_blob: s(DELETE_BLOB),
+            claim_due: delivery(CLAIM_DUE),
+            renew_lease: delivery(RENEW_LEASE),
+            finish_attempt: delivery(FINISH_ATTEMPT),
+            cancel: delivery(CANCEL),
+            gc_txs: delivery(GC_TXS),
+            gc_blobs: delivery(GC_BLOBS),
+            delete_blob: delivery(DELETE_BLOB),
             counts: s(COUNTS),
         }
     }

@@ -532,6 +532,14 @@ fn koukan_refuses_to_start_on_a_store_file_that_is_not_a_store() {
             before,
             "{what}: the file was changed"
         );
+        // check-config stops on it too, and changes nothing either.
+        let (code, out) = run_koukan(&["check-config", cfg.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{what}: check-config: {out}");
+        assert!(
+            out.contains("storage.embedded.path") && out.contains(found),
+            "{what}: check-config: {out}"
+        );
+        assert_eq!(std::fs::read(&db).unwrap(), before, "{what}: check-config");
     }
 }
 

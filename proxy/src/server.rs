@@ -98,6 +98,29 @@ async fn open_store(
     Ok(Some(store))
 }
 
+/// For `check-config`: an embedded store file that exists but is not a
+/// store is the same error `--config` stops on. Looks only; a missing file
+/// is fine (it would be created) and nothing is created here.
+pub fn check_store(path: &Path) -> anyhow::Result<()> {
+    use koukan_proto::config::v1::storage::Backend;
+    use koukan_storage::embedded::{StoreFile, inspect};
+    let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
+    let Some(Backend::Embedded(e)) = bootstrap.storage.as_ref().and_then(|s| s.backend.as_ref())
+    else {
+        return Ok(());
+    };
+    let file = koukan_proto::load::resolve_path(path, &e.path);
+    match inspect(&file) {
+        Ok(StoreFile::Invalid { found }) => Err(anyhow!(
+            "{}: storage.embedded.path: {}",
+            path.display(),
+            koukan_storage::StoreError::NotAStore { path: file, found }
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow!("{}: storage.embedded.path: {e}", path.display())),
+    }
+}
+
 /// `koukan init-store`: creates the embedded store the config names where
 /// no file exists; leaves a valid store alone; refuses a file that is not
 /// a store unless `force`, which moves it aside first. Returns what it did,

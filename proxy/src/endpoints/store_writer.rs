@@ -240,9 +240,10 @@ impl Terminal for StoreWriter {
                 // at the client rather than in our memory.
                 resp.mail = Some(if target.scheduler.saturated() {
                     Response::new(451, "4.3.2 delivery queue full, try again later")
-                } else if let Err(e) = target.store.admit().await {
+                } else if let Err(e @ StoreError::Full(_)) = target.store.admit().await {
                     // Below the storage reserve: refused before the body
-                    // is sent rather than after.
+                    // is sent rather than after. Other storage errors are
+                    // left to the body's writes.
                     storage_error_reply(&e)
                 } else {
                     state.mail_from = Some(mail);

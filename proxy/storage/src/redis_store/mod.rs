@@ -475,6 +475,10 @@ impl RedisStore {
                 }
                 None
             }
+            // Unreachable: admission is about memory, and the write that
+            // follows reports the outage itself (and rides out a restart
+            // within the ack window). Not cached: the next call asks again.
+            Err(StoreError::Unavailable(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         *self.memory.last.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -653,6 +653,8 @@ pub struct RedisServer {
     proc: Option<Proc>,
     /// AOF with fsync on every write; without it the server is volatile.
     durable: bool,
+    /// More `redis-server` arguments, e.g. `--maxmemory 8mb`.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -666,12 +668,24 @@ impl RedisServer {
         Self::start_with(false)
     }
 
+    /// A durable server started with more arguments (kept across
+    /// restarts), e.g. `["--maxmemory", "8mb", "--maxmemory-policy",
+    /// "noeviction"]`.
+    pub fn start_with_args(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_inner(true, extra)
+    }
+
     fn start_with(durable: bool) -> anyhow::Result<Self> {
+        Self::start_inner(durable, &[])
+    }
+
+    fn start_inner(durable: bool, extra: &[&str]) -> anyhow::Result<Self> {
         let mut r = Self {
             port: stable_port(),
             dir: tempfile::tempdir()?,
             proc: None,
             durable,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.restart()?;
         Ok(r)
@@ -708,6 +722,7 @@ impl RedisServer {
             "--dir",
         ])
         .arg(self.dir.path())
+        .args(&self.extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         self.proc = Some(Proc::spawn("redis-server", &mut cmd)?);

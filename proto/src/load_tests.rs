@@ -1158,6 +1158,7 @@ fn admin_storage_and_dns_rules() {
     b.storage = Some(Storage {
         backend: Some(storage::Backend::Embedded(EmbeddedStorage {
             path: String::new(),
+            reserve_bytes: None,
         })),
     });
     assert_eq!(only_error(&b, "storage.embedded.path"), Problem::Missing);
@@ -1379,4 +1380,42 @@ fn redis_storage_needs_a_url() {
         only_error(&b, "storage.redis.url"),
         Problem::Missing
     ));
+}
+
+/// The storage reserves: absent is the default (`None`), 0 is expressible
+/// and means "no reserve", and a value that is not a byte count is an
+/// error naming the field.
+#[test]
+fn storage_reserves_parse_absent_zero_and_sized() {
+    let embedded = |b: &Bootstrap| match b.storage.as_ref().and_then(|s| s.backend.clone()) {
+        Some(storage::Backend::Embedded(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(embedded(&quickstart()).reserve_bytes, None);
+    let with = |v: &str| {
+        QUICKSTART.replace(
+            "    path: data/koukan.db",
+            &format!("    path: data/koukan.db\n    reserve_bytes: {v}"),
+        )
+    };
+    assert_eq!(embedded(&parse(&with("0")).unwrap()).reserve_bytes, Some(0));
+    assert_eq!(
+        embedded(&parse(&with("\"8388608\"")).unwrap()).reserve_bytes,
+        Some(8 << 20)
+    );
+    assert!(validate(Path::new("koukan.yaml"), &parse(&with("0")).unwrap()).is_ok());
+    let e = parse(&with("64MiB")).unwrap_err();
+    assert_eq!(e.errors[0].path, "storage.embedded.reserve_bytes");
+
+    let redis = QUICKSTART.replace(
+        "  embedded:\n    path: data/koukan.db",
+        "  redis:\n    url: redis://127.0.0.1:6390/\n    memory_reserve_bytes: 1048576",
+    );
+    let b = parse(&redis).unwrap();
+    match b.storage.and_then(|s| s.backend) {
+        Some(storage::Backend::Redis(r)) => assert_eq!(r.memory_reserve_bytes, Some(1 << 20)),
+        other => panic!("{other:?}"),
+    }
+    let e = parse(&redis.replace("1048576", "-1")).unwrap_err();
+    assert_eq!(e.errors[0].path, "storage.redis.memory_reserve_bytes");
 }

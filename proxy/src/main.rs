@@ -21,6 +21,18 @@ struct Cli {
 enum Command {
     /// Validates a config file; prints every error with its field path.
     CheckConfig { file: PathBuf },
+    /// Creates the embedded store the config names, where no file exists.
+    /// A valid store is left untouched. A file that is not a store is
+    /// refused, or with --force moved aside to `<path>.invalid-<unix
+    /// seconds>` (never deleted) and replaced by a new store.
+    InitStore {
+        /// Bootstrap config (YAML) naming `storage.embedded.path`.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Move an existing file that is not a store aside.
+        #[arg(long)]
+        force: bool,
+    },
     /// Prints a salted hash of a secret for an AUTH secrets file. The
     /// secret is read from stdin; without input a random one is generated
     /// and printed first.
@@ -60,7 +72,9 @@ fn hash_secret() -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
-        (Some(Command::CheckConfig { file }), _) => match koukan_proxy::server::load(&file) {
+        (Some(Command::CheckConfig { file }), _) => match koukan_proxy::server::load(&file)
+            .and_then(|_| koukan_proxy::server::check_store(&file))
+        {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
@@ -71,6 +85,18 @@ fn main() -> ExitCode {
             }
         },
         (Some(Command::HashSecret), _) => hash_secret(),
+        (Some(Command::InitStore { config, force }), _) => {
+            match koukan_proxy::server::init_store(&config, force) {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("koukan: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         (None, Some(config)) => {
             init_logging();
             let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -71,10 +71,13 @@ async fn open_store(
             }
             let store = koukan_storage::embedded::EmbeddedStore::open(
                 &file,
-                koukan_storage::embedded::EmbeddedOptions::default(),
+                koukan_storage::embedded::EmbeddedOptions {
+                    reserve_bytes: e.reserve_bytes,
+                    ..Default::default()
+                },
             )
             .with_context(|| format!("storage.embedded.path: opening {}", file.display()))?;
-            tracing::info!(path = %file.display(), "embedded store open");
+            tracing::info!(path = %file.display(), reserve_bytes = store.reserve_bytes(), "embedded store open");
             Arc::new(store)
         }
         Backend::Redis(r) => {
@@ -82,6 +85,7 @@ async fn open_store(
             let mut opts = koukan_storage::redis_store::RedisOptions {
                 allow_volatile: r.allow_volatile,
                 ack_window: crate::runtime::duration(&r.ack_window, defaults.ack_window),
+                memory_reserve_bytes: r.memory_reserve_bytes,
                 ..defaults
             };
             if !r.key_prefix.is_empty() {
@@ -95,6 +99,65 @@ async fn open_store(
         }
     };
     Ok(Some(store))
+}
+
+/// For `check-config`: an embedded store file that exists but is not a
+/// store is the same error `--config` stops on. Looks only; a missing file
+/// is fine (it would be created) and nothing is created here.
+pub fn check_store(path: &Path) -> anyhow::Result<()> {
+    use koukan_proto::config::v1::storage::Backend;
+    use koukan_storage::embedded::{StoreFile, inspect};
+    let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
+    let Some(Backend::Embedded(e)) = bootstrap.storage.as_ref().and_then(|s| s.backend.as_ref())
+    else {
+        return Ok(());
+    };
+    let file = koukan_proto::load::resolve_path(path, &e.path);
+    match inspect(&file) {
+        Ok(StoreFile::Invalid { found }) => Err(anyhow!(
+            "{}: storage.embedded.path: {}",
+            path.display(),
+            koukan_storage::StoreError::NotAStore { path: file, found }
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow!("{}: storage.embedded.path: {e}", path.display())),
+    }
+}
+
+/// `koukan init-store`: creates the embedded store the config names where
+/// no file exists; leaves a valid store alone; refuses a file that is not
+/// a store unless `force`, which moves it aside first. Returns what it did,
+/// for the operator.
+pub fn init_store(path: &Path, force: bool) -> anyhow::Result<String> {
+    use koukan_proto::config::v1::storage::Backend;
+    use koukan_storage::embedded::{InitOutcome, init};
+    let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
+    let Some(Backend::Embedded(e)) = bootstrap.storage.as_ref().and_then(|s| s.backend.as_ref())
+    else {
+        anyhow::bail!(
+            "{}: storage.embedded: init-store needs an embedded store in the config",
+            path.display()
+        );
+    };
+    let file = koukan_proto::load::resolve_path(path, &e.path);
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("storage.embedded.path: creating {}", dir.display()))?;
+    }
+    let outcome =
+        init(&file, force).with_context(|| format!("{}: storage.embedded.path", path.display()))?;
+    Ok(match outcome {
+        InitOutcome::Created => format!("{}: created a new store", file.display()),
+        InitOutcome::Exists { schema_version } => format!(
+            "{}: already a koukan store (schema version {schema_version}); left untouched",
+            file.display()
+        ),
+        InitOutcome::Replaced { moved_to, found } => format!(
+            "{}: was not a koukan store ({found}); moved it to {} and created a new store",
+            file.display(),
+            moved_to.display()
+        ),
+    })
 }
 
 #[derive(Clone, Default)]

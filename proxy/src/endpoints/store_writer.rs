@@ -116,10 +116,17 @@ impl StoreWriter {
     }
 }
 
-/// A message body being written into a blob.
+/// A message body being written into a blob. This is new mail: every
+/// write asks the store to admit it first (refused below the storage
+/// reserve, which is kept for delivery). A spool dropped without a
+/// successful commit deletes its blob, so that an abandoned upload, or a
+/// body the exploder delivered while the client waited, does not hold
+/// space until gc.
 #[derive(Default)]
 pub struct Spool {
     blob: Option<(BlobId, u64)>,
+    store: Option<Arc<dyn Store>>,
+    committed: std::sync::atomic::AtomicBool,
 }
 
 impl Spool {
@@ -129,12 +136,20 @@ impl Spool {
         data: bytes::Bytes,
         last: bool,
     ) -> Result<(), StoreError> {
+        target.store.admit().await?;
         let (blob, offset) = match self.blob.take() {
             Some(b) => b,
-            None => (target.store.create_blob().await?, 0),
+            None => {
+                let blob = target.store.create_blob().await?;
+                self.store = Some(target.store.clone());
+                (blob, 0)
+            }
         };
-        let len = target.store.append_blob(&blob, offset, data, last).await?;
-        self.blob = Some((blob, len));
+        let appended = target.store.append_blob(&blob, offset, data, last).await;
+        // Kept even on failure: the drop deletes it.
+        self.blob = Some((blob, offset));
+        let len = appended?;
+        self.blob = self.blob.take().map(|(b, _)| (b, len));
         Ok(())
     }
 
@@ -183,9 +198,33 @@ impl Spool {
                 prior_attempt,
             })
             .collect();
+        target.store.admit().await?;
         let ids = target.store.create_transactions(txs).await?;
+        self.committed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         target.scheduler.wake();
         Ok(ids.into_iter().map(|id| id.0).collect())
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if *self.committed.get_mut() {
+            return;
+        }
+        let (Some((blob, _)), Some(store)) = (self.blob.take(), self.store.take()) else {
+            return;
+        };
+        // A referenced blob (a commit whose outcome was unknown may still
+        // have stored it) is left alone by the store; gc is the backstop
+        // when there is no runtime to run this on.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.delete_blob(&blob).await {
+                    tracing::debug!(blob = %blob, error = %e, "deleting an unused body failed; gc will");
+                }
+            });
+        }
     }
 }
 
@@ -201,6 +240,11 @@ impl Terminal for StoreWriter {
                 // at the client rather than in our memory.
                 resp.mail = Some(if target.scheduler.saturated() {
                     Response::new(451, "4.3.2 delivery queue full, try again later")
+                } else if let Err(e @ StoreError::Full(_)) = target.store.admit().await {
+                    // Below the storage reserve: refused before the body
+                    // is sent rather than after. Other storage errors are
+                    // left to the body's writes.
+                    storage_error_reply(&e)
                 } else {
                     state.mail_from = Some(mail);
                     Response::new(250, "2.1.0 sender ok")

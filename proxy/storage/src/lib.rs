@@ -41,12 +41,35 @@ pub enum StoreError {
     Full(String),
     #[error("storage internal error: {0}")]
     Internal(String),
+    /// An embedded store file that exists but is not a Koukan store (empty,
+    /// not SQLite, or someone else's database). Refused rather than
+    /// overwritten: it may be a truncated store whose mail is lost.
+    #[error(
+        "{}: not a koukan store: {found}; refusing to start on it (to set it aside and \
+         create a new store: koukan init-store --config FILE --force)",
+        path.display()
+    )]
+    NotAStore {
+        path: std::path::PathBuf,
+        found: String,
+    },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The storage backend. Object-safe so the proxy holds `Arc<dyn Store>`.
 pub trait Store: Send + Sync + 'static {
+    /// Whether new mail may be stored now: `Err(StoreError::Full)` while
+    /// free space is below the store's reserve (see the crate docs). Only
+    /// the receiving path asks; bounces, claims, renewals, finishes,
+    /// cancels and gc never do and keep working below the reserve. Cheap:
+    /// backends answer from a reading refreshed at most every few hundred
+    /// milliseconds, so a burst may overshoot the reserve by that much.
+    /// The default admits everything.
+    fn admit(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// A new, empty, unfinalized blob with a refcount of zero; it is
     /// garbage-collected unless a transaction references it.
     fn create_blob(&self) -> BoxFuture<'_, StoreResult<BlobId>>;
@@ -72,7 +95,15 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> BoxFuture<'a, StoreResult<Bytes>>;
 
+    /// `NotFound` for an unknown blob, and for one whose data was
+    /// collected (see the crate docs).
     fn blob_info<'a>(&'a self, blob: &'a BlobId) -> BoxFuture<'a, StoreResult<BlobInfo>>;
+
+    /// Deletes a blob that no transaction references (an upload abandoned
+    /// or no longer needed) at once, finalized or not; returns whether it
+    /// did. A referenced blob is left alone (`Ok(false)`), and so is an
+    /// unknown one. Not subject to the reserve: it frees space.
+    fn delete_blob<'a>(&'a self, blob: &'a BlobId) -> BoxFuture<'a, StoreResult<bool>>;
 
     /// Creates a transaction referencing finalized `body` (refcount + 1).
     /// Durable when it returns: this is what lets the listener say 250.
@@ -149,8 +180,9 @@ pub trait Store: Send + Sync + 'static {
     fn cancel<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<CancelOutcome>>;
 
     /// Deletes final transactions whose last update is older than
-    /// `older_than`, and blobs no transaction references. Returns the
-    /// number of transactions deleted.
+    /// `older_than`, and blobs no transaction references that were last
+    /// written before it (collected bodies included, once their last
+    /// transaction is gone). Returns the number of transactions deleted.
     fn gc(&self, older_than: SystemTime) -> BoxFuture<'_, StoreResult<usize>>;
 
     /// Queue counts by state, for the admin endpoint.

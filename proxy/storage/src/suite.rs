@@ -59,6 +59,15 @@
 //!   not final and not inflight, due = waiting with `next_attempt <= now`,
 //!   blobs = all blobs.
 //! * Ids are unique and URL-safe (`[A-Za-z0-9_-]`).
+//! * Prompt collection: once every transaction referencing a body is final
+//!   (delivered, failed, or cancelled through `cancel`, a finish, or a
+//!   claim finding it cancelled), the body reads as `NotFound` (`read_blob`,
+//!   `blob_info`), no longer counts in `counts().blobs`, and cannot be the
+//!   body of a new transaction (`NotFound`); the transaction records stay
+//!   readable, unchanged, until gc. While any is open the body is kept.
+//! * `delete_blob` deletes an unreferenced blob (finalized or not) and
+//!   returns true; a referenced or unknown one: false, nothing changes.
+//! * `admit` is `Ok` on a fresh store with room.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -793,11 +802,13 @@ pub async fn final_never_claimed(store: &dyn Store) {
     let body = finalized_blob(store, b"x").await;
     let (a, b) = (replica("a"), replica("b"));
     let leased = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    // Created before the other is final: a body whose transactions are
+    // all final is collected.
+    let plain = create(store, sample_tx(&body)).await;
     store
         .finish_attempt(&leased, &a, final_outcome("delivered"))
         .await
         .unwrap();
-    let plain = create(store, sample_tx(&body)).await;
     assert_eq!(
         ids(&claim(store, &b, now_ms(), 10).await),
         vec![plain.clone()]
@@ -1028,8 +1039,9 @@ pub async fn finish_final(store: &dyn Store) {
 }
 
 pub async fn cancel(store: &dyn Store) {
-    let body = finalized_blob(store, b"x").await;
     let (a, b) = (replica("a"), replica("b"));
+    // A body each: one whose transactions are all final is collected.
+    let body = finalized_blob(store, b"x").await;
 
     // Not leased: final at once.
     let plain = create(store, sample_tx(&body)).await;
@@ -1045,6 +1057,7 @@ pub async fn cancel(store: &dyn Store) {
     assert_eq!(rec.state(now_ms()), TxState::Final);
 
     // Leased: flagged, the lease stays; the holder's renew says stop.
+    let body = finalized_blob(store, b"x").await;
     let renewing = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     assert_eq!(
         store.cancel(&renewing).await.unwrap(),
@@ -1064,6 +1077,7 @@ pub async fn cancel(store: &dyn Store) {
     assert_lease_lost(store.renew_lease(&renewing, &a, LONG_TTL).await, &renewing);
 
     // Leased: the holder's finish is recorded and ends it, retry or not.
+    let body = finalized_blob(store, b"x").await;
     let finishing = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     assert_eq!(
         store.cancel(&finishing).await.unwrap(),
@@ -1080,6 +1094,7 @@ pub async fn cancel(store: &dyn Store) {
     assert_eq!(rec.state(now_ms()), TxState::Final);
 
     // Leased, and the holder vanished: no claim after expiry returns it.
+    let body = finalized_blob(store, b"x").await;
     let abandoned = create(store, leased_tx(&body, &a, SHORT_TTL)).await;
     assert_eq!(
         store.cancel(&abandoned).await.unwrap(),
@@ -1089,6 +1104,7 @@ pub async fn cancel(store: &dyn Store) {
     assert_eq!(claim(store, &b, expires, 10).await, vec![]);
 
     // Final already: the reason stands.
+    let body = finalized_blob(store, b"x").await;
     let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     store
         .finish_attempt(&done, &a, final_outcome("delivered"))
@@ -1279,6 +1295,157 @@ pub async fn gc_only_old_final(store: &dyn Store) {
     assert_eq!(info(store, &body).await.refcount, 3);
 }
 
+// ------------------------------------------------------ prompt collection
+
+/// Asserts the body is collected: reads and info are `NotFound`.
+async fn assert_collected(store: &dyn Store, body: &BlobId, what: &str) {
+    let r = store.read_blob(body, 0, 100).await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound(_))),
+        "{what}: read of a collected body: {r:?}"
+    );
+    let r = store.blob_info(body).await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound(_))),
+        "{what}: info of a collected body: {r:?}"
+    );
+}
+
+/// Three transactions share a body: it is kept while any is open and
+/// collected in the write that makes the last one final; the records stay.
+pub async fn body_collected_when_last_open_is_final(store: &dyn Store) {
+    let (a, b) = (replica("a"), replica("b"));
+    let body = finalized_blob(store, b"shared body").await;
+    let delivered = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let bounced = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let waiting = create(store, sample_tx(&body)).await;
+    assert_eq!(store.counts().await.unwrap().blobs, 1);
+
+    store
+        .finish_attempt(&delivered, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert_eq!(store.read_blob(&body, 0, 100).await.unwrap(), "shared body");
+    store
+        .finish_attempt(&bounced, &a, final_outcome("upstream permfail"))
+        .await
+        .unwrap();
+    // One still open (waiting, then in flight after a claim): kept.
+    assert_eq!(store.read_blob(&body, 0, 100).await.unwrap(), "shared body");
+    let got = claim(store, &b, now_ms(), 10).await;
+    assert_eq!(ids(&got), vec![waiting.clone()]);
+    let rec = store
+        .finish_attempt(&waiting, &b, retry_at(now_ms() + HOUR, "later"))
+        .await
+        .unwrap();
+    assert_eq!(rec.final_attempt_reason, None);
+    assert_eq!(info(store, &body).await.refcount, 3);
+    assert_eq!(store.read_blob(&body, 0, 100).await.unwrap(), "shared body");
+
+    let kept = [get(store, &delivered).await, get(store, &bounced).await];
+    store.cancel(&waiting).await.unwrap();
+    assert_collected(store, &body, "after the last open one was cancelled").await;
+    assert_eq!(store.counts().await.unwrap().blobs, 0);
+    // The records are all still there, as they were.
+    assert_eq!(get(store, &delivered).await, kept[0]);
+    assert_eq!(get(store, &bounced).await, kept[1]);
+    let rec = get(store, &waiting).await;
+    assert!(
+        rec.cancelled && rec.final_attempt_reason.is_some(),
+        "{rec:?}"
+    );
+    assert_eq!(rec.attempts.len(), 1);
+    // A collected body cannot carry a new transaction.
+    assert_not_found(store.create_transaction(sample_tx(&body)).await);
+    assert_eq!(store.counts().await.unwrap().final_, 3);
+
+    // gc then takes the records, and with them what is left of the blob.
+    assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 3);
+    assert_collected(store, &body, "after gc").await;
+    assert_eq!(store.counts().await.unwrap(), QueueCounts::default());
+}
+
+/// Cancellation finalizes through a holder's finish and through a claim
+/// after the holder vanished: both collect the body. Bodies of other
+/// transactions are untouched.
+pub async fn body_collected_on_cancel_paths(store: &dyn Store) {
+    let (a, b) = (replica("a"), replica("b"));
+
+    let finished = finalized_blob(store, b"finished").await;
+    let t = create(store, leased_tx(&finished, &a, LONG_TTL)).await;
+    store.cancel(&t).await.unwrap();
+    // Flagged only: the holder is still at it and may read.
+    assert_eq!(
+        store.read_blob(&finished, 0, 100).await.unwrap(),
+        "finished"
+    );
+    store
+        .finish_attempt(&t, &a, retry_at(now_ms() + HOUR, "cut short"))
+        .await
+        .unwrap();
+    assert_collected(store, &finished, "cancelled, then finished by its holder").await;
+
+    let abandoned = finalized_blob(store, b"abandoned").await;
+    let t = create(store, leased_tx(&abandoned, &a, SHORT_TTL)).await;
+    store.cancel(&t).await.unwrap();
+    let expires = get(store, &t).await.lease_expires.unwrap();
+    assert_eq!(claim(store, &b, expires, 10).await, vec![]);
+    assert_eq!(get(store, &t).await.state(now_ms()), TxState::Final);
+    assert_collected(store, &abandoned, "cancelled, then finalized by a claim").await;
+
+    let other = finalized_blob(store, b"other").await;
+    let open = create(store, sample_tx(&other)).await;
+    assert_eq!(store.read_blob(&other, 0, 100).await.unwrap(), "other");
+    assert_eq!(store.counts().await.unwrap().blobs, 1);
+    store.cancel(&open).await.unwrap();
+    assert_collected(store, &other, "cancelled while waiting").await;
+    assert_eq!(store.counts().await.unwrap().blobs, 0);
+}
+
+/// `delete_blob` takes unreferenced blobs at once and leaves referenced
+/// ones alone.
+pub async fn delete_unreferenced_blob(store: &dyn Store) {
+    let uploading = store.create_blob().await.unwrap();
+    store
+        .append_blob(&uploading, 0, Bytes::from(pattern(300_000)), false)
+        .await
+        .unwrap();
+    let finished = finalized_blob(store, b"finished, never used").await;
+    let used = finalized_blob(store, b"used").await;
+    let id = create(store, sample_tx(&used)).await;
+    assert_eq!(store.counts().await.unwrap().blobs, 3);
+
+    assert!(store.delete_blob(&uploading).await.unwrap());
+    assert_not_found(store.blob_info(&uploading).await);
+    assert_not_found(store.read_blob(&uploading, 0, 10).await);
+    assert_not_found(
+        store
+            .append_blob(&uploading, 300_000, Bytes::from_static(b"x"), true)
+            .await,
+    );
+    assert!(store.delete_blob(&finished).await.unwrap());
+    assert_not_found(store.blob_info(&finished).await);
+    assert!(!store.delete_blob(&used).await.unwrap());
+    assert_eq!(store.read_blob(&used, 0, 10).await.unwrap(), "used");
+    assert_eq!(info(store, &used).await.refcount, 1);
+    assert!(!store.delete_blob(&uploading).await.unwrap());
+    assert!(
+        !store
+            .delete_blob(&BlobId("no-such-blob".into()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.counts().await.unwrap().blobs, 1);
+    assert_eq!(get(store, &id).await.tx.body, used);
+}
+
+pub async fn fresh_store_admits(store: &dyn Store) {
+    store.admit().await.expect("a fresh store admits new mail");
+    let body = finalized_blob(store, b"x").await;
+    create(store, sample_tx(&body)).await;
+    store.admit().await.expect("still room");
+}
+
 // -------------------------------------------------------------------- ids
 
 pub async fn ids_unique(store: &dyn Store) {
@@ -1403,6 +1570,10 @@ where
         counts_by_state,
         refcounts_and_gc,
         gc_only_old_final,
+        body_collected_when_last_open_is_final,
+        body_collected_on_cancel_paths,
+        delete_unreferenced_blob,
+        fresh_store_admits,
         ids_unique,
     );
     eprintln!("store suite: concurrent_claims");

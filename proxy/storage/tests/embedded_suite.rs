@@ -139,6 +139,11 @@ async fn write_some(store: &dyn Store) -> Written {
         .create_transaction(tx(&small_body, Some(&a)))
         .await
         .unwrap();
+    // Before `done` is final, which would collect a body it alone used.
+    let claimed = store
+        .create_transaction(tx(&small_body, None))
+        .await
+        .unwrap();
     store
         .finish_attempt(
             &done,
@@ -147,10 +152,6 @@ async fn write_some(store: &dyn Store) -> Written {
                 reason: "delivered".into(),
             }),
         )
-        .await
-        .unwrap();
-    let claimed = store
-        .create_transaction(tx(&small_body, None))
         .await
         .unwrap();
     let got = store
@@ -347,4 +348,245 @@ async fn newer_schema_is_refused() {
         "got {:?}",
         r.err()
     );
+}
+
+// ---------------------------------------------------------------------
+// The reserve.
+
+/// Polls `admit` (the free-space reading is cached up to 200 ms) until it
+/// gives the wanted answer, for at most 3 s; returns the last answer.
+async fn admit_becomes(store: &EmbeddedStore, admitted: bool) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = store.admit().await;
+        if r.is_ok() == admitted || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Mail stored until `admit` refuses (on a 4 MiB cap with a 1 MiB reserve)
+/// is all still deliverable below the reserve: claims, finishes and a
+/// bounce need no admission. Delivering it collects the bodies, whose
+/// pages count as free again, and admission re-opens by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_refuses_new_mail_and_delivery_reopens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        max_size_bytes: Some(4 << 20),
+        reserve_bytes: Some(1 << 20),
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open(&dir.path().join("small.db"), opts).unwrap();
+    assert_eq!(store.reserve_bytes(), 1 << 20);
+    let piece = Bytes::from(vec![b'm'; 128 * 1024]);
+    let mut stored = Vec::new();
+    let refusal = 'fill: loop {
+        assert!(stored.len() < 64, "the reserve was never reached");
+        // As the SMTP side does: ask before the blob, each append, commit.
+        if let Err(e) = admit_becomes(&store, true).await {
+            break 'fill e;
+        }
+        let blob = store.create_blob().await.unwrap();
+        let mut len = 0;
+        for i in 0..4 {
+            if let Err(e) = store.admit().await {
+                break 'fill e;
+            }
+            len = store
+                .append_blob(&blob, len, piece.clone(), i == 3)
+                .await
+                .unwrap();
+        }
+        if let Err(e) = store.admit().await {
+            break 'fill e;
+        }
+        stored.push(store.create_transaction(tx(&blob, None)).await.unwrap());
+    };
+    assert!(
+        matches!(&refusal, StoreError::Full(m) if m.contains("reserve")),
+        "{refusal:?}"
+    );
+    assert!(stored.len() >= 2, "only {} stored", stored.len());
+    let free = store.free_bytes().await.unwrap();
+    assert!(free < 1 << 20, "refused with {free} bytes free");
+    eprintln!(
+        "stored {} messages of 512 KiB, then refused with {free} bytes free",
+        stored.len()
+    );
+
+    // Below the reserve, delivery goes on: every one is claimed, a bounce
+    // is stored for the first, and all are finished.
+    let owner = ReplicaId("r".into());
+    let claimed = store
+        .claim_due(&owner, now_ms(), Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), stored.len());
+    let bounce = body(&store, b"Subject: failure notice\r\n\r\nx\r\n").await;
+    store.create_transaction(tx(&bounce, None)).await.unwrap();
+    for id in &stored {
+        store
+            .renew_lease(id, &owner, Duration::from_secs(60))
+            .await
+            .unwrap();
+        store
+            .finish_attempt(
+                id,
+                &owner,
+                outcome(NextStep::Final {
+                    reason: "delivered".into(),
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    // The bodies are gone and their pages free: new mail again.
+    admit_becomes(&store, true).await.unwrap();
+    let after = store.free_bytes().await.unwrap();
+    assert!(after > free + (1 << 20), "{free} -> {after} bytes free");
+    for rec in &claimed {
+        let r = store.read_blob(&rec.tx.body, 0, 10).await;
+        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+        assert!(store.get_transaction(&rec.id).await.is_ok());
+    }
+    // And a message of the same size fits again.
+    let blob = body(&store, &vec![b'n'; 512 * 1024]).await;
+    store.create_transaction(tx(&blob, None)).await.unwrap();
+}
+
+/// A reserve of 0 never refuses; the default is 10 % of a small cap.
+#[tokio::test]
+async fn reserve_zero_disables_and_default_is_a_tenth() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(
+        &dir.path().join("a.db"),
+        EmbeddedOptions {
+            max_size_bytes: Some(2 << 20),
+            ..EmbeddedOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(store.reserve_bytes(), (2 << 20) / 10);
+    let store = EmbeddedStore::open(
+        &dir.path().join("b.db"),
+        EmbeddedOptions {
+            max_size_bytes: Some(256 * 1024),
+            reserve_bytes: Some(0),
+            ..EmbeddedOptions::default()
+        },
+    )
+    .unwrap();
+    let blob = store.create_blob().await.unwrap();
+    let _ = store
+        .append_blob(&blob, 0, Bytes::from(vec![0u8; 1 << 20]), false)
+        .await;
+    store.admit().await.unwrap();
+}
+
+// ---------------------------------------------------------------------
+// Files that are not a store.
+
+fn refused(path: &Path, what: &str) -> String {
+    let err = match EmbeddedStore::open(path, EmbeddedOptions::default()) {
+        Ok(_) => panic!("{what}: opened"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, StoreError::NotAStore { path: p, .. } if p == path),
+        "{what}: {err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{what}: {msg}");
+    assert!(msg.contains("init-store"), "{what}: {msg}");
+    msg
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let msg = refused(&empty, "0 bytes");
+    assert!(msg.contains("empty file (0 bytes)"), "{msg}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, b"hello, this is not a database\n").unwrap();
+    let msg = refused(&garbage, "garbage");
+    assert!(msg.contains("not an SQLite database"), "{msg}");
+    assert!(msg.contains("hello, this is"), "{msg}");
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        b"hello, this is not a database\n"
+    );
+
+    let foreign = dir.path().join("foreign.db");
+    {
+        let conn = rusqlite::Connection::open(&foreign).unwrap();
+        conn.execute_batch("CREATE TABLE users (id INTEGER); INSERT INTO users VALUES (1);")
+            .unwrap();
+    }
+    let msg = refused(&foreign, "someone else's database");
+    assert!(
+        msg.contains("without koukan's schema_version table (tables: users)"),
+        "{msg}"
+    );
+    let conn = rusqlite::Connection::open(&foreign).unwrap();
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 1, "the foreign database was changed");
+
+    let orphan_wal = dir.path().join("gone.db");
+    std::fs::write(suffixed(&orphan_wal, "-wal"), b"log").unwrap();
+    let msg = refused(&orphan_wal, "a log without its database");
+    assert!(msg.contains("write-ahead log"), "{msg}");
+    assert!(!orphan_wal.exists());
+
+    assert!(matches!(
+        koukan_storage::embedded::inspect(&dir.path().join("new.db")),
+        Ok(koukan_storage::embedded::StoreFile::Missing)
+    ));
+}
+
+#[tokio::test]
+async fn init_creates_keeps_and_with_force_sets_aside() {
+    use koukan_storage::embedded::{InitOutcome, init};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    assert_eq!(init(&path, false).unwrap(), InitOutcome::Created);
+    assert!(matches!(
+        init(&path, true).unwrap(),
+        InitOutcome::Exists { .. }
+    ));
+    // A valid store with mail in it is left untouched, even with force.
+    let id = {
+        let store = open(&path);
+        let blob = body(&store, b"kept").await;
+        store.create_transaction(tx(&blob, None)).await.unwrap()
+    };
+    assert!(matches!(
+        init(&path, true).unwrap(),
+        InitOutcome::Exists { .. }
+    ));
+    assert!(open(&path).get_transaction(&id).await.is_ok());
+
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(
+        init(&path, false),
+        Err(StoreError::NotAStore { .. })
+    ));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    let InitOutcome::Replaced { moved_to, found } = init(&path, true).unwrap() else {
+        panic!("not replaced");
+    };
+    assert!(found.contains("0 bytes"), "{found}");
+    let name = moved_to.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("store.db.invalid-"), "{name}");
+    assert_eq!(std::fs::metadata(&moved_to).unwrap().len(), 0);
+    let store = open(&path);
+    assert_eq!(store.counts().await.unwrap(), Default::default());
 }

@@ -604,6 +604,8 @@ async fn cancel_finalizes_waiting_and_stops_the_holder() {
 
     // Leased: flagged; the holder's renewal fails, and once its lease has
     // run out the transaction is final without ever being claimed.
+    // A body of its own: the one before is collected (all final).
+    let b = body(&s, b"x").await;
     let l = s
         .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
         .await
@@ -633,6 +635,8 @@ async fn cancel_finalizes_waiting_and_stops_the_holder() {
     assert_eq!(s.counts().await.unwrap().inflight, 0);
 
     // Leased, holder finishes asking for a retry: no retry.
+    // A body of its own: the one before is collected (all final).
+    let b = body(&s, b"x").await;
     let l2 = s
         .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
         .await
@@ -671,10 +675,10 @@ async fn gc_deletes_old_final_transactions_and_unreferenced_blobs() {
         .create_transaction(new_tx(&shared, Some((a.clone(), Duration::from_secs(60)))))
         .await
         .unwrap();
+    let alive = s.create_transaction(new_tx(&shared, None)).await.unwrap();
     s.finish_attempt(&done, &a, final_outcome("delivered"))
         .await
         .unwrap();
-    let alive = s.create_transaction(new_tx(&shared, None)).await.unwrap();
     let own = body(&s, b"own body").await;
     let gone = s
         .create_transaction(new_tx(&own, Some((a.clone(), Duration::from_secs(60)))))
@@ -685,9 +689,19 @@ async fn gc_deletes_old_final_transactions_and_unreferenced_blobs() {
         .unwrap();
     let upload = s.create_blob().await.unwrap();
 
+    // `own` went with `gone`, its only transaction: its chunks at once,
+    // the hash (marked collected) once gc has deleted `gone`.
+    assert!(matches!(
+        s.blob_info(&own).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        keys(&server, &format!("t:blob:{}*", own.0)).await,
+        vec![format!("t:blob:{}", own.0)]
+    );
     let hour = Duration::from_secs(3600);
     assert_eq!(s.gc(SystemTime::now() - hour).await.unwrap(), 0);
-    assert_eq!(s.counts().await.unwrap().blobs, 3);
+    assert_eq!(s.counts().await.unwrap().blobs, 2);
 
     assert_eq!(s.gc(SystemTime::now() + hour).await.unwrap(), 2);
     for id in [&done, &gone] {
@@ -1373,4 +1387,173 @@ async fn bodies_are_kept_at_their_size() {
     let ratio = used as f64 / total as f64;
     eprintln!("{total} bytes kept in {used} bytes of redis memory ({ratio:.3})");
     assert!(ratio < 1.05, "{used} bytes for {total}: ratio {ratio:.3}");
+}
+
+// ---------------------------------------------------------------------
+// The memory reserve.
+
+async fn used_memory(server: &RedisServer) -> u64 {
+    let mut raw = server.raw().await;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO")
+}
+
+async fn set_maxmemory(server: &RedisServer, bytes: u64) {
+    let mut raw = server.raw().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(bytes)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}
+
+/// Polls `admit` (readings are cached up to 200 ms) until it gives the
+/// wanted answer, for at most 3 s; returns the last answer.
+async fn admit_becomes(s: &RedisStore, admitted: bool) -> Result<(), StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = s.admit().await;
+        if r.is_ok() == admitted || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// New mail is refused once used memory is within the reserve of
+/// maxmemory, while delivery's writes go on; delivering (which collects
+/// the body) gives the memory back and admission re-opens by itself.
+#[tokio::test]
+async fn memory_reserve_refuses_new_mail_and_delivery_reopens_it() {
+    let server = RedisServer::start().await;
+    let s = RedisStore::connect(
+        &server.url(),
+        RedisOptions {
+            memory_reserve_bytes: Some(4 << 20),
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    // No maxmemory: no check.
+    s.admit().await.unwrap();
+    let base = used_memory(&server).await;
+    set_maxmemory(&server, base + (8 << 20)).await;
+    admit_becomes(&s, true).await.unwrap();
+
+    // A 5 MiB message, written as the SMTP side would, in pieces, takes
+    // it below the reserve.
+    let b = s.create_blob().await.unwrap();
+    let piece = Bytes::from(vec![b'b'; 256 * 1024]);
+    let mut len = 0;
+    for i in 0..20 {
+        len = s
+            .append_blob(&b, len, piece.clone(), i == 19)
+            .await
+            .unwrap();
+    }
+    let a = replica("a");
+    let id = s
+        .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    let r = admit_becomes(&s, false).await;
+    match &r {
+        Err(StoreError::Full(m)) => assert!(m.contains("reserve"), "{m}"),
+        other => panic!("expected Full below the reserve, got {other:?}"),
+    }
+    // Delivery's writes do not ask: renew, a bounce-like store, finish.
+    s.renew_lease(&id, &a, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let bounce = body(&s, b"Subject: bounce\r\n\r\nx\r\n").await;
+    let bounce_tx = s.create_transaction(new_tx(&bounce, None)).await.unwrap();
+    s.finish_attempt(&id, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    // The body went with its only transaction: memory is back.
+    assert!(matches!(
+        s.blob_info(&b).await,
+        Err(StoreError::NotFound(_))
+    ));
+    admit_becomes(&s, true).await.unwrap();
+    assert!(used_memory(&server).await < base + (2 << 20));
+    assert!(
+        s.get_transaction(&id)
+            .await
+            .unwrap()
+            .final_attempt_reason
+            .is_some()
+    );
+    assert!(s.get_transaction(&bounce_tx).await.is_ok());
+}
+
+/// Without a configured reserve it is 10 % of maxmemory.
+#[tokio::test]
+async fn memory_reserve_defaults_to_a_tenth_of_maxmemory() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let used = used_memory(&server).await;
+    // Used is 95 % of maxmemory: inside the default reserve.
+    set_maxmemory(&server, used * 100 / 95).await;
+    assert!(matches!(
+        admit_becomes(&s, false).await,
+        Err(StoreError::Full(_))
+    ));
+    // Used is about 50 %: well outside it.
+    set_maxmemory(&server, used * 2).await;
+    admit_becomes(&s, true).await.unwrap();
+    set_maxmemory(&server, 0).await;
+    admit_becomes(&s, true).await.unwrap();
+}
+
+/// Over maxmemory (another replica's burst, a reserve too small), new mail
+/// is refused by Redis itself, but delivery's scripts still run: a full
+/// Redis can always drain.
+#[tokio::test]
+async fn delivery_runs_over_maxmemory_and_frees_it() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let a = replica("a");
+    let b = body(&s, &vec![b'z'; 1 << 20]).await;
+    let id = s
+        .create_transaction(new_tx(&b, Some((a.clone(), Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    let queued = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    set_maxmemory(&server, used_memory(&server).await / 2).await;
+    let r = s.create_blob().await;
+    assert!(matches!(r, Err(StoreError::Full(_))), "{r:?}");
+    s.renew_lease(&id, &a, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_due(&a, SystemTime::now(), Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    s.finish_attempt(&id, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    s.finish_attempt(&queued, &a, final_outcome("delivered"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.blob_info(&b).await,
+        Err(StoreError::NotFound(_))
+    ));
+    s.gc(SystemTime::now() + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    set_maxmemory(&server, 0).await;
+    s.create_blob().await.unwrap();
 }

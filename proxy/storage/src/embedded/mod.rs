@@ -43,6 +43,24 @@
 //! dropped) still takes effect if it was queued. One machine only: this is
 //! the single-sidecar store; replicas that share work use Redis.
 //!
+//! # The file
+//!
+//! A new store is created only where no file exists (built under a
+//! temporary name and linked into place when complete, so a crash during
+//! creation leaves no file). A file that exists but is not a Koukan store
+//! (0 bytes, not SQLite, an SQLite database without `schema_version`) is
+//! refused with [`StoreError::NotAStore`]: it may be a truncated store,
+//! and starting empty on it would silently forget what was queued.
+//! [`init`] is the explicit way past that.
+//!
+//! # Space
+//!
+//! [`Store::admit`] refuses new mail once the free space (the file
+//! system's available bytes plus the database's free pages, see the
+//! `space` module) is below [`EmbeddedOptions::reserve_bytes`]; every other
+//! write may use the reserve. Bodies are collected as soon as their last
+//! open transaction is final, which is what gives the space back.
+//!
 //! # Errors
 //!
 //! SQLITE_FULL (disk full, or the `max_size_bytes` cap) is
@@ -54,6 +72,7 @@ mod convert;
 mod ops;
 mod readers;
 mod schema;
+mod space;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +85,7 @@ use futures::future::BoxFuture;
 use self::convert::{new_id, to_ms, ttl_ms, wall_ms};
 use self::ops::{NewRow, Next};
 use self::readers::Readers;
+use self::space::{Pages, Space};
 use self::writer::Writer;
 use crate::{
     AttemptOutcome, BlobId, BlobInfo, CancelOutcome, NewTransaction, NextStep, QueueCounts,
@@ -73,6 +93,8 @@ use crate::{
 };
 
 pub use self::ops::CANCELLED_REASON;
+pub use self::schema::{StoreFile, inspect};
+pub use self::space::DEFAULT_RESERVE_MAX;
 
 /// Tuning of the embedded store. `Default` suits a sidecar.
 #[derive(Clone, Debug)]
@@ -90,6 +112,10 @@ pub struct EmbeddedOptions {
     /// `StoreError::Full` (SQLite's `max_page_count`). `None`: the disk is
     /// the limit.
     pub max_size_bytes: Option<u64>,
+    /// Free space kept for delivery: below it [`Store::admit`] refuses new
+    /// mail. `None`: `min(64 MiB, 10 %)` of the file system (or of
+    /// `max_size_bytes`, when smaller); `Some(0)`: no reserve.
+    pub reserve_bytes: Option<u64>,
 }
 
 impl Default for EmbeddedOptions {
@@ -100,6 +126,7 @@ impl Default for EmbeddedOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             max_size_bytes: None,
+            reserve_bytes: None,
         }
     }
 }
@@ -125,23 +152,103 @@ pub struct EmbeddedStore {
     writer: Writer,
     readers: Readers,
     path: PathBuf,
+    space: Space,
+}
+
+/// What [`init`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// No file was there; a new store is.
+    Created,
+    /// A valid store was there and is left untouched.
+    Exists { schema_version: i64 },
+    /// An invalid file was moved aside (never deleted) and a new store
+    /// created in its place.
+    Replaced { moved_to: PathBuf, found: String },
+}
+
+/// Creates a store at `path` where none exists. A valid store is left
+/// alone. A file that is not a store is refused ([`StoreError::NotAStore`])
+/// unless `force`, which renames it (and its `-wal`/`-shm`, if any) to
+/// `<path>.invalid-<unix seconds>` and creates a new store.
+pub fn init(path: &Path, force: bool) -> Result<InitOutcome, StoreError> {
+    let outcome = match inspect(path)? {
+        StoreFile::Valid { schema_version } => return Ok(InitOutcome::Exists { schema_version }),
+        StoreFile::Missing => InitOutcome::Created,
+        StoreFile::Invalid { found } if !force => {
+            return Err(StoreError::NotAStore {
+                path: path.to_owned(),
+                found,
+            });
+        }
+        StoreFile::Invalid { found } => {
+            let secs = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let moved_to = schema::sidecar(path, &format!(".invalid-{secs}"));
+            for suffix in ["", "-wal", "-shm"] {
+                let from = schema::sidecar(path, suffix);
+                let to = schema::sidecar(&moved_to, suffix);
+                match std::fs::rename(&from, &to) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "moving {} aside to {}: {e}",
+                            from.display(),
+                            to.display()
+                        )));
+                    }
+                }
+            }
+            InitOutcome::Replaced { moved_to, found }
+        }
+    };
+    schema::create(path)?;
+    Ok(outcome)
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the database at `path` and migrates its
-    /// schema. Blocks briefly on file I/O: call it at start-up.
+    /// Opens the database at `path` and migrates its schema, creating it
+    /// if no file exists there; a file that is not a Koukan store is
+    /// refused with [`StoreError::NotAStore`]. Blocks briefly on file I/O:
+    /// call it at start-up.
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Self, StoreError> {
         let conn = schema::open_writer(path, &opts)?;
+        let space = Space::new(path, opts.reserve_bytes, opts.max_size_bytes)?;
+        let page_size = read_pages(&conn)?.size;
+        let wal = space::wal_pages(space.reserve, page_size);
+        // After a checkpoint the WAL file is also cut back to about this
+        // size, so a burst does not keep its space taken.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {wal}; PRAGMA journal_size_limit = {};",
+            (wal * page_size * 2).min(64 << 20)
+        ))
+        .map_err(|e| convert::sql_error("size the WAL", e))?;
         let writer = Writer::start(conn, opts.queue_capacity, opts.max_batch)?;
         Ok(EmbeddedStore {
             writer,
             readers: Readers::new(path.to_path_buf(), opts),
             path: path.to_path_buf(),
+            space,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The reserve in force, in bytes (0: none).
+    pub fn reserve_bytes(&self) -> u64 {
+        self.space.reserve
+    }
+
+    /// Bytes the store could still write now (file system plus free
+    /// pages, under the size cap), freshly measured.
+    pub async fn free_bytes(&self) -> StoreResult<u64> {
+        self.space.start_measuring();
+        let pages = self.readers.run(read_pages).await?;
+        self.space.measure(pages)
     }
 
     pub fn stats(&self) -> EmbeddedStats {
@@ -161,7 +268,46 @@ const GC_TX_STEP: i64 = 500;
 /// Blobs per GC step: fewer, since each may take hundreds of chunk rows.
 const GC_BLOB_STEP: i64 = 32;
 
+fn read_pages(conn: &rusqlite::Connection) -> StoreResult<Pages> {
+    let get = |pragma: &str| -> StoreResult<u64> {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i64>(0))
+            .map_err(|e| convert::sql_error(&format!("read {pragma}"), e))
+            .map(|v| u64::try_from(v).unwrap_or(0))
+    };
+    Ok(Pages {
+        size: get("page_size")?,
+        count: get("page_count")?,
+        free: get("freelist_count")?,
+    })
+}
+
 impl Store for EmbeddedStore {
+    fn admit(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            if self.space.reserve == 0 {
+                return Ok(());
+            }
+            // Within a reserve of the limit a cached reading less what was
+            // written since is not precise enough (the WAL and pages take
+            // more than the bytes): every admission takes a new reading.
+            let room = match self.space.fresh_room() {
+                Some(room) if room / 2 >= self.space.reserve => room,
+                _ => self.free_bytes().await?,
+            };
+            self.space.verdict(room)
+        })
+    }
+
+    fn delete_blob<'a>(&'a self, blob: &'a BlobId) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let blob = blob.clone();
+            // Not durable: a deletion lost to a power cut is redone by gc.
+            self.writer
+                .run(false, move |conn| ops::delete_blob(conn, &blob))
+                .await
+        })
+    }
+
     fn create_blob(&self) -> BoxFuture<'_, StoreResult<BlobId>> {
         Box::pin(async move {
             let blob = BlobId(new_id());
@@ -182,13 +328,17 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'a, StoreResult<u64>> {
         Box::pin(async move {
             let blob = blob.clone();
+            let size = data.len() as u64;
             // The finalizing append is durable: after it, the body is
             // complete and may be referenced.
-            self.writer
+            let len = self
+                .writer
                 .run(last, move |conn| {
                     ops::append_blob(conn, &blob, offset, &data, last, wall_ms())
                 })
-                .await
+                .await?;
+            self.space.wrote(size);
+            Ok(len)
         })
     }
 

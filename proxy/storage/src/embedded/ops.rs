@@ -34,22 +34,29 @@ fn tx_not_found(id: &TxId) -> StoreError {
     StoreError::NotFound(format!("transaction {id}"))
 }
 
-/// (length, finalized, refcount) of a blob.
+/// (length, finalized, refcount) of a blob; `NotFound` for a collected one
+/// as for an unknown one: its data is gone.
 fn blob_row(conn: &Connection, blob: &BlobId) -> StoreResult<(u64, bool, u64)> {
     let row = conn
-        .prepare_cached("SELECT length, finalized, refcount FROM blobs WHERE id = ?1")
+        .prepare_cached("SELECT length, finalized, refcount, collected FROM blobs WHERE id = ?1")
         .and_then(|mut s| {
             s.query_row([&blob.0], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, bool>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, bool>(3)?,
                 ))
             })
             .optional()
         })
         .map_err(|e| sql_error("read blob", e))?
         .ok_or_else(|| blob_not_found(blob))?;
+    if row.3 {
+        return Err(StoreError::NotFound(format!(
+            "blob {blob}: collected (every transaction using it is final)"
+        )));
+    }
     Ok((
         to_u64("blob length", row.0)?,
         row.1,
@@ -282,10 +289,52 @@ pub(super) fn create_transaction(conn: &Connection, row: &NewRow, now: i64) -> S
         ])
     })
     .map_err(|e| sql_error("create transaction", e))?;
-    conn.prepare_cached("UPDATE blobs SET refcount = refcount + 1 WHERE id = ?1")
-        .and_then(|mut s| s.execute([&row.body.0]))
-        .map_err(|e| sql_error("create transaction", e))?;
+    conn.prepare_cached(
+        "UPDATE blobs SET refcount = refcount + 1, open_refs = open_refs + 1 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute([&row.body.0]))
+    .map_err(|e| sql_error("create transaction", e))?;
     Ok(())
+}
+
+/// Transaction `id` has just become final: its body has one open
+/// transaction less, and once none is left its data is deleted in this
+/// same write (prompt collection; the row stays, `collected`, until gc has
+/// deleted the transactions that reference it).
+fn release_body(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()> {
+    let left: Option<(String, i64)> = conn
+        .prepare_cached(
+            "UPDATE blobs SET open_refs = max(open_refs - 1, 0)
+             WHERE id = (SELECT body FROM transactions WHERE id = ?1)
+             RETURNING id, open_refs",
+        )
+        .and_then(|mut s| {
+            s.query_row([&id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(|e| sql_error("release body", e))?;
+    let Some((blob, 0)) = left else {
+        return Ok(());
+    };
+    conn.prepare_cached("DELETE FROM blob_chunks WHERE blob_id = ?1")
+        .and_then(|mut s| s.execute([&blob]))
+        .and_then(|_| {
+            conn.prepare_cached(
+                "UPDATE blobs SET collected = 1, last_update_ms = ?2 WHERE id = ?1",
+            )?
+            .execute(params![blob, wall])
+        })
+        .map_err(|e| sql_error("collect body", e))?;
+    Ok(())
+}
+
+/// Deletes `blob` (its chunks by cascade) if no transaction references
+/// it; returns whether it did.
+pub(super) fn delete_blob(conn: &Connection, blob: &BlobId) -> StoreResult<bool> {
+    conn.prepare_cached("DELETE FROM blobs WHERE id = ?1 AND refcount = 0")
+        .and_then(|mut s| s.execute([&blob.0]))
+        .map(|n| n > 0)
+        .map_err(|e| sql_error("delete blob", e))
 }
 
 /// A transaction row as stored, decoded into a record afterwards (JSON
@@ -472,7 +521,7 @@ fn finalize_cancelled(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()
     )
     .and_then(|mut s| s.execute(params![id.0, CANCELLED_REASON, wall]))
     .map_err(|e| sql_error("cancel", e))?;
-    Ok(())
+    release_body(conn, id, wall)
 }
 
 /// Whether `owner` may still act on the transaction. An expired lease that
@@ -528,8 +577,9 @@ pub(super) fn finish_attempt(
     // number. An attempt not made leaves no trace: NULL here keeps the
     // responses and history (the prior attempt's) and takes the count back.
     let line = attempted.then(|| history_line(state.4, wall, responses));
-    conn.prepare_cached(&format!(
-        "UPDATE transactions
+    let record = conn
+        .prepare_cached(&format!(
+            "UPDATE transactions
          SET last_responses = iif(?6 IS NULL, last_responses, ?2),
              history = iif(?6 IS NULL, history, coalesce(history, '') || ?6),
              attempt_count = attempt_count - (?6 IS NULL),
@@ -537,15 +587,19 @@ pub(super) fn finish_attempt(
              lease_expires_ms = NULL, version = version + 1, last_update_ms = ?5
          WHERE id = ?1
          RETURNING {TX_COLUMNS}"
-    ))
-    .and_then(|mut s| {
-        s.query_row(
-            params![id.0, responses, final_reason, next_attempt, wall, line],
-            tx_row,
-        )
-    })
-    .map_err(|e| sql_error("finish attempt", e))?
-    .into_record()
+        ))
+        .and_then(|mut s| {
+            s.query_row(
+                params![id.0, responses, final_reason, next_attempt, wall, line],
+                tx_row,
+            )
+        })
+        .map_err(|e| sql_error("finish attempt", e))?
+        .into_record()?;
+    if final_reason.is_some() {
+        release_body(conn, id, wall)?;
+    }
+    Ok(record)
 }
 
 pub(super) fn cancel(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<CancelOutcome> {
@@ -627,7 +681,7 @@ pub(super) fn counts(conn: &Connection, now: i64) -> StoreResult<QueueCounts> {
         .and_then(|mut s| s.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
         .map_err(|e| sql_error("count transactions", e))?;
     let blobs: i64 = tx
-        .prepare_cached("SELECT count(*) FROM blobs")
+        .prepare_cached("SELECT count(*) FROM blobs WHERE collected = 0")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(|e| sql_error("count blobs", e))?;
     Ok(QueueCounts {

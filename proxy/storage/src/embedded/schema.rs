@@ -77,6 +77,26 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE transactions ADD COLUMN history TEXT;
     "#,
+    // Version 3.
+    //
+    // Prompt collection of bodies. `blobs.open_refs` counts the
+    // transactions referencing the blob that are not final yet (kept by
+    // create_transaction and every write that makes a transaction final);
+    // when it drops to zero the chunks are deleted at once and `collected`
+    // set, while `refcount` (all referencing transactions, final ones
+    // included) keeps the row until gc deletes those transactions. A file
+    // migrated from version 2 collects, here, every body whose
+    // transactions are all final already.
+    r#"
+    ALTER TABLE blobs ADD COLUMN open_refs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE blobs ADD COLUMN collected INTEGER NOT NULL DEFAULT 0;
+    UPDATE blobs SET open_refs = (
+        SELECT count(*) FROM transactions t
+        WHERE t.body = blobs.id AND t.final_reason IS NULL);
+    DELETE FROM blob_chunks WHERE blob_id IN (
+        SELECT id FROM blobs WHERE refcount > 0 AND open_refs = 0);
+    UPDATE blobs SET collected = 1 WHERE refcount > 0 AND open_refs = 0;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -91,10 +111,213 @@ pub(super) const CHUNK_MAX: usize = 256 * 1024;
 pub(super) const CLAIMABLE_AT: &str =
     "max(next_attempt_ms, coalesce(lease_expires_ms, next_attempt_ms))";
 
-/// Opens the writer's connection: creates the file if needed, sets WAL and
-/// full sync, and brings the schema up to date.
+/// What is at a store's path, as [`inspect`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreFile {
+    /// No file (nor a leftover write-ahead log): a new store may be
+    /// created there.
+    Missing,
+    /// A Koukan store at this schema version.
+    Valid { schema_version: i64 },
+    /// Something else, described.
+    Invalid { found: String },
+}
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Looks at `path` without changing it: is it absent, a Koukan store, or
+/// something else? `Err` only when it cannot be looked at (permissions,
+/// I/O, a lock held too long).
+pub fn inspect(path: &Path) -> Result<StoreFile, StoreError> {
+    let unreadable = |e: std::io::Error| {
+        StoreError::Unavailable(format!("{}: cannot read: {e}", path.display()))
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let wal = sidecar(path, "-wal");
+            // The log of a database that is gone: creating a new store
+            // beside it would hide that something deleted the old one.
+            return Ok(match std::fs::metadata(&wal) {
+                Ok(_) => StoreFile::Invalid {
+                    found: format!(
+                        "no database file, but its write-ahead log {} exists (was the \
+                         database deleted or moved?)",
+                        wal.display()
+                    ),
+                },
+                Err(_) => StoreFile::Missing,
+            });
+        }
+        Err(e) => return Err(unreadable(e)),
+    };
+    if !meta.is_file() {
+        return Ok(StoreFile::Invalid {
+            found: "not a regular file".into(),
+        });
+    }
+    if meta.len() == 0 {
+        return Ok(StoreFile::Invalid {
+            found: "an empty file (0 bytes)".into(),
+        });
+    }
+    let mut head = [0u8; 16];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(unreadable)?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).map_err(unreadable)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    };
+    if &head[..n] != SQLITE_HEADER {
+        let shown: String = head[..n]
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        return Ok(StoreFile::Invalid {
+            found: format!(
+                "not an SQLite database ({} bytes, starting with \"{shown}\")",
+                meta.len()
+            ),
+        });
+    }
+    // An SQLite file: whose? Opened without CREATE, so nothing is made.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    let found = |e: rusqlite::Error| -> Result<StoreFile, StoreError> {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::NotADatabase | C::DatabaseCorrupt) => Ok(StoreFile::Invalid {
+                found: format!("an SQLite file that cannot be read: {e}"),
+            }),
+            _ => Err(sql_error(&format!("inspect {}", path.display()), e)),
+        }
+    };
+    if let Err(e) = conn.busy_timeout(std::time::Duration::from_secs(5)) {
+        return found(e);
+    }
+    let tables: Vec<String> = match conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+    {
+        Ok(t) => t,
+        Err(e) => return found(e),
+    };
+    if !tables.iter().any(|t| t == "schema_version") {
+        let listed = if tables.is_empty() {
+            "no tables".to_owned()
+        } else {
+            format!("tables: {}", tables.join(", "))
+        };
+        return Ok(StoreFile::Invalid {
+            found: format!("an SQLite database without koukan's schema_version table ({listed})"),
+        });
+    }
+    match conn.query_row("SELECT max(version) FROM schema_version", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    }) {
+        Ok(Some(v)) => Ok(StoreFile::Valid { schema_version: v }),
+        Ok(None) => Ok(StoreFile::Invalid {
+            found: "a koukan schema_version table without a version".into(),
+        }),
+        Err(e) => found(e),
+    }
+}
+
+/// `path` with `suffix` appended to its file name (`koukan.db-wal`).
+pub(super) fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Creates a new, empty store at `path`, which must not exist. Built
+/// under a temporary name and linked into place once complete, so a
+/// crash during creation leaves no file (created again at the next start)
+/// rather than a half-made one that the next start would have to refuse:
+/// a file at the store's path is always a complete store, and a 0-byte or
+/// headless one means something damaged it.
+pub(super) fn create(path: &Path) -> Result<(), StoreError> {
+    let io = |what: &str, e: std::io::Error| {
+        StoreError::Unavailable(format!(
+            "creating the store {}: {what}: {e}",
+            path.display()
+        ))
+    };
+    let tmp = sidecar(path, &format!(".creating-{}", std::process::id()));
+    for leftover in [tmp.clone(), sidecar(&tmp, "-wal"), sidecar(&tmp, "-shm")] {
+        match std::fs::remove_file(&leftover) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing a leftover", e));
+            }
+            _ => {}
+        }
+    }
+    {
+        let conn = Connection::open(&tmp).map_err(|e| open_error(&tmp, e))?;
+        let _: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| sql_error("set journal_mode", e))?;
+        conn.execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(|e| sql_error("set pragmas", e))?;
+        migrate(&conn, true)?;
+        // Closing the only connection checkpoints the log into the file
+        // and removes it: the file alone is the whole store.
+        conn.close()
+            .map_err(|(_, e)| sql_error("close new store", e))?;
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("syncing", e))?;
+    // A hard link, unlike a rename, never replaces a file that appeared
+    // meanwhile (another process creating the same store): that one wins.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("linking into place", e)),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the directory", e))?;
+    }
+    Ok(())
+}
+
+/// Opens the writer's connection: creates the store if no file exists,
+/// refuses a file that is not a Koukan store, sets WAL and full sync, and
+/// brings the schema up to date.
 pub(super) fn open_writer(path: &Path, opts: &EmbeddedOptions) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+    match inspect(path)? {
+        StoreFile::Missing => create(path)?,
+        StoreFile::Valid { .. } => {}
+        StoreFile::Invalid { found } => {
+            return Err(StoreError::NotAStore {
+                path: path.to_owned(),
+                found,
+            });
+        }
+    }
+    // No CREATE flag: the file exists now, and if it vanished meanwhile
+    // this fails instead of making an empty one.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(opts.busy_timeout)
         .map_err(|e| sql_error("set busy_timeout", e))?;
     // WAL: readers never block the writer nor each other; a commit is one
@@ -130,7 +353,13 @@ pub(super) fn open_writer(path: &Path, opts: &EmbeddedOptions) -> Result<Connect
             )
             .map_err(|e| sql_error("set max_page_count", e))?;
     }
-    migrate(&conn)?;
+    migrate(&conn, false).map_err(|e| match e {
+        StoreError::NotAStore { found, .. } => StoreError::NotAStore {
+            path: path.to_owned(),
+            found,
+        },
+        e => e,
+    })?;
     Ok(conn)
 }
 
@@ -154,12 +383,27 @@ fn open_error(path: &Path, err: rusqlite::Error) -> StoreError {
 }
 
 /// Applies the missing migrations in one transaction, so a crash leaves
-/// either the old schema or the new one.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
+/// either the old schema or the new one. Only a `fresh` database (being
+/// created) may lack the schema_version table; on any other it means the
+/// file is not ours.
+fn migrate(conn: &Connection, fresh: bool) -> Result<(), StoreError> {
     // IMMEDIATE: two processes opening a new file at once must not both
     // run the migrations.
     let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(|e| sql_error("begin migration", e))?;
+    let ours: bool = tx
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| sql_error("read schema", e))?;
+    if !ours && !fresh {
+        return Err(StoreError::NotAStore {
+            path: std::path::PathBuf::new(),
+            found: "an SQLite database without koukan's schema_version table".into(),
+        });
+    }
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
         .map_err(|e| sql_error("create schema_version", e))?;
     let current: i64 = tx
@@ -251,5 +495,79 @@ mod tests {
             matches!(&err, StoreError::Internal(m) if m.contains("history")),
             "{err:?}"
         );
+    }
+
+    /// A version-2 file migrates to 3 and collects, there, the bodies whose
+    /// transactions are all final; a body with an open transaction stays.
+    #[test]
+    fn version_2_file_migrates_and_collects_finished_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        let envelope = |body: &str| {
+            format!(
+                r#"{{"sender":"s","tag":"t","chain":"out",
+                "mail_from":{{"address":"a@example.com"}},"rcpt_to":[{{"address":"b@example.com"}}],
+                "session":{{"listener":"smtp","peer":null,"ehlo_host":null,"tls":null,"auth_user":null}},
+                "body":"{body}","retry":true,"notification":false,"lease":null}}"#
+            )
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (2);
+                 INSERT INTO blobs VALUES ('done', 4, 1, 1, 5, 5);
+                 INSERT INTO blob_chunks VALUES ('done', 0, X'64646464');
+                 INSERT INTO blobs VALUES ('open', 4, 1, 2, 5, 5);
+                 INSERT INTO blob_chunks VALUES ('open', 0, X'6f6f6f6f');",
+            )
+            .unwrap();
+            for (id, body, reason) in [
+                ("t1", "done", Some("delivered")),
+                ("t2", "open", Some("delivered")),
+                ("t3", "open", None),
+            ] {
+                conn.execute(
+                    "INSERT INTO transactions VALUES
+                         (?1, ?2, ?3, 5, 7, 3, 1, 9, ?4, NULL, NULL, 0, NULL, NULL)",
+                    rusqlite::params![id, body, envelope(body), reason],
+                )
+                .unwrap();
+            }
+        }
+        let conn = open_writer(&path, &EmbeddedOptions::default()).unwrap();
+        let blob = |id: &str| crate::BlobId(id.into());
+        let r = ops::read_blob(&conn, &blob("done"), 0, 10);
+        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+        assert_eq!(
+            &ops::read_blob(&conn, &blob("open"), 0, 10).unwrap()[..],
+            b"oooo"
+        );
+        let chunks: i64 = conn
+            .query_row("SELECT count(*) FROM blob_chunks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(chunks, 1);
+        assert!(ops::get_transaction(&conn, &TxId("t1".into())).is_ok());
+        // The open one's finish collects the other body.
+        let (owner, wall) = (crate::ReplicaId("r".into()), 10_000);
+        conn.execute(
+            "UPDATE transactions SET lease_owner = 'r' WHERE id = 't3'",
+            [],
+        )
+        .unwrap();
+        ops::finish_attempt(
+            &conn,
+            &TxId("t3".into()),
+            &owner,
+            r#"{"mail":null,"rcpt":[],"data":null}"#,
+            true,
+            &ops::Next::Final("delivered".into()),
+            wall,
+        )
+        .unwrap();
+        let r = ops::read_blob(&conn, &blob("open"), 0, 10);
+        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
     }
 }

@@ -11,9 +11,9 @@
 //! | key | type | contents |
 //! |---|---|---|
 //! | `P tx:{id}` | hash | one transaction (fields below) |
-//! | `P blob:{id}` | hash | `len`, `final` (0/1), `refs`, `cs` (chunk size), `created_ms`, `upd_ms` (last write) |
+//! | `P blob:{id}` | hash | `len`, `final` (0/1), `refs` (transactions referencing it), `open` (of those, not final yet), `collected` (present once its data was deleted), `cs` (chunk size), `created_ms`, `upd_ms` (last write) |
 //! | `P blob:{id}:{n}` | string | bytes `[n*cs, (n+1)*cs)` of the blob |
-//! | `P blobs` | set | every blob id (for counts) |
+//! | `P blobs` | set | every blob id still holding data (for counts) |
 //! | `P orphans` | zset | blobs with `refs` 0, by last write (ms), for gc |
 //! | `P schedule` | zset | waiting transactions, by next attempt (ms) |
 //! | `P leases` | zset | leased transactions, by lease expiry (ms) |
@@ -42,6 +42,11 @@
 //!   with `LeaseLost` (changing nothing) and its finish makes it final
 //!   whatever the outcome; if the holder vanishes, the first claim after
 //!   the lease expires makes it final instead of handing it out.
+//!
+//! When a transaction becomes final (finish, cancel, or a claim finding
+//! it cancelled) its body's `open` count drops, and at zero the chunks are
+//! unlinked in the same script and the blob marked `collected`: delivered
+//! mail frees Redis memory at once, not after `gc`.
 //!
 //! Bodies are split into chunk keys of at most [`MAX_CHUNK_SIZE`] so that
 //! no single Redis value is huge and reads by offset touch only the
@@ -76,6 +81,16 @@
 //! with Redis 7.0.
 //!
 //! # Failures
+//!
+//! # Memory reserve
+//!
+//! With `maxmemory` set, [`Store::admit`] refuses new mail once
+//! `used_memory > maxmemory - reserve` (`INFO memory`, read at most every
+//! 200 ms), so that claims, finishes, bounces and gc, which never ask,
+//! still have room below `maxmemory` (beyond it, with `noeviction`, Redis
+//! refuses every write with `-OOM`). Without `maxmemory` (0) there is no
+//! check; where `INFO` is not allowed the check is off and that is logged
+//! once.
 //!
 //! The connection is a [`ConnectionManager`], which reconnects by itself
 //! after Redis restarts. Every operation is bounded by
@@ -141,6 +156,10 @@ pub struct RedisOptions {
     /// restart or a broken connection costs the client a wait, not a
     /// refusal; SMTP clients wait minutes for the reply to the final dot.
     pub ack_window: Duration,
+    /// Memory kept for delivery below `maxmemory`: new mail is refused
+    /// once `used_memory` exceeds `maxmemory` minus this. `None`: 10 % of
+    /// `maxmemory`; `Some(0)`: refused only at `maxmemory` itself.
+    pub memory_reserve_bytes: Option<u64>,
 }
 
 impl Default for RedisOptions {
@@ -156,6 +175,7 @@ impl Default for RedisOptions {
             // taking the next one (320 KiB).
             chunk_size: 256 * 1024 - 64,
             ack_window: Duration::from_secs(10),
+            memory_reserve_bytes: None,
         }
     }
 }
@@ -205,6 +225,36 @@ pub struct RedisStore {
     opts: RedisOptions,
     durability: Durability,
     scripts: Scripts,
+    memory: MemoryGate,
+}
+
+/// How long an `INFO memory` reading answers admissions.
+const MEMORY_FRESH_FOR: Duration = Duration::from_millis(200);
+
+/// `(used_memory, maxmemory)`, or `None` when `INFO` is refused.
+type MemoryReading = Option<(u64, u64)>;
+
+/// The last memory reading and the state logged.
+#[derive(Default)]
+struct MemoryGate {
+    /// When it was taken, and what it said.
+    last: std::sync::Mutex<Option<(std::time::Instant, MemoryReading)>>,
+    below: std::sync::atomic::AtomicBool,
+    info_refused_logged: std::sync::atomic::AtomicBool,
+    /// Body bytes appended since the last reading: counted on top of it, so
+    /// a fast writer cannot run through the reserve while a reading is
+    /// fresh.
+    written: std::sync::atomic::AtomicU64,
+}
+
+/// `used_memory` and `maxmemory` from an `INFO memory` reply.
+fn parse_memory_info(info: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some((field("used_memory")?, field("maxmemory")?))
 }
 
 impl fmt::Debug for RedisStore {
@@ -264,9 +314,13 @@ impl RedisStore {
             durability: Durability::Unknown {
                 reason: "not checked yet".into(),
             },
-            scripts: Scripts::new(),
+            scripts: Scripts::new(false),
+            memory: MemoryGate::default(),
         };
         store.durability = store.detect_durability().await?;
+        if store.script_flags_supported().await {
+            store.scripts = Scripts::new(true);
+        }
         match &store.durability {
             Durability::Volatile { .. } if !store.opts.allow_volatile => {
                 return Err(StoreError::Unavailable(format!(
@@ -294,6 +348,30 @@ impl RedisStore {
     /// transaction write.
     pub fn version_channel(&self) -> String {
         format!("{}tx-version", self.opts.key_prefix)
+    }
+
+    /// Whether the server understands script flags (`#!lua flags=…`,
+    /// Redis 7.0 and later), from `INFO server`; false when it cannot tell.
+    async fn script_flags_supported(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let info = self
+            .bounded(
+                "INFO server",
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn),
+            )
+            .await
+            .unwrap_or_default();
+        let major = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok());
+        if major.is_none_or(|m| m < 7) {
+            tracing::warn!(addr = %self.addr, version = ?major,
+                "redis older than 7.0 (or version unknown): delivery cannot write beyond maxmemory");
+        }
+        major.is_some_and(|m| m >= 7)
     }
 
     async fn detect_durability(&self) -> StoreResult<Durability> {
@@ -360,6 +438,123 @@ impl RedisStore {
         &self.opts.key_prefix
     }
 
+    /// `(used_memory, maxmemory)`, from a reading at most
+    /// [`MEMORY_FRESH_FOR`] old; `None` when `INFO` is not allowed.
+    /// `fresh`: take a new reading whatever the age of the last one.
+    async fn memory(&self, fresh: bool) -> StoreResult<Option<(u64, u64)>> {
+        if !fresh
+            && let Some((taken, reading)) =
+                *self.memory.last.lock().unwrap_or_else(|p| p.into_inner())
+            && taken.elapsed() < MEMORY_FRESH_FOR
+        {
+            return Ok(reading);
+        }
+        let mut conn = self.conn.clone();
+        self.memory
+            .written
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        let reply = self
+            .bounded(
+                "INFO memory",
+                redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async::<String>(&mut conn),
+            )
+            .await;
+        let reading = match reply {
+            Ok(info) => parse_memory_info(&info),
+            // Refused (renamed or ACL'd away): not an outage.
+            Err(StoreError::Internal(msg)) => {
+                if !self
+                    .memory
+                    .info_refused_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(addr = %self.addr, error = %msg,
+                        "redis INFO memory not available: no memory reserve is kept for delivery");
+                }
+                None
+            }
+            // Unreachable: admission is about memory, and the write that
+            // follows reports the outage itself (and rides out a restart
+            // within the ack window). Not cached: the next call asks again.
+            Err(StoreError::Unavailable(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        *self.memory.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), reading));
+        Ok(reading)
+    }
+
+    async fn admit_impl(&self) -> StoreResult<()> {
+        let estimate = |reading: Option<(u64, u64)>| {
+            reading.map(|(used, max)| {
+                let written = self
+                    .memory
+                    .written
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let reserve = self.opts.memory_reserve_bytes.unwrap_or(max / 10);
+                (used.saturating_add(written), max, reserve)
+            })
+        };
+        let Some(mut reading) = estimate(self.memory(false).await?) else {
+            return Ok(());
+        };
+        // Near the limit a cached reading plus what was appended since is
+        // not precise enough (bodies take more memory than their bytes):
+        // within a reserve of it, every admission takes a new reading.
+        let (used, max, reserve) = reading;
+        if used.saturating_add(reserve) >= max.saturating_sub(reserve) {
+            match estimate(self.memory(true).await?) {
+                Some(r) => reading = r,
+                None => return Ok(()),
+            }
+        }
+        let (used, max, reserve) = reading;
+        if max == 0 {
+            return Ok(());
+        }
+        let limit = max.saturating_sub(reserve);
+        let below = used > limit;
+        let was = self
+            .memory
+            .below
+            .swap(below, std::sync::atomic::Ordering::Relaxed);
+        if was != below {
+            if below {
+                tracing::warn!(addr = %self.addr, used, maxmemory = max, reserve,
+                    "redis store below its memory reserve: refusing new mail (452 4.3.1) \
+                     until delivery frees memory");
+            } else {
+                tracing::info!(addr = %self.addr, used, maxmemory = max, reserve,
+                    "redis store above its memory reserve again: accepting new mail");
+            }
+        }
+        if below {
+            return Err(StoreError::Full(format!(
+                "below the storage reserve: redis at {} uses {used} of maxmemory {max} \
+                 bytes, reserve {reserve} bytes",
+                self.addr
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete_blob_impl(&self, blob: &BlobId) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .bounded(
+                "delete_blob",
+                self.scripts
+                    .delete_blob
+                    .arg(self.prefix())
+                    .arg(&blob.0)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn create_blob_impl(&self) -> StoreResult<BlobId> {
         let id = new_id();
         let now = record::ms(SystemTime::now());
@@ -386,20 +581,26 @@ impl RedisStore {
         last: bool,
     ) -> StoreResult<u64> {
         let now = record::ms(SystemTime::now());
+        let size = data.len() as u64;
         let mut conn = self.conn.clone();
-        self.bounded(
-            "append_blob",
-            self.scripts
-                .append_blob
-                .arg(self.prefix())
-                .arg(&blob.0)
-                .arg(offset)
-                .arg(&data[..])
-                .arg(if last { "1" } else { "0" })
-                .arg(now)
-                .invoke_async::<u64>(&mut conn),
-        )
-        .await
+        let len = self
+            .bounded(
+                "append_blob",
+                self.scripts
+                    .append_blob
+                    .arg(self.prefix())
+                    .arg(&blob.0)
+                    .arg(offset)
+                    .arg(&data[..])
+                    .arg(if last { "1" } else { "0" })
+                    .arg(now)
+                    .invoke_async::<u64>(&mut conn),
+            )
+            .await?;
+        self.memory
+            .written
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(len)
     }
 
     async fn read_blob_impl(&self, blob: &BlobId, offset: u64, max: usize) -> StoreResult<Bytes> {
@@ -426,7 +627,8 @@ impl RedisStore {
 
     async fn blob_info_impl(&self, blob: &BlobId) -> StoreResult<BlobInfo> {
         let mut conn = self.conn.clone();
-        let (len, fin, refs): (Option<u64>, Option<String>, Option<i64>) = self
+        type Info = (Option<u64>, Option<String>, Option<i64>, Option<String>);
+        let (len, fin, refs, collected): Info = self
             .bounded(
                 "blob_info",
                 redis::cmd("HMGET")
@@ -434,12 +636,18 @@ impl RedisStore {
                     .arg("len")
                     .arg("final")
                     .arg("refs")
+                    .arg("collected")
                     .query_async(&mut conn),
             )
             .await?;
         let Some(length) = len else {
             return Err(StoreError::NotFound(format!("blob {blob}")));
         };
+        if collected.is_some() {
+            return Err(StoreError::NotFound(format!(
+                "blob {blob}: collected (every transaction using it is final)"
+            )));
+        }
         Ok(BlobInfo {
             length,
             finalized: fin.as_deref() == Some("1"),
@@ -830,6 +1038,14 @@ fn map_error(addr: &str, what: &str, e: RedisError) -> StoreError {
 }
 
 impl Store for RedisStore {
+    fn admit(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.admit_impl())
+    }
+
+    fn delete_blob<'a>(&'a self, blob: &'a BlobId) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(self.delete_blob_impl(blob))
+    }
+
     fn create_blob(&self) -> BoxFuture<'_, StoreResult<BlobId>> {
         Box::pin(self.create_blob_impl())
     }

@@ -37,14 +37,34 @@ local function bump(k, id, now_ms)
   redis.call('PUBLISH', P .. 'tx-version', id .. ' ' .. v)
   return v
 end
+local function unlink_chunks(bk, len, cs)
+  local chunks = math.ceil(tonumber(len) / tonumber(cs))
+  for i = 0, chunks - 1 do redis.call('UNLINK', bk .. ':' .. i) end
+end
+-- A transaction of blob `body` has become final: one open transaction
+-- less, and with none left the body's data goes now (prompt collection).
+-- The blob hash stays, `collected`, until gc has deleted the transactions
+-- referencing it. Blobs stored before open counts existed have no `open`
+-- field: gc takes those, as before.
+local function release_body(body, now_ms)
+  local bk = blobkey(body)
+  if redis.call('HEXISTS', bk, 'open') == 0 then return end
+  if redis.call('HINCRBY', bk, 'open', -1) > 0 then return end
+  local m = redis.call('HMGET', bk, 'len', 'cs')
+  if m[1] then unlink_chunks(bk, m[1], m[2]) end
+  redis.call('HSET', bk, 'collected', '1', 'upd_ms', now_ms)
+  redis.call('SREM', BLOBS, body)
+end
 -- Moves a transaction to final: out of the schedule and the lease set,
--- into the gc index.
+-- into the gc index; releases its body.
 local function finalize(k, id, reason, now_ms)
   redis.call('HSET', k, 'final', reason)
   redis.call('HDEL', k, 'owner', 'expires', 'next')
   redis.call('ZREM', SCHEDULE, id)
   redis.call('ZREM', LEASES, id)
   redis.call('ZADD', FINAL, now_ms, id)
+  local body = redis.call('HGET', k, 'body')
+  if body then release_body(body, now_ms) end
 end
 "#;
 
@@ -67,8 +87,8 @@ return 1
 const APPEND_BLOB: &str = r#"
 local id = ARGV[2]
 local k = blobkey(id)
-local m = redis.call('HMGET', k, 'len', 'final', 'cs', 'refs')
-if not m[1] then return redis.error_reply('NOTFOUND blob ' .. id) end
+local m = redis.call('HMGET', k, 'len', 'final', 'cs', 'refs', 'collected')
+if not m[1] or m[5] then return redis.error_reply('NOTFOUND blob ' .. id) end
 if m[2] == '1' then
   return redis.error_reply('BLOBCONFLICT ' .. id .. ' blob is finalized')
 end
@@ -108,8 +128,9 @@ return len
 const READ_BLOB: &str = r#"
 local id = ARGV[2]
 local k = blobkey(id)
-local m = redis.call('HMGET', k, 'len', 'cs')
+local m = redis.call('HMGET', k, 'len', 'cs', 'collected')
 if not m[1] then return redis.error_reply('NOTFOUND blob ' .. id) end
+if m[3] then return redis.error_reply('NOTFOUND blob ' .. id .. ' (collected)') end
 local len = tonumber(m[1])
 local cs = tonumber(m[2])
 local off = tonumber(ARGV[3])
@@ -155,8 +176,9 @@ end
 for i = 0, n - 1 do
   local a = 4 + i * S
   local id, body = ARGV[a], ARGV[a + 1]
-  local fin = redis.call('HGET', blobkey(body), 'final')
-  if not fin then return redis.error_reply('NOTFOUND blob ' .. body) end
+  local bm = redis.call('HMGET', blobkey(body), 'final', 'collected')
+  local fin = bm[1]
+  if not fin or bm[2] then return redis.error_reply('NOTFOUND blob ' .. body) end
   if fin ~= '1' then
     return redis.error_reply('BLOBCONFLICT ' .. body .. ' transaction body is not finalized')
   end
@@ -170,6 +192,7 @@ for i = 0, n - 1 do
   local k = txkey(id)
   local bk = blobkey(body)
   redis.call('HINCRBY', bk, 'refs', 1)
+  redis.call('HINCRBY', bk, 'open', 1)
   redis.call('ZREM', ORPHANS, body)
   redis.call('HSET', k, 'id', id, 'tx', ARGV[a + 2], 'body', body, 'created', now_ms,
     'next', ARGV[a + 6], 'attempts', ARGV[a + 7], 'version', 0)
@@ -340,10 +363,9 @@ local ids = redis.call('ZRANGEBYSCORE', ORPHANS, '-inf', '(' .. ARGV[2], 'LIMIT'
 for _, id in ipairs(ids) do
   local bk = blobkey(id)
   redis.call('ZREM', ORPHANS, id)
-  local m = redis.call('HMGET', bk, 'len', 'cs', 'refs')
+  local m = redis.call('HMGET', bk, 'len', 'cs', 'refs', 'collected')
   if m[1] and tonumber(m[3]) <= 0 then
-    local chunks = math.ceil(tonumber(m[1]) / tonumber(m[2]))
-    for i = 0, chunks - 1 do redis.call('UNLINK', bk .. ':' .. i) end
+    if not m[4] then unlink_chunks(bk, m[1], m[2]) end
     redis.call('UNLINK', bk)
     redis.call('SREM', BLOBS, id)
   elseif not m[1] then
@@ -353,7 +375,22 @@ end
 return #ids
 "#;
 
-/// ARGV: prefix, now_ms. Returns {waiting, due, inflight, final, blobs}.
+/// ARGV: prefix, blob. Deletes the blob and its chunks if no transaction
+/// references it; returns 1 if it did, 0 otherwise (referenced, unknown).
+const DELETE_BLOB: &str = r#"
+local id = ARGV[2]
+local bk = blobkey(id)
+local m = redis.call('HMGET', bk, 'len', 'cs', 'refs')
+if not m[1] or tonumber(m[3]) > 0 then return 0 end
+unlink_chunks(bk, m[1], m[2])
+redis.call('UNLINK', bk)
+redis.call('SREM', BLOBS, id)
+redis.call('ZREM', ORPHANS, id)
+return 1
+"#;
+
+/// ARGV: prefix, now_ms. Returns {waiting, due, inflight, final, blobs}
+/// (blobs: those still holding data, collected ones not counted).
 const COUNTS: &str = r#"
 local now_ms = ARGV[2]
 -- An expired lease is waiting (and due) again, as TxRecord::state says.
@@ -380,23 +417,39 @@ pub(super) struct Scripts {
     pub cancel: Script,
     pub gc_txs: Script,
     pub gc_blobs: Script,
+    pub delete_blob: Script,
     pub counts: Script,
 }
 
 impl Scripts {
-    pub fn new() -> Self {
+    /// With `allow_oom` (Redis 7.0 and later understand script flags),
+    /// the scripts of delivery (claim, renew, finish, cancel, gc, blob
+    /// deletion) run even when Redis is over `maxmemory`: they write a few
+    /// bytes and free bodies, and refusing them would leave a full Redis
+    /// unable to drain. Receiving new mail (blobs, appends, storing
+    /// transactions) keeps Redis's check at the first write, so it is
+    /// refused with `-OOM` there and changes nothing.
+    pub fn new(allow_oom: bool) -> Self {
         let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let delivery = |body: &str| {
+            if allow_oom {
+                Script::new(&format!("#!lua flags=allow-oom\n{PRELUDE}{body}"))
+            } else {
+                s(body)
+            }
+        };
         Scripts {
             create_blob: s(CREATE_BLOB),
             append_blob: s(APPEND_BLOB),
             read_blob: s(READ_BLOB),
             create_txs: s(CREATE_TXS),
-            claim_due: s(CLAIM_DUE),
-            renew_lease: s(RENEW_LEASE),
-            finish_attempt: s(FINISH_ATTEMPT),
-            cancel: s(CANCEL),
-            gc_txs: s(GC_TXS),
-            gc_blobs: s(GC_BLOBS),
+            claim_due: delivery(CLAIM_DUE),
+            renew_lease: delivery(RENEW_LEASE),
+            finish_attempt: delivery(FINISH_ATTEMPT),
+            cancel: delivery(CANCEL),
+            gc_txs: delivery(GC_TXS),
+            gc_blobs: delivery(GC_BLOBS),
+            delete_blob: delivery(DELETE_BLOB),
             counts: s(COUNTS),
         }
     }

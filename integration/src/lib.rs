@@ -944,3 +944,91 @@ impl TcpTap {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A store-and-forward bootstrap as the durability tests use it: one SMTP
+/// listener whose chain adds a Received header and stores into `storage`
+/// (the YAML of `storage:`), delivered by the chain `out` to `upstream`
+/// with a retry every second.
+#[derive(Clone, Debug)]
+pub struct StoreForward<'a> {
+    pub node: &'a str,
+    /// The listener's and the Received header's host name.
+    pub hostname: &'a str,
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub storage: &'a str,
+    /// The YAML flow mapping of `scheduler:`.
+    pub scheduler: &'a str,
+    pub max_attempts: u32,
+    /// Bounces go into the Maildir `bounces/` of the koukan's directory.
+    pub bounces: bool,
+    /// The upstream endpoint's settings besides `ehlo_hostname`, as the
+    /// inside of a YAML flow mapping.
+    pub endpoint: &'a str,
+}
+
+impl<'a> StoreForward<'a> {
+    pub fn new(listen: SocketAddr, upstream: SocketAddr, storage: &'a str) -> Self {
+        Self {
+            node: "sf-test",
+            hostname: "koukan.test",
+            listen,
+            upstream,
+            storage,
+            scheduler: "{}",
+            max_attempts: 30,
+            bounces: false,
+            endpoint: "connect_timeout: 1s",
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        let (notification, bounce_chain, bounce_box) = if self.bounces {
+            (
+                "\n    notification: {chain: bounces, mailer_daemon: mailer-daemon@koukan.test}",
+                "\n  - name: bounces\n    filters:\n    - router: {destination: {endpoint: bounce-box}}",
+                "\n  - name: bounce-box\n    maildir: {path: bounces}",
+            )
+        } else {
+            ("", "", "")
+        };
+        format!(
+            r#"
+node: {{id: {node}}}
+admin: {{address: "{{admin}}"}}
+storage: {storage}
+scheduler: {scheduler}
+static_resources:
+  listeners:
+  - name: mx
+    address: "{listen}"
+    smtp: {{hostname: {host}, sender: inbound}}
+  senders: [{{name: inbound, chain: inbound}}]
+  chains:
+  - name: inbound
+    filters:
+    - received_header: {{received_hostname: {host}}}
+    store_and_forward: {{output_chain: out}}
+  - name: out
+    filters:
+    - router:
+        destination:
+          endpoint: upstream
+          host_list: [{{host: "{uhost}", port: {uport}}}]
+    retry: {{max_attempts: {attempts}, min_attempt_time: 1s, max_attempt_time: 1s}}{notification}{bounce_chain}
+  endpoints:
+  - name: upstream
+    smtp: {{ehlo_hostname: {host}, {endpoint}}}{bounce_box}
+"#,
+            node = self.node,
+            storage = self.storage,
+            scheduler = self.scheduler,
+            listen = self.listen,
+            host = self.hostname,
+            uhost = self.upstream.ip(),
+            uport = self.upstream.port(),
+            attempts = self.max_attempts,
+            endpoint = self.endpoint,
+        )
+    }
+}

@@ -30,37 +30,13 @@ fn start_koukan(yaml: &str) -> Koukan {
 /// The store-and-forward config, with leases short enough that
 /// transactions a killed process held are taken over within seconds.
 fn config(listen: SocketAddr, upstream: SocketAddr, storage: &str) -> String {
-    format!(
-        r#"
-node: {{id: crash-test}}
-admin: {{address: "{{admin}}"}}
-storage: {storage}
-scheduler: {{lease_ttl: 2s, poll_interval: 0.2s, max_concurrency: 16}}
-static_resources:
-  listeners:
-  - name: mx
-    address: "{listen}"
-    smtp: {{hostname: koukan.test, sender: inbound}}
-  senders: [{{name: inbound, chain: inbound}}]
-  chains:
-  - name: inbound
-    filters:
-    - received_header: {{received_hostname: koukan.test}}
-    store_and_forward: {{output_chain: out}}
-  - name: out
-    filters:
-    - router:
-        destination:
-          endpoint: upstream
-          host_list: [{{host: "{uhost}", port: {uport}}}]
-    retry: {{max_attempts: 30, min_attempt_time: 1s, max_attempt_time: 1s}}
-  endpoints:
-  - name: upstream
-    smtp: {{ehlo_hostname: koukan.test, connect_timeout: 1s, command_timeout: 5s}}
-"#,
-        uhost = upstream.ip(),
-        uport = upstream.port(),
-    )
+    StoreForward {
+        node: "crash-test",
+        scheduler: "{lease_ttl: 2s, poll_interval: 0.2s, max_concurrency: 16}",
+        endpoint: "connect_timeout: 1s, command_timeout: 5s",
+        ..StoreForward::new(listen, upstream, storage)
+    }
+    .yaml()
 }
 
 /// A small xorshift generator: the kill schedule is random but

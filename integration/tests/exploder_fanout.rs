@@ -79,22 +79,37 @@ fn data(c: &mut RawSmtp) -> String {
     c.reply().unwrap().trim_end().to_owned()
 }
 
-#[test]
-fn mx_fan_out_stays_within_its_bound_and_recipients_over_it_are_deferred() {
-    let d = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(&d.path().join("sink"), &[]).unwrap();
+/// One smtp-sink behind a counting tap, for both domains, and a koukan
+/// whose exploder has `exploder` settings.
+struct Tapped {
+    _dir: tempfile::TempDir,
+    sink: SmtpSink,
+    tap: TcpTap,
+    listen: SocketAddr,
+    koukan: Koukan,
+}
+
+fn tapped(exploder: &str) -> Tapped {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(&dir.path().join("sink"), &[]).unwrap();
     let tap = TcpTap::relay(sink.addr);
     let listen = loopback(free_port());
-    let _k = Koukan::start(&config(
+    let koukan = Koukan::start(&config(listen, tap.addr, tap.addr, exploder)).unwrap();
+    Tapped {
+        _dir: dir,
+        sink,
+        tap,
         listen,
-        tap.addr,
-        tap.addr,
-        "msa: false, rcpt_timeout: 20s, data_timeout: 10s, max_concurrent_upstreams: 3",
-    ))
-    .unwrap();
+        koukan,
+    }
+}
+
+#[test]
+fn mx_fan_out_stays_within_its_bound_and_recipients_over_it_are_deferred() {
+    let t = tapped("msa: false, rcpt_timeout: 20s, data_timeout: 10s, max_concurrent_upstreams: 3");
     let rcpts: Vec<String> = (0..8).map(|i| format!("u{i}@a.test")).collect();
     let started = std::time::Instant::now();
-    let (mut c, replies) = pipelined(listen, &rcpts);
+    let (mut c, replies) = pipelined(t.listen, &rcpts);
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "recipients over the bound did not wait for the RCPT timeout"
@@ -113,47 +128,37 @@ fn mx_fan_out_stays_within_its_bound_and_recipients_over_it_are_deferred() {
     // One more, not pipelined: over the bound at once too.
     let late = c.cmd("RCPT TO:<late@a.test>").unwrap();
     assert!(late.starts_with("452 4.5.3"), "{late}");
-    assert_eq!(tap.max_active(), 3, "upstream connections at once");
+    assert_eq!(t.tap.max_active(), 3, "upstream connections at once");
     assert_eq!(
-        tap.accepted(),
+        t.tap.accepted(),
         3,
         "no upstream opened for a recipient over the bound"
     );
     let reply = data(&mut c);
     assert_eq!(reply, "250 2.0.0 Ok (exploder same response)");
-    assert_eq!(sink.wait_messages(3, Duration::from_secs(5)).len(), 3);
+    assert_eq!(t.sink.wait_messages(3, Duration::from_secs(5)).len(), 3);
 }
 
 #[test]
 fn msa_fan_out_stores_recipients_over_its_bound_and_delivers_them_later() {
-    let d = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(&d.path().join("sink"), &[]).unwrap();
-    let tap = TcpTap::relay(sink.addr);
-    let listen = loopback(free_port());
-    let k = Koukan::start(&config(
-        listen,
-        tap.addr,
-        tap.addr,
-        "msa: true, rcpt_timeout: 20s, data_timeout: 10s, max_concurrent_upstreams: 2",
-    ))
-    .unwrap();
+    let t = tapped("msa: true, rcpt_timeout: 20s, data_timeout: 10s, max_concurrent_upstreams: 2");
     let rcpts: Vec<String> = (0..6).map(|i| format!("u{i}@a.test")).collect();
-    let (mut c, replies) = pipelined(listen, &rcpts);
+    let (mut c, replies) = pipelined(t.listen, &rcpts);
     let stored = replies
         .iter()
         .filter(|r| *r == "250 2.1.5 RCPT ok (exploder store&forward)")
         .count();
     assert_eq!(stored, 4, "{replies:?}");
     assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
-    assert_eq!(tap.max_active(), 2, "upstream connections at once");
+    assert_eq!(t.tap.max_active(), 2, "upstream connections at once");
     let reply = data(&mut c);
     let (_, ids) = reply
         .split_once("queued as ")
         .unwrap_or_else(|| panic!("{reply}"));
     assert_eq!(ids.split(',').count(), 4, "{reply}");
     // Two cut through, four delivered by the scheduler.
-    let msgs = sink.wait_messages(6, Duration::from_secs(15));
-    assert_eq!(msgs.len(), 6, "log:\n{}", k.log());
+    let msgs = t.sink.wait_messages(6, Duration::from_secs(15));
+    assert_eq!(msgs.len(), 6, "log:\n{}", t.koukan.log());
     for r in &rcpts {
         assert_eq!(
             msgs.iter()

@@ -19,38 +19,15 @@ fn start_koukan(yaml: &str) -> Koukan {
 /// One replica's config: its own listener and admin port, the shared
 /// Redis, short leases, retries every second.
 fn config(node: &str, listen: SocketAddr, upstream: SocketAddr, redis: &RedisServer) -> String {
-    format!(
-        r#"
-node: {{id: {node}}}
-admin: {{address: "{{admin}}"}}
-storage: {{redis: {{url: "{url}"}}}}
-scheduler: {{lease_ttl: 2s, poll_interval: 0.2s}}
-static_resources:
-  listeners:
-  - name: mx
-    address: "{listen}"
-    smtp: {{hostname: {node}.test, sender: inbound}}
-  senders: [{{name: inbound, chain: inbound}}]
-  chains:
-  - name: inbound
-    filters:
-    - received_header: {{received_hostname: {node}.test}}
-    store_and_forward: {{output_chain: out}}
-  - name: out
-    filters:
-    - router:
-        destination:
-          endpoint: upstream
-          host_list: [{{host: "{uhost}", port: {uport}}}]
-    retry: {{max_attempts: 30, min_attempt_time: 1s, max_attempt_time: 1s}}
-  endpoints:
-  - name: upstream
-    smtp: {{ehlo_hostname: {node}.test, connect_timeout: 1s}}
-"#,
-        url = redis.url(),
-        uhost = upstream.ip(),
-        uport = upstream.port(),
-    )
+    let storage = format!("{{redis: {{url: \"{}\"}}}}", redis.url());
+    let hostname = format!("{node}.test");
+    StoreForward {
+        node,
+        hostname: &hostname,
+        scheduler: "{lease_ttl: 2s, poll_interval: 0.2s}",
+        ..StoreForward::new(listen, upstream, &storage)
+    }
+    .yaml()
 }
 
 fn message(id: &str) -> String {

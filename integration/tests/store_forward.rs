@@ -13,42 +13,12 @@ const MSG: &str = "From: alice@example.com\r\nTo: bob@example.net\r\nSubject: st
 
 /// `storage` is the YAML of the bootstrap's `storage:` value.
 fn config(listen: SocketAddr, upstream: SocketAddr, storage: &str, max_attempts: u32) -> String {
-    format!(
-        r#"
-node: {{id: sf-test}}
-admin: {{address: "{{admin}}"}}
-storage: {storage}
-static_resources:
-  listeners:
-  - name: mx
-    address: "{listen}"
-    smtp: {{hostname: koukan.test, sender: inbound}}
-  senders: [{{name: inbound, chain: inbound}}]
-  chains:
-  - name: inbound
-    filters:
-    - received_header: {{received_hostname: koukan.test}}
-    store_and_forward: {{output_chain: out}}
-  - name: out
-    filters:
-    - router:
-        destination:
-          endpoint: upstream
-          host_list: [{{host: "{uhost}", port: {uport}}}]
-    retry: {{max_attempts: {max_attempts}, min_attempt_time: 1s, max_attempt_time: 1s}}
-    notification: {{chain: bounces, mailer_daemon: mailer-daemon@koukan.test}}
-  - name: bounces
-    filters:
-    - router: {{destination: {{endpoint: bounce-box}}}}
-  endpoints:
-  - name: upstream
-    smtp: {{ehlo_hostname: koukan.test, connect_timeout: 1s}}
-  - name: bounce-box
-    maildir: {{path: bounces}}
-"#,
-        uhost = upstream.ip(),
-        uport = upstream.port(),
-    )
+    StoreForward {
+        max_attempts,
+        bounces: true,
+        ..StoreForward::new(listen, upstream, storage)
+    }
+    .yaml()
 }
 
 const EMBEDDED: &str = "{embedded: {path: data/koukan.db}}";

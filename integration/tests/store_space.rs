@@ -22,35 +22,14 @@ use koukan_integration::*;
 /// Store-and-forward into `storage`, delivering to `upstream` with a
 /// retry every second.
 fn config(listen: SocketAddr, upstream: SocketAddr, storage: &str) -> String {
-    format!(
-        r#"
-node: {{id: space-test}}
-admin: {{address: "{{admin}}"}}
-storage: {storage}
-scheduler: {{lease_ttl: 5s, poll_interval: 0.2s, max_concurrency: 16}}
-static_resources:
-  listeners:
-  - name: mx
-    address: "{listen}"
-    smtp: {{hostname: koukan.test, sender: inbound}}
-  senders: [{{name: inbound, chain: inbound}}]
-  chains:
-  - name: inbound
-    store_and_forward: {{output_chain: out}}
-  - name: out
-    filters:
-    - router:
-        destination:
-          endpoint: upstream
-          host_list: [{{host: "{uhost}", port: {uport}}}]
-    retry: {{max_attempts: 100, min_attempt_time: 1s, max_attempt_time: 1s}}
-  endpoints:
-  - name: upstream
-    smtp: {{ehlo_hostname: koukan.test, connect_timeout: 1s, command_timeout: 5s}}
-"#,
-        uhost = upstream.ip(),
-        uport = upstream.port(),
-    )
+    StoreForward {
+        node: "space-test",
+        scheduler: "{lease_ttl: 5s, poll_interval: 0.2s, max_concurrency: 16}",
+        max_attempts: 100,
+        endpoint: "connect_timeout: 1s, command_timeout: 5s",
+        ..StoreForward::new(listen, upstream, storage)
+    }
+    .yaml()
 }
 
 /// A message of about 64 KiB whose Subject is `id`, with a trailer that

@@ -134,7 +134,8 @@ peak_file=$work/peak
     [ "$n" -gt "$peak" ] && peak=$n && echo "$peak" > "$peak_file"
     sleep 0.01
   done ) & sampler=$!
-fanout=$(python3 - "$XMX" <<'PY'
+pids+=("$sampler")
+fanout=$(python3 - "$XMX" 2>&1 <<'PY'
 import smtplib, sys, time
 start = time.time()
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=120)
@@ -144,7 +145,7 @@ s.quit()
 codes = sorted({v[0] for v in refused.values()})
 print(f"{time.time() - start:.2f} s, {1000 - len(refused)} accepted, {len(refused)} refused {codes}")
 PY
-)
+) || fanout="FAIL: $(echo "$fanout" | tail -1)"
 touch "$work/fanout-done"; wait "$sampler" || true
 echo "1000 recipients via exploder-mx: $fanout; at most $(cat "$peak_file" 2>/dev/null || echo 0) upstream connections open at once (bound 100)"
 

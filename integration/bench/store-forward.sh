@@ -242,9 +242,9 @@ check_koukan() {
 # Size of the store koukan runs on: the SQLite files, or Redis memory and AOF.
 store_report() {
   if [[ $(cat "$work/$KNAME/koukan.yaml") == *embedded:* ]]; then
-    log "  store: $(du -sh "$work/$KNAME/data" | cut -f1) on disk (finished transactions and bodies are kept for scheduler.gc_ttl, default 1 day)"
+    log "  store: $(du -sh "$work/$KNAME/data" | cut -f1) on disk (finished transactions are kept for scheduler.gc_ttl, default 1 day; a delivered body is deleted at once and its pages reused, SQLite does not shrink the file)"
   else
-    log "  store: redis used_memory $(redis-cli -p "$REDIS_PORT" info memory | tr -d '\r' | awk -F: '/^used_memory_human/ {print $2}'), AOF $(du -sh "$REDIS_DIR" | cut -f1) (finished transactions and bodies are kept for scheduler.gc_ttl, default 1 day)"
+    log "  store: redis used_memory $(redis-cli -p "$REDIS_PORT" info memory | tr -d '\r' | awk -F: '/^used_memory_human/ {print $2}'), AOF $(du -sh "$REDIS_DIR" | cut -f1) (finished transactions are kept for scheduler.gc_ttl, default 1 day; a delivered body is deleted at once)"
   fi
 }
 

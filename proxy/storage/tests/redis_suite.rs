@@ -1516,6 +1516,45 @@ async fn memory_reserve_defaults_to_a_tenth_of_maxmemory() {
     admit_becomes(&s, true).await.unwrap();
 }
 
+/// How many INFO commands the server has answered.
+async fn info_calls(server: &RedisServer) -> u64 {
+    let mut raw = server.raw().await;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_info:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Admission is cheap: a burst of admissions (one per body chunk of every
+/// message being received) reads INFO once, not once each, both without
+/// maxmemory and with room to spare under it.
+#[tokio::test]
+async fn admission_reads_memory_once_for_a_burst() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    for maxmemory in [0, used_memory(&server).await * 4] {
+        set_maxmemory(&server, maxmemory).await;
+        // Let a reading from before expire.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = info_calls(&server).await;
+        for _ in 0..200 {
+            s.admit().await.unwrap();
+        }
+        // This test's own INFO calls count too: one before, one after.
+        let calls = info_calls(&server).await - before - 1;
+        assert!(
+            calls <= 2,
+            "maxmemory {maxmemory}: {calls} INFO calls for 200 admissions"
+        );
+    }
+}
+
 /// Over maxmemory (another replica's burst, a reserve too small), new mail
 /// is refused by Redis itself, but delivery's scripts still run: a full
 /// Redis can always drain.

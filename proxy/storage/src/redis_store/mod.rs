@@ -500,10 +500,15 @@ impl RedisStore {
         let Some(mut reading) = estimate(self.memory(false).await?) else {
             return Ok(());
         };
+        let (used, max, reserve) = reading;
+        // No maxmemory: nothing to keep a reserve below (and nothing to
+        // read again: the cached reading says so until it is renewed).
+        if max == 0 {
+            return Ok(());
+        }
         // Near the limit a cached reading plus what was appended since is
         // not precise enough (bodies take more memory than their bytes):
         // within a reserve of it, every admission takes a new reading.
-        let (used, max, reserve) = reading;
         if used.saturating_add(reserve) >= max.saturating_sub(reserve) {
             match estimate(self.memory(true).await?) {
                 Some(r) => reading = r,

@@ -261,6 +261,17 @@ impl UpdateResponse {
                 .map(|_| resp.clone()),
         }
     }
+
+    /// The answer of a chain that cannot go on (it broke, or panicked):
+    /// like [`UpdateResponse::fill`], and a body chunk, last or not, gets
+    /// `resp` as the early data reply that ends the transaction.
+    pub fn ended(update: &TxUpdate, resp: &Response) -> Self {
+        let mut r = Self::fill(update, resp);
+        if update.body.is_some() {
+            r.data = Some(resp.clone());
+        }
+        r
+    }
 }
 
 /// TLS facts of a session, for trace headers and logs.
@@ -333,5 +344,12 @@ mod tests {
         assert!(r.mail.is_some());
         assert_eq!(r.rcpts.len(), 3);
         assert!(r.data.is_none(), "non-final chunk gets no data response");
+        let r = UpdateResponse::ended(&u, &Response::new(451, "x"));
+        assert_eq!(
+            r.data,
+            Some(Response::new(451, "x")),
+            "ended: an early data reply"
+        );
+        assert_eq!(r.rcpts.len(), 3);
     }
 }

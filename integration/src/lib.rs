@@ -55,10 +55,17 @@ pub fn stable_port() -> u16 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
+    // Ports handed out before in this process: one may be free still (its
+    // server not started yet), and handing it out twice would have two
+    // servers race for it.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..(hi - lo) {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (lo + (seed.wrapping_add(n.wrapping_mul(104_729))) % (hi - lo)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
@@ -306,7 +313,7 @@ impl Koukan {
     }
 }
 
-/// A minimal HTTP/1.1 GET (no client crate needed for admin probes).
+/// A minimal HTTP/1.0 GET (no client crate needed for admin probes).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     http_request(addr, "GET", path)
 }
@@ -326,9 +333,8 @@ fn http_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u
     http_with(addr, method, path, &[], "")
 }
 
-/// An HTTP/1.1 request (`Connection: close`) with the given headers and
-/// body; `Host` is the address unless `headers` sets one. Returns the
-/// status and the body.
+/// An HTTP/1.0 request with the given headers and body; `Host` is the
+/// address unless `headers` sets one. Returns the status and the body.
 pub fn http_with(
     addr: SocketAddr,
     method: &str,
@@ -338,7 +344,7 @@ pub fn http_with(
 ) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
     }
@@ -347,40 +353,18 @@ pub fn http_with(
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
     let status = resp
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("bad HTTP status line")?;
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    // The admin server answers HTTP/1.1 with chunked bodies at times.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Polls `f` every 50 ms until it yields a value or `timeout` passes.

@@ -295,6 +295,72 @@ fn lf(content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Every cell's messages at the sink: one per inbound transaction for the
+/// relay, one per recipient otherwise, none twice, each with its
+/// recipients and the exact content. `Err` names the first mismatch.
+fn check_dumps(cells: &[(usize, Cell)], bodies: &[Vec<u8>], dumps: &[Dump]) -> Result<(), String> {
+    let expected: usize = cells
+        .iter()
+        .map(|(_, c)| if c.terminal.splits() { c.rcpts } else { 1 })
+        .sum();
+    if dumps.len() != expected {
+        return Err(format!(
+            "{} messages at the sink, expected {expected}",
+            dumps.len()
+        ));
+    }
+    for (i, cell) in cells {
+        let who = cell.sender();
+        let mine: Vec<&Dump> = dumps.iter().filter(|d| d.sender == who).collect();
+        let want = if cell.terminal.splits() {
+            cell.rcpts
+        } else {
+            1
+        };
+        if mine.len() != want {
+            return Err(format!(
+                "{who}: {} messages at the sink, expected {want}",
+                mine.len()
+            ));
+        }
+        let rcpts: BTreeSet<&str> = mine
+            .iter()
+            .flat_map(|d| d.rcpts.iter().map(String::as_str))
+            .collect();
+        let all = cell.recipients();
+        let expected_rcpts: BTreeSet<&str> = all.iter().map(String::as_str).collect();
+        if rcpts != expected_rcpts {
+            return Err(format!(
+                "{who}: recipients {rcpts:?}, expected {expected_rcpts:?}"
+            ));
+        }
+        let expected_content = lf(&bodies[*i]);
+        for d in mine {
+            if d.content != expected_content {
+                return Err(format!(
+                    "{who}: the sink got {} octets, expected {} (first difference at {:?})",
+                    d.content.len(),
+                    expected_content.len(),
+                    d.content
+                        .iter()
+                        .zip(&expected_content)
+                        .position(|(a, b)| a != b)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// koukan's WARN and ERROR lines.
+fn warnings(k: &Koukan) -> String {
+    k.log()
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn every_terminal_mode_and_size_delivers_the_exact_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -346,52 +412,33 @@ fn every_terminal_mode_and_size_delivers_the_exact_message() {
         }
     });
 
-    // Every cell's messages at the sink: one per inbound transaction for
-    // the relay, one per recipient otherwise (store-and-forward's arrive
-    // from the scheduler).
+    // Every cell's messages at the sink (store-and-forward's arrive from
+    // the scheduler). A dump is written while its message arrives, so the
+    // dumps are read until every cell checks out (or the time is up: then
+    // the first mismatch is the failure); only once there are enough files,
+    // the contents being over 100 MB.
     let expected: usize = cells
         .iter()
         .map(|(_, c)| if c.terminal.splits() { c.rcpts } else { 1 })
         .sum();
-    let dumps = wait_for(Duration::from_secs(120), || {
-        let files: Vec<Vec<u8>> = std::fs::read_dir(&sink.dir)
-            .ok()?
-            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
-            .collect();
-        let dumps: Vec<Dump> = files.iter().filter_map(|f| parse_dump(f)).collect();
-        (dumps.len() >= expected).then_some(dumps)
-    })
-    .unwrap_or_else(|| panic!("not every message reached the sink; log:\n{}", koukan.log()));
-    assert_eq!(dumps.len(), expected, "no message delivered twice");
-    for (i, cell) in &cells {
-        let who = cell.sender();
-        let mine: Vec<&Dump> = dumps.iter().filter(|d| d.sender == who).collect();
-        let want = if cell.terminal.splits() {
-            cell.rcpts
-        } else {
-            1
-        };
-        assert_eq!(mine.len(), want, "{who}: messages at the sink");
-        let rcpts: BTreeSet<&str> = mine
-            .iter()
-            .flat_map(|d| d.rcpts.iter().map(String::as_str))
-            .collect();
-        let all = cell.recipients();
-        let expected_rcpts: BTreeSet<&str> = all.iter().map(String::as_str).collect();
-        assert_eq!(rcpts, expected_rcpts, "{who}");
-        let expected_content = lf(&bodies[*i]);
-        for d in mine {
-            assert!(
-                d.content == expected_content,
-                "{who}: the sink got {} octets, expected {} (first difference at {:?})",
-                d.content.len(),
-                expected_content.len(),
-                d.content
-                    .iter()
-                    .zip(&expected_content)
-                    .position(|(a, b)| a != b)
-            );
-        }
+    let files = || std::fs::read_dir(&sink.dir).map_or(0, |rd| rd.count());
+    let read = || -> Vec<Dump> {
+        std::fs::read_dir(&sink.dir)
+            .map(|rd| {
+                rd.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                    .filter_map(|f| parse_dump(&f))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let settled = wait_for(Duration::from_secs(120), || {
+        (files() >= expected)
+            .then(|| check_dumps(&cells, &bodies, &read()).ok())
+            .flatten()
+    });
+    if settled.is_none() {
+        let why = check_dumps(&cells, &bodies, &read()).unwrap_err();
+        panic!("{why}; koukan's warnings:\n{}", warnings(&koukan));
     }
     assert!(
         !koukan.log().contains("panicked"),

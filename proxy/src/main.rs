@@ -72,9 +72,7 @@ fn hash_secret() -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
-        (Some(Command::CheckConfig { file }), _) => match koukan_proxy::server::load(&file)
-            .and_then(|_| koukan_proxy::server::check_store(&file))
-        {
+        (Some(Command::CheckConfig { file }), _) => match koukan_proxy::server::check(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS

@@ -15,14 +15,48 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::admin::{self, AdminState};
 use crate::listeners::ListenerSet;
 use crate::runtime::{Runtime, duration, nonzero};
-use crate::scheduler::{InternalErrors, Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
 use koukan_smtp_server::AuthFailureTracker;
 use koukan_storage::{ReplicaId, Store};
 
-/// Reads, validates and builds a snapshot; every problem is reported with
-/// the file name and field path.
-pub fn load(path: &Path) -> anyhow::Result<Runtime> {
-    load_with(path, None, Arc::default()).map(|(r, _)| r)
+/// `check-config`: reads, validates and builds a snapshot, and looks at
+/// the embedded store file (a file that is not a store is the same error
+/// `--config` stops on); every problem is reported with the file name and
+/// field path. Creates nothing.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    use koukan_storage::embedded::{StoreFile, inspect};
+    let (_, bootstrap) = load_with(path, None, Arc::default())?;
+    // A missing file is fine: it would be created.
+    let Some(file) = embedded_file(path, &bootstrap) else {
+        return Ok(());
+    };
+    match inspect(&file) {
+        Ok(StoreFile::Invalid { found }) => Err(anyhow!(
+            "{}: storage.embedded.path: {}",
+            path.display(),
+            koukan_storage::StoreError::NotAStore { path: file, found }
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow!("{}: storage.embedded.path: {e}", path.display())),
+    }
+}
+
+/// The file of the bootstrap's embedded store, if it uses one.
+fn embedded_file(config: &Path, b: &koukan_proto::config::v1::Bootstrap) -> Option<PathBuf> {
+    use koukan_proto::config::v1::storage::Backend;
+    match b.storage.as_ref()?.backend.as_ref()? {
+        Backend::Embedded(e) => Some(koukan_proto::load::resolve_path(config, &e.path)),
+        Backend::Redis(_) => None,
+    }
+}
+
+/// Creates the directory an embedded store file goes in.
+fn create_store_dir(file: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("storage.embedded.path: creating {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// `storage` and `auth_tracker` are the process's, kept across reloads.
@@ -64,11 +98,7 @@ async fn open_store(
     let store: Arc<dyn Store> = match backend {
         Backend::Embedded(e) => {
             let file = koukan_proto::load::resolve_path(path, &e.path);
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!("storage.embedded.path: creating {}", dir.display())
-                })?;
-            }
+            create_store_dir(&file)?;
             let store = koukan_storage::embedded::EmbeddedStore::open(
                 &file,
                 koukan_storage::embedded::EmbeddedOptions {
@@ -101,49 +131,20 @@ async fn open_store(
     Ok(Some(store))
 }
 
-/// For `check-config`: an embedded store file that exists but is not a
-/// store is the same error `--config` stops on. Looks only; a missing file
-/// is fine (it would be created) and nothing is created here.
-pub fn check_store(path: &Path) -> anyhow::Result<()> {
-    use koukan_proto::config::v1::storage::Backend;
-    use koukan_storage::embedded::{StoreFile, inspect};
-    let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
-    let Some(Backend::Embedded(e)) = bootstrap.storage.as_ref().and_then(|s| s.backend.as_ref())
-    else {
-        return Ok(());
-    };
-    let file = koukan_proto::load::resolve_path(path, &e.path);
-    match inspect(&file) {
-        Ok(StoreFile::Invalid { found }) => Err(anyhow!(
-            "{}: storage.embedded.path: {}",
-            path.display(),
-            koukan_storage::StoreError::NotAStore { path: file, found }
-        )),
-        Ok(_) => Ok(()),
-        Err(e) => Err(anyhow!("{}: storage.embedded.path: {e}", path.display())),
-    }
-}
-
 /// `koukan init-store`: creates the embedded store the config names where
 /// no file exists; leaves a valid store alone; refuses a file that is not
 /// a store unless `force`, which moves it aside first. Returns what it did,
 /// for the operator.
 pub fn init_store(path: &Path, force: bool) -> anyhow::Result<String> {
-    use koukan_proto::config::v1::storage::Backend;
     use koukan_storage::embedded::{InitOutcome, init};
     let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
-    let Some(Backend::Embedded(e)) = bootstrap.storage.as_ref().and_then(|s| s.backend.as_ref())
-    else {
+    let Some(file) = embedded_file(path, &bootstrap) else {
         anyhow::bail!(
             "{}: storage.embedded: init-store needs an embedded store in the config",
             path.display()
         );
     };
-    let file = koukan_proto::load::resolve_path(path, &e.path);
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("storage.embedded.path: creating {}", dir.display()))?;
-    }
+    create_store_dir(&file)?;
     let outcome =
         init(&file, force).with_context(|| format!("{}: storage.embedded.path", path.display()))?;
     Ok(match outcome {
@@ -217,7 +218,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let store = open_store(&config_path, &bootstrap).await?;
     let scheduler_config = scheduler_config(bootstrap.scheduler.as_ref());
     let smtp_metrics = Arc::new(koukan_smtp_server::SmtpMetrics::new());
-    let internal_errors = InternalErrors::new(smtp_metrics.internal_errors_total.clone());
+    let internal_errors = smtp_metrics.internal_errors.clone();
     let storage = store.map(|store| {
         let node = bootstrap
             .node

@@ -10,14 +10,12 @@ use arc_swap::ArcSwap;
 use koukan_filters::{
     BoxTxService, Mailbox, Recipient, SessionInfo, TxContext, TxUpdate, UpdateResponse, call_caught,
 };
-use koukan_smtp_server::{ComponentLabels, TransactionFactory};
+use koukan_smtp_server::{InternalErrors, TransactionFactory};
 use koukan_storage::ReplicaId;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
 use crate::chains::ListenerTransactions;
 use crate::runtime::{FilterSpec, Runtime};
-use crate::scheduler::{InternalErrors, SchedulerHandle, StorageCtx};
+use crate::scheduler::{SchedulerHandle, StorageCtx};
 
 /// The address the fixture's one listener is configured on (never bound:
 /// transactions are opened through its factory directly).
@@ -27,7 +25,7 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub storage: Arc<StorageCtx>,
-    pub errors: Family<ComponentLabels, Counter>,
+    pub errors: InternalErrors,
 }
 
 /// Builds the runtime of `yaml` (paths relative to a fresh directory),
@@ -42,12 +40,12 @@ pub fn fixture(yaml: &str, faulty: &[&str]) -> Fixture {
         koukan_storage::embedded::EmbeddedOptions::default(),
     )
     .unwrap();
-    let errors = Family::<ComponentLabels, Counter>::default();
+    let errors = InternalErrors::default();
     let storage = Arc::new(StorageCtx {
         store: Arc::new(store),
         scheduler: SchedulerHandle::new(1000),
         replica: ReplicaId("test-replica".into()),
-        internal_errors: InternalErrors::new(errors.clone()),
+        internal_errors: errors.clone(),
     });
     let mut runtime = Runtime::build(
         &path,
@@ -96,11 +94,7 @@ impl Fixture {
 
     /// Panics counted for `component`.
     pub fn internal_errors(&self, component: &str) -> u64 {
-        self.errors
-            .get_or_create(&ComponentLabels {
-                component: component.into(),
-            })
-            .get()
+        self.errors.get(component)
     }
 
     /// Files delivered into the maildir at `rel` (its `new/`).

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Limits;
 use crate::conn::Conn;
-use crate::line_limit::{LineLimit, LineTooLong};
+use crate::line_limit::LineTooLong;
 use crate::reply;
 use crate::tx::{Outcome, Transaction};
 
@@ -92,27 +92,26 @@ fn too_big(tx: &mut Transaction) {
 
 /// A content line over `max_data_line_length`: like the size limit, the
 /// transaction fails (its upstream is dropped, so nothing half-sent is
-/// delivered) and the rest of the message is only read and discarded.
-/// `Rejected` is the outcome label until a dedicated one exists; the
-/// `data_line_too_long` rejection counter tells these apart.
+/// delivered) and the rest of the message is only read and discarded, so
+/// this happens once per message; it is counted as a rejection too.
 fn line_too_long(tx: &mut Transaction, e: LineTooLong) {
+    tx.metrics
+        .rejected(&tx.ctx.session.listener, "data_line_too_long");
     tx.fail(reply::data_line_too_long(e.max), Outcome::LineTooLong);
 }
 
 /// Counts `data[from..]` (the octets a receiver just added; `from` may be
 /// past the end when the DATA receiver took back a CR it had output).
-fn check_lines(lines: &mut LineLimit, data: &[u8], from: usize) -> Result<(), LineTooLong> {
-    lines.feed(data.get(from..).unwrap_or_default())
+fn check_lines(tx: &mut Transaction, data: &[u8], from: usize) -> Result<(), LineTooLong> {
+    tx.lines.feed(data.get(from..).unwrap_or_default())
 }
 
 /// Reads a DATA message (after the 354 was queued) up to `CRLF.CRLF`,
 /// forwarding it in chunks, and returns the reply for the client.
-/// `lines` counts line lengths (a fresh one per message).
 pub(crate) async fn receive_data<IO: AsyncRead + AsyncWrite + Unpin + Send>(
     conn: &mut Conn<IO>,
     tx: &mut Transaction,
     limits: &Limits,
-    lines: &mut LineLimit,
 ) -> Result<Response, DataError> {
     let mut rx = DataReceiver::new();
     // The receiver only recognises a dot at the start of a line after it
@@ -147,7 +146,7 @@ pub(crate) async fn receive_data<IO: AsyncRead + AsyncWrite + Unpin + Send>(
         conn.consume(used);
 
         let over_size = tx.size + buf.len() as u64 > limits.max_message_size;
-        let long_line = check_lines(lines, &buf, before).err();
+        let long_line = check_lines(tx, &buf, before).err();
         if over_size || long_line.is_some() {
             match long_line {
                 Some(e) if !over_size => line_too_long(tx, e),
@@ -177,18 +176,14 @@ pub(crate) async fn receive_data<IO: AsyncRead + AsyncWrite + Unpin + Send>(
 
 /// Reads and forwards one BDAT chunk of `size` octets. Returns the reply:
 /// for `last`, the final response; otherwise `250 <n> octets received` or
-/// the failure already known.
-///
-/// `lines` carries the line length count from one chunk of the message to
-/// the next (a line may span chunks); the session starts a fresh one with
-/// the message's first chunk.
+/// the failure already known. The line length count goes on from the
+/// message's earlier chunks (`Transaction::lines`: a line may span them).
 pub(crate) async fn receive_bdat<IO: AsyncRead + AsyncWrite + Unpin + Send>(
     conn: &mut Conn<IO>,
     tx: &mut Transaction,
     size: usize,
     last: bool,
     limits: &Limits,
-    lines: &mut LineLimit,
 ) -> Result<Response, DataError> {
     tx.bdat = true;
     if tx.failed.is_none() && tx.size.saturating_add(size as u64) > limits.max_message_size {
@@ -212,7 +207,7 @@ pub(crate) async fn receive_bdat<IO: AsyncRead + AsyncWrite + Unpin + Send>(
         let used = input.len() - it.len();
         conn.consume(used);
         remaining -= used;
-        if let Err(e) = check_lines(lines, &buf, before) {
+        if let Err(e) = check_lines(tx, &buf, before) {
             line_too_long(tx, e);
             tx.size += buf.len() as u64;
             buf = Vec::new();

@@ -41,7 +41,8 @@ pub use auth_limit::{
 pub use config::{Limits, SessionConfig};
 pub use listener::{Listener, ListenerHandle, run_listener};
 pub use metrics::{
-    AuthScopeLabels, ComponentLabels, ListenerLabels, OutcomeLabels, RejectLabels, SmtpMetrics,
+    AuthScopeLabels, ComponentLabels, InternalErrors, ListenerLabels, OutcomeLabels, RejectLabels,
+    SmtpMetrics,
 };
 pub use session::{TransactionFactory, serve_connection};
 pub use tls::{TlsConfigError, load_tls_config, tls_config_from_pem};

@@ -14,8 +14,6 @@ pub(crate) struct LineLimit {
     max: usize,
     /// Octets of the line in progress (since the last LF).
     current: usize,
-    /// A line went past the limit (the message is refused).
-    exceeded: bool,
 }
 
 /// A line went past the limit.
@@ -28,16 +26,7 @@ pub(crate) struct LineTooLong {
 impl LineLimit {
     /// `max` is the longest line accepted, in octets including CRLF.
     pub fn new(max: usize) -> Self {
-        Self {
-            max,
-            current: 0,
-            exceeded: false,
-        }
-    }
-
-    /// Whether some line of this message was over the limit.
-    pub fn exceeded(&self) -> bool {
-        self.exceeded
+        Self { max, current: 0 }
     }
 
     /// Counts the next octets of the message (as the chain will see them:
@@ -68,7 +57,6 @@ impl LineLimit {
     fn add(&mut self, octets: usize) -> Result<(), LineTooLong> {
         self.current = self.current.saturating_add(octets);
         if self.current > self.max {
-            self.exceeded = true;
             return Err(LineTooLong { max: self.max });
         }
         Ok(())
@@ -99,9 +87,7 @@ mod tests {
         assert_eq!(l.feed(b"\r"), Ok(()));
         assert_eq!(l.feed(b"\n"), Err(LineTooLong { max: 10 }));
         let mut l = LineLimit::new(10);
-        assert!(!l.exceeded());
         assert_eq!(l.feed(b"12345678901"), Err(LineTooLong { max: 10 }));
-        assert!(l.exceeded());
     }
 
     #[test]

@@ -46,6 +46,32 @@ pub struct AuthScopeLabels {
     pub scope: String,
 }
 
+/// `koukan_internal_errors_total{component}`: panics caught, each of which
+/// ended one transaction or delivery attempt, never the process. Cheap to
+/// clone (the clones count into the same family): the SMTP side owns it,
+/// the delivery side (exploder upstreams, scheduler attempts) gets a clone.
+#[derive(Clone, Debug, Default)]
+pub struct InternalErrors(Family<ComponentLabels, Counter>);
+
+impl InternalErrors {
+    pub fn count(&self, component: &str) {
+        self.labelled(component).inc();
+    }
+
+    /// Panics counted for `component` so far.
+    pub fn get(&self, component: &str) -> u64 {
+        self.labelled(component).get()
+    }
+
+    fn labelled(&self, component: &str) -> Counter {
+        self.0
+            .get_or_create(&ComponentLabels {
+                component: component.to_owned(),
+            })
+            .clone()
+    }
+}
+
 /// Counters and gauges shared by every listener (labelled by listener).
 /// Cheap to share behind an `Arc`; all updates are atomic.
 #[derive(Debug, Default)]
@@ -58,11 +84,9 @@ pub struct SmtpMetrics {
     /// Message octets (after dot-unstuffing) received to the end of data.
     pub messages_bytes_total: Family<ListenerLabels, Counter>,
     pub commands_rejected_total: Family<RejectLabels, Counter>,
-    /// Panics caught (each ended a transaction or an attempt, never the
-    /// process), by component. Registered without the `smtp_` prefix
-    /// (`koukan_internal_errors_total`): the delivery side counts into the
-    /// same family.
-    pub internal_errors_total: Family<ComponentLabels, Counter>,
+    /// Registered without the `smtp_` prefix: the delivery side counts
+    /// into it too.
+    pub internal_errors: InternalErrors,
     /// AUTH with wrong credentials (answered 535), per listener.
     pub auth_failures_total: Family<ListenerLabels, Counter>,
     /// Lockouts started, by the listener of the failure that reached the
@@ -83,7 +107,7 @@ impl SmtpMetrics {
         registry.register(
             "internal_errors",
             "Panics caught by component; each ended one transaction or delivery attempt",
-            self.internal_errors_total.clone(),
+            self.internal_errors.0.clone(),
         );
         let r = registry.sub_registry_with_prefix("smtp");
         r.register(
@@ -148,15 +172,6 @@ impl SmtpMetrics {
             .inc();
     }
 
-    /// Counts one caught panic.
-    pub fn internal_error(&self, component: &str) {
-        self.internal_errors_total
-            .get_or_create(&ComponentLabels {
-                component: component.to_owned(),
-            })
-            .inc();
-    }
-
     pub(crate) fn auth_scope(listener: &str, scope: &str) -> AuthScopeLabels {
         AuthScopeLabels {
             listener: listener.to_owned(),
@@ -188,7 +203,7 @@ mod tests {
             .inc();
         m.transaction("in", "delivered");
         m.rejected("in", "unknown");
-        m.internal_error("scheduler");
+        m.internal_errors.count("scheduler");
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(

@@ -20,7 +20,6 @@ use tracing::debug;
 use crate::config::SessionConfig;
 use crate::conn::{Conn, LineRead, Stream};
 use crate::data::{self, DataError};
-use crate::line_limit::LineLimit;
 use crate::metrics::SmtpMetrics;
 use crate::reply::{self, Reply};
 use crate::tls::tls_info;
@@ -88,7 +87,6 @@ pub async fn serve_connection<IO>(
         bad_commands: 0,
         tx: None,
         line: Vec::new(),
-        data_lines: LineLimit::new(0),
     };
     // Last resort: a panic outside command handling (TLS set-up, reading)
     // leaves nothing to answer with, but is still logged and counted
@@ -96,7 +94,7 @@ pub async fn serve_connection<IO>(
     if let Err(payload) = AssertUnwindSafe(session.run()).catch_unwind().await {
         let panicked = ChainPanicked::from_payload(payload);
         tracing::error!(listener = %listener, peer = %peer, error = %panicked.message, "SMTP session panicked; connection closed");
-        metrics.internal_error("smtp_session");
+        metrics.internal_errors.count("smtp_session");
     }
 }
 
@@ -146,9 +144,6 @@ struct Session<IO> {
     tx: Option<Transaction>,
     /// The current command line (reused; bounded by `max_line_length`).
     line: Vec<u8>,
-    /// Line length count of the message being received; reset at DATA and
-    /// at the first BDAT of a message (BDAT lines may span chunks).
-    data_lines: LineLimit,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
@@ -277,7 +272,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Err(payload) => {
                 let panicked = ChainPanicked::from_payload(payload);
                 tracing::error!(listener = %self.cfg.listener_name, peer = %self.peer, error = %panicked.message, "SMTP session ended by an internal error");
-                self.metrics.internal_error("smtp_session");
+                self.metrics.internal_errors.count("smtp_session");
                 self.conn.queue_reply(reply::INTERNAL_ERROR_CLOSING);
                 self.abort_tx(Outcome::InternalError);
                 Flow::Close
@@ -448,10 +443,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return self.reject(reply::DATA_AFTER_BDAT.response(), "sequence");
         }
         self.conn.queue_reply(reply::START_DATA);
-        self.data_lines = LineLimit::new(self.cfg.limits.max_data_line_length);
-        let result =
-            data::receive_data(&mut self.conn, tx, &self.cfg.limits, &mut self.data_lines).await;
-        self.count_long_line(false);
+        let result = data::receive_data(&mut self.conn, tx, &self.cfg.limits).await;
         self.end_of_data(result, true)
     }
 
@@ -468,30 +460,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let Some(tx) = self.tx.as_mut() else {
             unreachable!("checked by data_allowed")
         };
-        if !tx.bdat {
-            // The message's first chunk.
-            self.data_lines = LineLimit::new(self.cfg.limits.max_data_line_length);
-        }
-        let was_exceeded = self.data_lines.exceeded();
-        let result = data::receive_bdat(
-            &mut self.conn,
-            tx,
-            size,
-            last,
-            &self.cfg.limits,
-            &mut self.data_lines,
-        )
-        .await;
-        self.count_long_line(was_exceeded);
+        let result = data::receive_bdat(&mut self.conn, tx, size, last, &self.cfg.limits).await;
         self.end_of_data(result, last)
-    }
-
-    /// Counts a message refused for a long line, once per message.
-    fn count_long_line(&self, already_counted: bool) {
-        if self.data_lines.exceeded() && !already_counted {
-            self.metrics
-                .rejected(&self.cfg.listener_name, "data_line_too_long");
-        }
     }
 
     /// Replies to a DATA message or a BDAT chunk; a final one ends the

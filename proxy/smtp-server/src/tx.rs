@@ -9,6 +9,7 @@ use koukan_filters::{
     BoxTxService, Mailbox, Response, TxContext, TxUpdate, UpdateResponse, call_caught,
 };
 
+use crate::line_limit::LineLimit;
 use crate::metrics::SmtpMetrics;
 use crate::reply;
 
@@ -81,8 +82,11 @@ pub(crate) struct Transaction {
     /// from the chain, size exceeded, chain timeout): the rest of the
     /// message is read and discarded, then this is the reply.
     pub failed: Option<(Response, Outcome)>,
+    /// Line lengths of the message, counted across its DATA or BDAT
+    /// chunks (a line may span them).
+    pub lines: LineLimit,
     timeout: Duration,
-    metrics: Arc<SmtpMetrics>,
+    pub metrics: Arc<SmtpMetrics>,
 }
 
 impl Transaction {
@@ -91,6 +95,7 @@ impl Transaction {
         svc: BoxTxService,
         mail_from: Mailbox,
         chain_timeout: Duration,
+        max_data_line_length: usize,
         metrics: Arc<SmtpMetrics>,
     ) -> Self {
         Self {
@@ -103,6 +108,7 @@ impl Transaction {
             started: Instant::now(),
             bdat: false,
             failed: None,
+            lines: LineLimit::new(max_data_line_length),
             timeout: chain_timeout,
             metrics,
         }
@@ -130,7 +136,7 @@ impl Transaction {
             Ok(Ok(resp)) => resp,
             Ok(Err(panicked)) => {
                 tracing::error!(tx = %self.ctx.id, error = %panicked, "transaction ended by an internal error");
-                self.metrics.internal_error("smtp_chain");
+                self.metrics.internal_errors.count("smtp_chain");
                 let resp = Response::internal_error();
                 self.fail(resp.clone(), Outcome::InternalError);
                 UpdateResponse::fill(&shape, &resp)

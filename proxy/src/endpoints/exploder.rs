@@ -43,7 +43,8 @@ use tokio_util::task::AbortOnDropHandle;
 use super::store_writer::{Spool, StoreTarget, storage_error_reply, stored_response};
 use crate::chains::build_stack;
 use crate::runtime::Runtime;
-use crate::scheduler::{InternalErrors, ReceivingGuard};
+use crate::scheduler::ReceivingGuard;
+use koukan_smtp_server::InternalErrors;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExploderSpec {
@@ -100,12 +101,8 @@ impl Runner {
                         // The stack's state is unknown: answer this update
                         // (a body chunk's failure as its early data reply)
                         // and end the upstream transaction.
-                        let internal = Response::internal_error();
-                        let mut resp = UpdateResponse::fill(&shape, &internal);
-                        if shape.body.is_some() {
-                            resp.data = Some(internal);
-                        }
-                        let _ = reply.send(resp);
+                        let _ =
+                            reply.send(UpdateResponse::ended(&shape, &Response::internal_error()));
                         return;
                     }
                 }

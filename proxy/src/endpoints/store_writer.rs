@@ -126,7 +126,7 @@ impl StoreWriter {
 pub struct Spool {
     blob: Option<(BlobId, u64)>,
     store: Option<Arc<dyn Store>>,
-    committed: std::sync::atomic::AtomicBool,
+    committed: bool,
 }
 
 impl Spool {
@@ -157,7 +157,7 @@ impl Spool {
     /// body, each with the attempt already made for it, if any; returns
     /// their ids.
     pub async fn commit(
-        &self,
+        &mut self,
         target: &StoreTarget,
         ctx: &TxContext,
         mail_from: Option<&Mailbox>,
@@ -200,8 +200,7 @@ impl Spool {
             .collect();
         target.store.admit().await?;
         let ids = target.store.create_transactions(txs).await?;
-        self.committed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.committed = true;
         target.scheduler.wake();
         Ok(ids.into_iter().map(|id| id.0).collect())
     }
@@ -209,7 +208,7 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        if *self.committed.get_mut() {
+        if self.committed {
             return;
         }
         let (Some((blob, _)), Some(store)) = (self.blob.take(), self.store.take()) else {

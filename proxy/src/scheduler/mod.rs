@@ -23,13 +23,11 @@ use koukan_filters::{
     BoxTxService, ChainPanicked, Mailbox, Recipient, Response, SessionInfo, TxContext, TxUpdate,
     UpdateResponse, call_caught,
 };
-use koukan_smtp_server::ComponentLabels;
+use koukan_smtp_server::InternalErrors;
 use koukan_storage::{
     AttemptOutcome, AttemptResponses, NewTransaction, NextStep, ReplicaId, Store, StoreError,
     StoredMailbox, StoredResponse, StoredSession, TxRecord,
 };
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -81,26 +79,6 @@ pub struct StorageCtx {
     pub scheduler: SchedulerHandle,
     pub replica: ReplicaId,
     pub internal_errors: InternalErrors,
-}
-
-/// Counts caught panics into `koukan_internal_errors_total{component}`
-/// (the family the SMTP side registers), for the parts of delivery that
-/// run outside an SMTP session: exploder upstreams and scheduler attempts.
-#[derive(Clone, Debug, Default)]
-pub struct InternalErrors(Family<ComponentLabels, Counter>);
-
-impl InternalErrors {
-    pub fn new(family: Family<ComponentLabels, Counter>) -> Self {
-        Self(family)
-    }
-
-    pub fn count(&self, component: &str) {
-        self.0
-            .get_or_create(&ComponentLabels {
-                component: component.to_owned(),
-            })
-            .inc();
-    }
 }
 
 /// What the SMTP side holds: wake the scheduler, and back-pressure.
@@ -531,12 +509,7 @@ impl Scheduler {
             Err(panicked) => {
                 tracing::error!(tx = %id, error = %panicked, "delivery attempt ended by an internal error");
                 self.internal_errors.count("scheduler");
-                let internal = Response::internal_error();
-                let mut r = UpdateResponse::fill(&shape, &internal);
-                if shape.body.is_some() {
-                    r.data = Some(internal);
-                }
-                r
+                UpdateResponse::ended(&shape, &Response::internal_error())
             }
         }
     }

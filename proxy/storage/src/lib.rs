@@ -11,6 +11,7 @@
 pub mod embedded;
 pub mod model;
 pub mod redis_store;
+mod reserve;
 pub mod suite;
 
 use std::time::{Duration, SystemTime};

@@ -194,6 +194,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             svc,
             mailbox,
             self.cfg.limits.data_end_timeout,
+            self.cfg.limits.max_data_line_length,
             self.metrics.clone(),
         ));
         Planned::Mail

@@ -381,6 +381,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// MAIL from `from` and one RCPT, both accepted (by [`accept_all`]).
+pub async fn envelope<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>, from: &str) {
+    assert_eq!(
+        c.cmd(&format!("MAIL FROM:<{from}>")).await,
+        "250 2.1.0 sender ok"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<b@example.net>").await,
+        "250 2.1.5 recipient ok"
+    );
+}
+
 /// The EHLO reply of a plain listener without AUTH.
 pub fn ehlo_plain(size: u64) -> String {
     [

@@ -11,14 +11,7 @@ const CHUNK: usize = 64 * 1024;
 async fn open_tx(srv: &Server) -> Client<tokio::net::TcpStream> {
     let mut c = srv.session().await;
     c.ehlo().await;
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.org>").await,
-        "250 2.1.0 sender ok"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<b@example.net>").await,
-        "250 2.1.5 recipient ok"
-    );
+    next_tx(&mut c).await;
     c
 }
 
@@ -230,14 +223,7 @@ fn completed(srv: &Server, tx: usize) -> bool {
 }
 
 async fn next_tx(c: &mut Client<tokio::net::TcpStream>) {
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.org>").await,
-        "250 2.1.0 sender ok"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<b@example.net>").await,
-        "250 2.1.5 recipient ok"
-    );
+    envelope(c, "a@example.org").await;
 }
 
 #[tokio::test]

@@ -41,20 +41,9 @@ fn buggy_chain() -> TestFactory {
     })
 }
 
-async fn open(c: &mut Client<tokio::net::TcpStream>, from: &str) {
-    assert_eq!(
-        c.cmd(&format!("MAIL FROM:<{from}>")).await,
-        "250 2.1.0 sender ok"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<b@example.net>").await,
-        "250 2.1.5 recipient ok"
-    );
-}
-
 /// A message the buggy chain accepts, proving the session still works.
 async fn deliver_one(c: &mut Client<tokio::net::TcpStream>, from: &str) {
-    open(c, from).await;
+    envelope(c, from).await;
     assert!(c.cmd("DATA").await.starts_with("354 "));
     c.send("Subject: fine\r\n\r\nfine\r\n.\r\n").await;
     assert_eq!(c.reply().await, "250 2.0.0 queued");
@@ -77,14 +66,14 @@ async fn a_panic_on_the_body_answers_451_and_the_session_goes_on() {
     c.ehlo().await;
 
     // Small message: the panic is in its only (last) chunk.
-    open(&mut c, "panic-body-small@example.org").await;
+    envelope(&mut c, "panic-body-small@example.org").await;
     assert!(c.cmd("DATA").await.starts_with("354 "));
     c.send("Subject: x\r\n\r\nPANIC\r\n.\r\n").await;
     assert_eq!(c.reply().await, INTERNAL);
 
     // Several chunks: the panic is in the first; the rest of the message
     // is read and discarded, the answer comes after the dot.
-    open(&mut c, "panic-body-big@example.org").await;
+    envelope(&mut c, "panic-body-big@example.org").await;
     assert!(c.cmd("DATA").await.starts_with("354 "));
     let mut body = b"Subject: big\r\n\r\nPANIC\r\n".to_vec();
     let line = format!("{}\r\n", "y".repeat(998));
@@ -148,7 +137,7 @@ async fn a_panic_on_a_bdat_chunk_answers_451_to_it_and_to_last() {
     let srv = start(config(), buggy_chain()).await;
     let mut c = srv.session().await;
     c.ehlo().await;
-    open(&mut c, "panic-bdat@example.org").await;
+    envelope(&mut c, "panic-bdat@example.org").await;
     let first = "Subject: chunked\r\n\r\nPANIC\r\n";
     c.send(format!("BDAT {}\r\n{first}", first.len())).await;
     assert_eq!(c.reply().await, INTERNAL);

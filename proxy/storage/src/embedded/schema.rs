@@ -162,21 +162,15 @@ pub fn inspect(path: &Path) -> Result<StoreFile, StoreError> {
             found: "an empty file (0 bytes)".into(),
         });
     }
-    let mut head = [0u8; 16];
-    let n = {
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+    {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(unreadable)?;
-        let mut n = 0;
-        while n < head.len() {
-            match f.read(&mut head[n..]).map_err(unreadable)? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        n
-    };
-    if &head[..n] != SQLITE_HEADER {
-        let shown: String = head[..n]
+        std::fs::File::open(path)
+            .and_then(|f| f.take(SQLITE_HEADER.len() as u64).read_to_end(&mut head))
+            .map_err(unreadable)?;
+    }
+    if head != SQLITE_HEADER {
+        let shown: String = head
             .iter()
             .map(|&b| {
                 if b.is_ascii_graphic() || b == b' ' {

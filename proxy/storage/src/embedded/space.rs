@@ -15,17 +15,12 @@
 //! under that cap bounds it too.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
+use crate::reserve::Gauge;
 use crate::{StoreError, StoreResult};
 
 /// The default reserve's ceiling.
 pub const DEFAULT_RESERVE_MAX: u64 = 64 << 20;
-
-/// How long a reading answers admissions before it is taken again.
-const FRESH_FOR: Duration = Duration::from_millis(200);
 
 /// The database's page figures, read on a connection.
 #[derive(Clone, Copy, Debug)]
@@ -33,13 +28,6 @@ pub(super) struct Pages {
     pub size: u64,
     pub count: u64,
     pub free: u64,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Reading {
-    /// Bytes the store may still write before new mail is refused.
-    room: u64,
-    taken: Instant,
 }
 
 /// The `wal_autocheckpoint` for a reserve: the WAL (which the disk must
@@ -61,12 +49,8 @@ pub(super) struct Space {
     dir: PathBuf,
     pub(super) reserve: u64,
     cap: Option<u64>,
-    last: Mutex<Option<Reading>>,
-    /// Bytes written since the last reading: between two readings the
-    /// room is the last one minus these, so a fast writer cannot run
-    /// through the reserve in the time a reading stays fresh.
-    written: AtomicU64,
-    below: AtomicBool,
+    /// Readings of the room: bytes the store may still write.
+    gauge: Gauge<u64>,
 }
 
 /// statvfs of `dir`: (available to us, total size) in bytes.
@@ -105,22 +89,20 @@ impl Space {
             dir,
             reserve,
             cap,
-            last: Mutex::new(None),
-            written: AtomicU64::new(0),
-            below: AtomicBool::new(false),
+            gauge: Gauge::default(),
         })
     }
 
     /// The last reading, less what was written since, if still fresh.
     pub(super) fn fresh_room(&self) -> Option<u64> {
-        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.filter(|r| r.taken.elapsed() < FRESH_FOR)
-            .map(|r| r.room.saturating_sub(self.written.load(Ordering::Relaxed)))
+        self.gauge
+            .fresh()
+            .map(|(room, written)| room.saturating_sub(written))
     }
 
     /// Counts `bytes` written (body data) against the last reading.
     pub(super) fn wrote(&self, bytes: u64) {
-        self.written.fetch_add(bytes, Ordering::Relaxed);
+        self.gauge.wrote(bytes);
     }
 
     /// Takes a reading from the page figures (read by the caller on a
@@ -144,25 +126,20 @@ impl Space {
                 .saturating_mul(pages.size);
             room = room.min(cap.saturating_sub(used));
         }
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Reading {
-            room,
-            taken: Instant::now(),
-        });
+        self.gauge.record(room);
         Ok(room)
     }
 
-    /// Starts a reading: what is written from now on counts against it
-    /// (writes racing the reading may count twice, erring on the safe
-    /// side).
+    /// Starts a reading: what is written from now on counts against it.
     pub(super) fn start_measuring(&self) {
-        self.written.store(0, Ordering::Relaxed);
+        self.gauge.start_reading();
     }
 
     /// Admits new mail with `room` bytes free, or refuses it; logs once
     /// when the store goes below the reserve and once when it is back.
     pub(super) fn verdict(&self, room: u64) -> StoreResult<()> {
         let below = room < self.reserve;
-        if self.below.swap(below, Ordering::Relaxed) != below {
+        if self.gauge.set_below(below) {
             if below {
                 tracing::warn!(
                     dir = %self.dir.display(), free = room, reserve = self.reserve,

@@ -122,6 +122,8 @@ use crate::{
 };
 use scripts::Scripts;
 
+use crate::reserve::Gauge;
+
 /// The largest chunk key a blob is split into.
 pub const MAX_CHUNK_SIZE: usize = 1 << 20;
 
@@ -228,23 +230,14 @@ pub struct RedisStore {
     memory: MemoryGate,
 }
 
-/// How long an `INFO memory` reading answers admissions.
-const MEMORY_FRESH_FOR: Duration = Duration::from_millis(200);
-
 /// `(used_memory, maxmemory)`, or `None` when `INFO` is refused.
 type MemoryReading = Option<(u64, u64)>;
 
-/// The last memory reading and the state logged.
+/// The memory readings, and whether refused `INFO` was logged.
 #[derive(Default)]
 struct MemoryGate {
-    /// When it was taken, and what it said.
-    last: std::sync::Mutex<Option<(std::time::Instant, MemoryReading)>>,
-    below: std::sync::atomic::AtomicBool,
+    gauge: Gauge<MemoryReading>,
     info_refused_logged: std::sync::atomic::AtomicBool,
-    /// Body bytes appended since the last reading: counted on top of it, so
-    /// a fast writer cannot run through the reserve while a reading is
-    /// fresh.
-    written: std::sync::atomic::AtomicU64,
 }
 
 /// `used_memory` and `maxmemory` from an `INFO memory` reply.
@@ -439,20 +432,15 @@ impl RedisStore {
     }
 
     /// `(used_memory, maxmemory)`, from a reading at most
-    /// [`MEMORY_FRESH_FOR`] old; `None` when `INFO` is not allowed.
-    /// `fresh`: take a new reading whatever the age of the last one.
-    async fn memory(&self, fresh: bool) -> StoreResult<Option<(u64, u64)>> {
-        if !fresh
-            && let Some((taken, reading)) =
-                *self.memory.last.lock().unwrap_or_else(|p| p.into_inner())
-            && taken.elapsed() < MEMORY_FRESH_FOR
-        {
-            return Ok(reading);
+    /// [`reserve::FRESH_FOR`](crate::reserve::FRESH_FOR) old, with the body
+    /// bytes appended since counted as used; `None` when `INFO` is not
+    /// allowed. `fresh`: take a new reading whatever the age of the last.
+    async fn memory(&self, fresh: bool) -> StoreResult<MemoryReading> {
+        if !fresh && let Some((reading, written)) = self.memory.gauge.fresh() {
+            return Ok(reading.map(|(used, max)| (used.saturating_add(written), max)));
         }
         let mut conn = self.conn.clone();
-        self.memory
-            .written
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.memory.gauge.start_reading();
         let reply = self
             .bounded(
                 "INFO memory",
@@ -481,20 +469,15 @@ impl RedisStore {
             Err(StoreError::Unavailable(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        *self.memory.last.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), reading));
+        self.memory.gauge.record(reading);
         Ok(reading)
     }
 
     async fn admit_impl(&self) -> StoreResult<()> {
-        let estimate = |reading: Option<(u64, u64)>| {
+        let estimate = |reading: MemoryReading| {
             reading.map(|(used, max)| {
-                let written = self
-                    .memory
-                    .written
-                    .load(std::sync::atomic::Ordering::Relaxed);
                 let reserve = self.opts.memory_reserve_bytes.unwrap_or(max / 10);
-                (used.saturating_add(written), max, reserve)
+                (used, max, reserve)
             })
         };
         let Some(mut reading) = estimate(self.memory(false).await?) else {
@@ -521,11 +504,7 @@ impl RedisStore {
         }
         let limit = max.saturating_sub(reserve);
         let below = used > limit;
-        let was = self
-            .memory
-            .below
-            .swap(below, std::sync::atomic::Ordering::Relaxed);
-        if was != below {
+        if self.memory.gauge.set_below(below) {
             if below {
                 tracing::warn!(addr = %self.addr, used, maxmemory = max, reserve,
                     "redis store below its memory reserve: refusing new mail (452 4.3.1) \
@@ -602,9 +581,7 @@ impl RedisStore {
                     .invoke_async::<u64>(&mut conn),
             )
             .await?;
-        self.memory
-            .written
-            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        self.memory.gauge.wrote(size);
         Ok(len)
     }
 

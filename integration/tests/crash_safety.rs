@@ -699,6 +699,20 @@ fn a_multi_recipient_message_refused_on_a_full_disk_reaches_none_of_its_recipien
     // Space returns; whatever was stored gets delivered.
     std::fs::remove_file(&ballast).unwrap();
     let drained = wait_drained(&k, Duration::from_secs(30));
+    if drained.is_none() {
+        // What holds the space (the store's files, the WAL's size).
+        let ls = Command::new("ls")
+            .arg("-la")
+            .arg(mnt.path())
+            .output()
+            .unwrap();
+        let df = Command::new("df").arg(mnt.path()).output().unwrap();
+        eprintln!(
+            "{test}: not drained; the disk:\n{}{}",
+            String::from_utf8_lossy(&ls.stdout),
+            String::from_utf8_lossy(&df.stdout)
+        );
+    }
     std::thread::sleep(Duration::from_millis(300));
     let reached = recipients_by_subject(&sink);
     let n_refused = reached.get(&refused).map_or(0, |s| s.len());
@@ -710,8 +724,10 @@ fn a_multi_recipient_message_refused_on_a_full_disk_reaches_none_of_its_recipien
     for id in &accepted {
         let n = reached.get(id).map_or(0, |s| s.len());
         assert_eq!(
-            n, RCPTS,
-            "{test}: accepted {id} reached {n} of {RCPTS} recipients"
+            n,
+            RCPTS,
+            "{test}: accepted {id} reached {n} of {RCPTS} recipients; koukan's warnings:\n{}",
+            log_tail(&k)
         );
     }
     assert_eq!(

@@ -217,7 +217,7 @@ impl EmbeddedStore {
         let conn = schema::open_writer(path, &opts)?;
         let space = Space::new(path, opts.reserve_bytes, opts.max_size_bytes)?;
         let page_size = read_pages(&conn)?.size;
-        let wal = space::wal_pages(space.reserve, page_size);
+        let wal = space::wal_pages(space.reserve, space.size, page_size);
         // After a checkpoint the WAL file is also cut back to about this
         // size, so a burst does not keep its space taken.
         conn.execute_batch(&format!(

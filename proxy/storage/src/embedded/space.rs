@@ -30,15 +30,21 @@ pub(super) struct Pages {
     pub free: u64,
 }
 
-/// The `wal_autocheckpoint` for a reserve: the WAL (which the disk must
-/// hold besides the database, and whose pages a checkpoint then adds to
-/// the database file) stays within about a quarter of the reserve, at
-/// SQLite's default of 1000 pages at most.
-pub(super) fn wal_pages(reserve: u64, page_size: u64) -> u64 {
-    if reserve == 0 {
-        return 1000;
-    }
-    (reserve / 4 / page_size.max(512)).clamp(16, 1000)
+/// The `wal_autocheckpoint` for a reserve and the space the store can use
+/// at all (`size`: the file system, or the size cap). The WAL must fit on
+/// the disk beside the database, and a checkpoint then adds its pages to
+/// the database file: so it stays within about a quarter of the reserve,
+/// and within an eighth of `size` whatever the reserve. Without that, a
+/// log allowed to outgrow what the disk has left could never be
+/// checkpointed once the disk is full, and no write would succeed again
+/// even after space is freed: the growing log would take that space
+/// first. At SQLite's default of 1000 pages at most.
+pub(super) fn wal_pages(reserve: u64, size: u64, page_size: u64) -> u64 {
+    let budget = match reserve {
+        0 => size / 8,
+        r => (r / 4).min(size / 8),
+    };
+    (budget / page_size.max(512)).clamp(16, 1000)
 }
 
 pub(super) struct Space {
@@ -48,6 +54,8 @@ pub(super) struct Space {
     /// The database's directory (what statvfs looks at).
     dir: PathBuf,
     pub(super) reserve: u64,
+    /// What the store could ever use: the file system's size, or the cap.
+    pub(super) size: u64,
     cap: Option<u64>,
     /// Readings of the room: bytes the store may still write.
     gauge: Gauge<u64>,
@@ -76,18 +84,14 @@ impl Space {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let reserve = match reserve {
-            Some(r) => r,
-            None => {
-                let (_, total) = statvfs(&dir)?;
-                let base = cap.map_or(total, |c| c.min(total));
-                (base / 10).min(DEFAULT_RESERVE_MAX)
-            }
-        };
+        let (_, total) = statvfs(&dir)?;
+        let size = cap.map_or(total, |c| c.min(total));
+        let reserve = reserve.unwrap_or_else(|| (size / 10).min(DEFAULT_RESERVE_MAX));
         Ok(Space {
             db: db.to_path_buf(),
             dir,
             reserve,
+            size,
             cap,
             gauge: Gauge::default(),
         })
@@ -162,5 +166,27 @@ impl Space {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_fits_the_disk_with_or_without_a_reserve() {
+        const MIB: u64 = 1 << 20;
+        // Big disk, default-sized reserve: SQLite's default.
+        assert_eq!(wal_pages(64 * MIB, 100 * 1024 * MIB, 4096), 1000);
+        // A small reserve keeps the log to a quarter of it.
+        assert_eq!(wal_pages(MIB, 100 * 1024 * MIB, 4096), 64);
+        // No reserve: an eighth of the disk, not 1000 pages (4 MiB) on a
+        // 4 MiB disk.
+        assert_eq!(wal_pages(0, 4 * MIB, 4096), 128);
+        assert_eq!(wal_pages(0, 100 * 1024 * MIB, 4096), 1000);
+        // A reserve bigger than the disk allows: the disk decides.
+        assert_eq!(wal_pages(8 * MIB, 4 * MIB, 4096), 128);
+        // Never below 16 pages.
+        assert_eq!(wal_pages(0, 64 * 1024, 4096), 16);
     }
 }

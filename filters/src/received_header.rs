@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tower::{Layer, Service};
 
-use crate::transaction::{TxContext, TxUpdate, UpdateResponse};
+use koukan_chain::transaction::{TxContext, TxUpdate, UpdateResponse};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReceivedHeaderConfig {
@@ -142,7 +142,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transaction::{Mailbox, SessionInfo, TlsInfo};
+    use koukan_chain::transaction::{Mailbox, SessionInfo, TlsInfo};
     use std::sync::Mutex;
     use std::time::SystemTime;
 

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 
-use crate::chain::Split;
-use crate::transaction::{Destination, Hosts, Mailbox, Response, TxUpdate, UpdateResponse};
+use koukan_chain::chain::Split;
+use koukan_chain::transaction::{Destination, Hosts, Mailbox, Response, TxUpdate, UpdateResponse};
 
 /// How a router decides per recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,7 +229,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transaction::Recipient;
+    use koukan_chain::transaction::Recipient;
     use tower::ServiceExt;
 
     /// A terminal that answers each recipient with 250 and its route's
@@ -278,9 +278,9 @@ mod tests {
     }
 
     async fn route(layers: Vec<RouterConfig>, rcpts: &[&str]) -> Vec<Response> {
-        let mut svc = crate::boxed(Echo);
+        let mut svc = koukan_chain::boxed(Echo);
         for cfg in layers.into_iter().rev() {
-            svc = crate::boxed(RouterLayer::new(Arc::new(cfg)).layer(svc));
+            svc = koukan_chain::boxed(RouterLayer::new(Arc::new(cfg)).layer(svc));
         }
         let u = TxUpdate::rcpts(rcpts.iter().map(|a| Mailbox::new(*a)));
         svc.oneshot(u).await.unwrap().rcpts

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use koukan_filters::{HostPort, Hosts, Mailbox, TxUpdate};
+use koukan_chain::{HostPort, Hosts, Mailbox, TxUpdate};
 use koukan_integration::*;
 use koukan_smtp_client::{ClientConfig, Resolver, SmtpClient, TlsMode};
 use tower::{Service, ServiceExt};

@@ -5,12 +5,12 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
-use koukan_filters::received_header::ReceivedHeaderLayer;
-use koukan_filters::router::RouterLayer;
-use koukan_filters::{
+use koukan_chain::{
     BoxTxService, Response, SessionInfo, Terminal, TerminalService, TxContext, TxUpdate,
     UpdateResponse,
 };
+use koukan_filters::received_header::ReceivedHeaderLayer;
+use koukan_filters::router::RouterLayer;
 use koukan_smtp_server::TransactionFactory;
 use tower::Layer;
 
@@ -31,21 +31,19 @@ pub fn build_stack(
     ctx: &Arc<TxContext>,
 ) -> BoxTxService {
     let mut svc = match (&chain.output_chain, &chain.exploder, &runtime.storage) {
-        (Some(output), _, Some(storage)) => koukan_filters::boxed(TerminalService::new(
+        (Some(output), _, Some(storage)) => koukan_chain::boxed(TerminalService::new(
             StoreWriter::new(store_target(runtime, storage, output), ctx.clone()),
         )),
-        (_, Some(spec), Some(storage)) => {
-            koukan_filters::boxed(TerminalService::new(Exploder::new(
-                runtime.clone(),
-                store_target(runtime, storage, &spec.output_chain),
-                spec.clone(),
-                ctx.clone(),
-                storage.internal_errors.clone(),
-            )))
-        }
+        (_, Some(spec), Some(storage)) => koukan_chain::boxed(TerminalService::new(Exploder::new(
+            runtime.clone(),
+            store_target(runtime, storage, &spec.output_chain),
+            spec.clone(),
+            ctx.clone(),
+            storage.internal_errors.clone(),
+        ))),
         // Validation refuses store-and-forward and the exploder without
         // storage.
-        _ => koukan_filters::boxed(TerminalService::new(Dispatcher::new(
+        _ => koukan_chain::boxed(TerminalService::new(Dispatcher::new(
             runtime.endpoints.clone(),
             chain.default_destination.clone(),
         ))),
@@ -53,13 +51,13 @@ pub fn build_stack(
     for f in chain.filters.iter().rev() {
         svc = match f {
             FilterSpec::Router(cfg) => {
-                koukan_filters::boxed(RouterLayer::new(cfg.clone()).layer(svc))
+                koukan_chain::boxed(RouterLayer::new(cfg.clone()).layer(svc))
             }
             FilterSpec::ReceivedHeader(cfg) => {
-                koukan_filters::boxed(ReceivedHeaderLayer::new(cfg.clone(), ctx.clone()).layer(svc))
+                koukan_chain::boxed(ReceivedHeaderLayer::new(cfg.clone(), ctx.clone()).layer(svc))
             }
             #[cfg(test)]
-            FilterSpec::Panic => koukan_filters::boxed(fault::Panics(svc)),
+            FilterSpec::Panic => koukan_chain::boxed(fault::Panics(svc)),
         };
     }
     svc
@@ -114,7 +112,7 @@ impl TransactionFactory for ListenerTransactions {
         });
         let svc = match runtime.chain_for(&sender, &tag) {
             Some(chain) => build_stack(&runtime, chain, &ctx),
-            None => koukan_filters::boxed(TerminalService::new(Refuse(Response::new(
+            None => koukan_chain::boxed(TerminalService::new(Refuse(Response::new(
                 451,
                 "4.3.5 no chain configured for this listener",
             )))),
@@ -132,7 +130,7 @@ pub(crate) mod fault {
     use std::convert::Infallible;
     use std::task::{Context, Poll};
 
-    use koukan_filters::{BoxTxService, TxUpdate, UpdateResponse};
+    use koukan_chain::{BoxTxService, TxUpdate, UpdateResponse};
     use tower::Service;
 
     pub struct Panics(pub BoxTxService);

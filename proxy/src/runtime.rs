@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use koukan_chain::{BoxTxService, Destination, HostPort, Hosts, Response, TerminalService};
 use koukan_filters::received_header::ReceivedHeaderConfig;
 use koukan_filters::router::{AddressList, RouterConfig, RoutingPolicy};
-use koukan_filters::{BoxTxService, Destination, HostPort, Hosts, Response, TerminalService};
 use koukan_proto::config::v1 as pb;
 use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, TlsMode};
 use koukan_smtp_server::{
@@ -111,7 +111,7 @@ impl EndpointFactory for Endpoints {
     fn connect(&self, d: &Destination) -> Result<BoxTxService, Response> {
         match self.kinds.get(&d.endpoint) {
             Some(EndpointKind::Smtp { client, tls, pool }) => {
-                Ok(koukan_filters::boxed(SmtpClient::pooled(
+                Ok(koukan_chain::boxed(SmtpClient::pooled(
                     client.clone(),
                     self.resolver.clone(),
                     tls.clone(),
@@ -119,7 +119,7 @@ impl EndpointFactory for Endpoints {
                     pool.clone(),
                 )))
             }
-            Some(EndpointKind::Maildir(cfg)) => Ok(koukan_filters::boxed(TerminalService::new(
+            Some(EndpointKind::Maildir(cfg)) => Ok(koukan_chain::boxed(TerminalService::new(
                 Maildir::new(cfg.clone()),
             ))),
             None => Err(Response::new(

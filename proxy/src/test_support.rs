@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use koukan_filters::{
+use koukan_chain::{
     BoxTxService, Mailbox, Recipient, SessionInfo, TxContext, TxUpdate, UpdateResponse, call_caught,
 };
 use koukan_smtp_server::{InternalErrors, TransactionFactory};

@@ -4,7 +4,7 @@
 //! Replies arrive in two shapes and both are accepted:
 //! - wire form, every line prefixed with the code: `550-5.1.1 a\r\n550 5.1.1 b`;
 //! - `code text` with the continuation lines unprefixed, which is what
-//!   `format!("{} {}", r.code, r.text)` gives for a `koukan_filters::Response`
+//!   `format!("{} {}", r.code, r.text)` gives for a `koukan_chain::Response`
 //!   whose text holds several `\n`-separated lines: `550 5.1.1 a\n5.1.1 b`.
 
 use crate::Action;

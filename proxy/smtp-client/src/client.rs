@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::join_all;
-use koukan_filters::transaction::{
+use koukan_chain::transaction::{
     BodyChunk, HostPort, Hosts, Mailbox, Recipient, Response, TxUpdate, UpdateResponse,
 };
 use smtp_proto::EXT_PIPELINING;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use koukan_filters::transaction::HostPort;
+use koukan_chain::transaction::HostPort;
 
 use crate::tls::{TlsConfigError, tls_client_config};
 
@@ -54,7 +54,7 @@ pub struct ClientConfig {
     /// How many upstream addresses (not names: an MX name with an A and an
     /// AAAA record counts twice) to try before giving up.
     pub max_hosts: usize,
-    /// Hosts used for [`koukan_filters::transaction::Hosts::EndpointDefault`].
+    /// Hosts used for [`koukan_chain::transaction::Hosts::EndpointDefault`].
     pub default_hosts: Vec<HostPort>,
     /// Connection reuse (see [`crate::ConnectionPool`]): how many idle
     /// upstream sessions to keep per destination after a transaction ends

@@ -11,7 +11,7 @@ use std::io;
 use std::time::Duration;
 
 use futures::FutureExt;
-use koukan_filters::transaction::Response;
+use koukan_chain::transaction::Response;
 use smtp_proto::response::parser::ResponseReceiver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;

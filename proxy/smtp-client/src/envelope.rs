@@ -9,7 +9,7 @@
 //! would do. Anything else is passed on only if the peer announces an
 //! extension of that name.
 
-use koukan_filters::transaction::{EsmtpParam, Mailbox, Response};
+use koukan_chain::transaction::{EsmtpParam, Mailbox, Response};
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_BINARY_MIME, EXT_CHUNKING, EXT_DSN, EXT_REQUIRE_TLS, EXT_SIZE, EXT_SMTP_UTF8,
 };

@@ -24,7 +24,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use koukan_filters::transaction::Hosts;
+use koukan_chain::transaction::Hosts;
 use tokio::time::Instant;
 
 use crate::config::ClientConfig;

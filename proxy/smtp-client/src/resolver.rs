@@ -20,7 +20,7 @@ use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{Name, TokioResolver};
-use koukan_filters::transaction::Response;
+use koukan_chain::transaction::Response;
 use rand::seq::SliceRandom;
 
 /// A host to connect to, with all its (deduplicated) addresses.

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use koukan_filters::transaction::{Response, TlsInfo};
+use koukan_chain::transaction::{Response, TlsInfo};
 use rustls::pki_types::ServerName;
 use smtp_proto::{EXT_START_TLS, EhloResponse};
 use tokio::net::TcpStream;

@@ -10,7 +10,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use koukan_filters::{Response, TxUpdate};
+use koukan_chain::{Response, TxUpdate};
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use koukan_filters::{
+use koukan_chain::{
     BoxTxService, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse, boxed,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +25,8 @@ use crate::auth::{Secrets, hash_secret_with_params};
 use crate::auth_limit::{AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker};
 use crate::config::{Limits, SessionConfig};
 use crate::metrics::SmtpMetrics;
-use crate::session::{TransactionFactory, serve_connection};
+use crate::session::serve_connection;
+use koukan_chain::TransactionFactory;
 
 /// User and password the harness accepts (AUTH is reachable in clear
 /// because the fake peer is loopback and the opt-out is on).

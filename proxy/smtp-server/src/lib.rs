@@ -1,7 +1,7 @@
 //! Koukan's inbound SMTP side: the listener, the session state machine,
 //! STARTTLS / implicit TLS and AUTH.
 //!
-//! A session turns client commands into [`koukan_filters::TxUpdate`]s for a
+//! A session turns client commands into [`koukan_chain::TxUpdate`]s for a
 //! per-transaction chain built by a [`TransactionFactory`] at MAIL time, and
 //! writes the chain's responses back verbatim. Message data streams through
 //! in chunks of at most 64 KiB; nothing a client sends is buffered without
@@ -39,10 +39,11 @@ pub use auth_limit::{
     MAX_TRACKED, Scope as AuthScope,
 };
 pub use config::{Limits, SessionConfig};
+pub use koukan_chain::TransactionFactory;
 pub use listener::{Listener, ListenerHandle, run_listener};
 pub use metrics::{
     AuthScopeLabels, ComponentLabels, InternalErrors, ListenerLabels, OutcomeLabels, RejectLabels,
     SmtpMetrics,
 };
-pub use session::{TransactionFactory, serve_connection};
+pub use session::serve_connection;
 pub use tls::{TlsConfigError, load_tls_config, tls_config_from_pem};

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use crate::config::SessionConfig;
 use crate::metrics::SmtpMetrics;
 use crate::reply;
-use crate::session::{TransactionFactory, serve_connection};
+use crate::session::serve_connection;
+use koukan_chain::TransactionFactory;
 
 /// Extra time after `drain_timeout` before remaining sessions are aborted:
 /// sessions enforce the drain timeout themselves and need a moment to send

@@ -2,7 +2,7 @@
 //! code (we advertise ENHANCEDSTATUSCODES); replies from the chain are
 //! passed through verbatim and never built here.
 
-use koukan_filters::Response;
+use koukan_chain::Response;
 
 /// A fixed reply, cheap to keep in a `const`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

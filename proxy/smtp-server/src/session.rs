@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use koukan_filters::{BoxTxService, ChainPanicked, Response, SessionInfo, TlsInfo, TxContext};
+use koukan_chain::{ChainPanicked, Response, SessionInfo, TlsInfo, TransactionFactory};
 use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -27,13 +27,6 @@ use crate::tx::{Outcome, Transaction};
 
 mod envelope;
 mod sasl;
-
-/// Builds the chain of each new transaction.
-pub trait TransactionFactory: Send + Sync + 'static {
-    /// Called at MAIL FROM; returns the context and the per-transaction
-    /// chain (already bound to the config current at that moment).
-    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService);
-}
 
 /// Runs one SMTP session on an accepted connection until the client quits,
 /// disconnects, times out or shutdown closes it. Never panics on client

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use koukan_filters::{
+use koukan_chain::{
     BoxTxService, Mailbox, Response, TxContext, TxUpdate, UpdateResponse, call_caught,
 };
 

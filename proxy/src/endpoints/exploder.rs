@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use koukan_filters::{
+use koukan_chain::{
     BoxTxService, Mailbox, Recipient, Response, Terminal, TxContext, TxUpdate, UpdateResponse,
     call_caught,
 };

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use koukan_filters::{Response, Terminal, TxUpdate, UpdateResponse};
+use koukan_chain::{Response, Terminal, TxUpdate, UpdateResponse};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,7 +191,7 @@ impl Drop for Maildir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use koukan_filters::{Mailbox, TerminalService};
+    use koukan_chain::{Mailbox, TerminalService};
     use tower::Service;
 
     #[tokio::test]

@@ -14,8 +14,8 @@ pub mod store_writer;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use koukan_filters::chain::Split;
-use koukan_filters::{
+use koukan_chain::chain::Split;
+use koukan_chain::{
     BoxTxService, Destination, Mailbox, Response, Terminal, TxUpdate, UpdateResponse,
 };
 use tower::{Service, ServiceExt};
@@ -208,7 +208,7 @@ impl Terminal for Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use koukan_filters::{Hosts, Recipient, TerminalService, boxed};
+    use koukan_chain::{Hosts, Recipient, TerminalService, boxed};
     use std::convert::Infallible;
     use std::sync::Mutex as StdMutex;
     use std::task::{Context, Poll};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::future::BoxFuture;
-use koukan_filters::{Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse};
+use koukan_chain::{Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse};
 use koukan_storage::{
     AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, ReplicaId, Store, StoreError,
     StoredMailbox, StoredParam, StoredResponse, StoredSession,

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::FutureExt;
-use koukan_filters::{
+use koukan_chain::{
     BoxTxService, ChainPanicked, Mailbox, Recipient, Response, SessionInfo, TxContext, TxUpdate,
     UpdateResponse, call_caught,
 };

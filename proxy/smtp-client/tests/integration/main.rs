@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use koukan_filters::transaction::{
+use koukan_chain::transaction::{
     HostPort, Hosts, Mailbox, Recipient, Response, TxUpdate, UpdateResponse,
 };
 use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, tls_client_config};

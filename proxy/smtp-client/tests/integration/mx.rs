@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use koukan_filters::transaction::Hosts;
+use koukan_chain::transaction::Hosts;
 use koukan_smtp_client::{Host, ResolveError, Resolver, tls_client_config};
 
 use crate::smtp_server::{Script, SmtpServer};

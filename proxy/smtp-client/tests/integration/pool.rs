@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use koukan_filters::transaction::{Hosts, Response, TxUpdate};
+use koukan_chain::transaction::{Hosts, Response, TxUpdate};
 use koukan_smtp_client::{ClientConfig, ConnectionPool, SmtpClient};
 
 use crate::smtp::self_signed_tls;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use koukan_filters::transaction::{Mailbox, Recipient, TxUpdate};
+use koukan_chain::transaction::{Mailbox, Recipient, TxUpdate};
 use koukan_smtp_client::{TlsMode, tls_client_config};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};

@@ -1,6 +1,6 @@
 //! MAIL and RCPT, and PIPELINING batches of them.
 
-use koukan_filters::{Mailbox, Recipient, Response, TxUpdate};
+use koukan_chain::{Mailbox, Recipient, Response, TxUpdate};
 use smtp_proto::{MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use koukan_filters::{
+use koukan_chain::{
     BoxTxService, Mailbox, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse, boxed,
 };
 use koukan_smtp_server::{

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use koukan_filters::{BoxTxService, SessionInfo, TxContext};
+use koukan_chain::{BoxTxService, SessionInfo, TxContext};
 use koukan_smtp_server::TransactionFactory;
 
 use crate::common::*;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use koukan_filters::Response;
+use koukan_chain::Response;
 
 use crate::common::*;
 

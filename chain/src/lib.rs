@@ -23,6 +23,6 @@ pub use chain::{
     boxed, call_caught,
 };
 pub use transaction::{
-    BodyChunk, Destination, EsmtpParam, HostPort, Hosts, Mailbox, Recipient, Response, SessionInfo,
-    TlsInfo, TxContext, TxUpdate, UpdateResponse,
+    BodyChunk, Destination, EsmtpParam, HostPort, Hosts, Mailbox, Recipient, ReplyClass, Response,
+    SessionInfo, TlsInfo, TxContext, TxUpdate, UpdateResponse,
 };

@@ -7,6 +7,39 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+/// What a reply means for the transaction, by its first digit: the one
+/// classification every terminal, the exploder, the scheduler and the
+/// stored record use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplyClass {
+    /// 2xx.
+    Ok,
+    /// 4xx, and anything else that is not 2xx or 5xx (a 3xx where a final
+    /// reply was due, a code out of range): try again later.
+    Temp,
+    /// 5xx: do not try again.
+    Perm,
+}
+
+impl ReplyClass {
+    pub fn of(code: u16) -> Self {
+        match code {
+            200..=299 => Self::Ok,
+            500..=599 => Self::Perm,
+            _ => Self::Temp,
+        }
+    }
+
+    /// The label metrics and logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Temp => "temp",
+            Self::Perm => "perm",
+        }
+    }
+}
+
 /// An SMTP reply: a three-digit code and its text, kept verbatim so an
 /// upstream's reply reaches the client unchanged. `text` holds the enhanced
 /// status code (if any) as its first word and may span several lines
@@ -31,16 +64,20 @@ impl Response {
         Self::new(451, "4.3.0 internal error, try again later")
     }
 
+    pub fn class(&self) -> ReplyClass {
+        ReplyClass::of(self.code)
+    }
+
     pub fn is_ok(&self) -> bool {
-        (200..300).contains(&self.code)
+        self.class() == ReplyClass::Ok
     }
 
     pub fn is_temp(&self) -> bool {
-        (400..500).contains(&self.code)
+        self.class() == ReplyClass::Temp
     }
 
     pub fn is_perm(&self) -> bool {
-        (500..600).contains(&self.code)
+        self.class() == ReplyClass::Perm
     }
 
     /// The enhanced status code at the start of the text, if it has one

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::v1::{
     Bootstrap, Chain, Destination, Endpoint, HostPort, Listener, Sender, SmtpListener,
-    StaticResources, TlsMode, endpoint, filter, listener, routing_policy, storage,
+    StaticResources, TlsMode, chain, endpoint, filter, listener, routing_policy, storage,
 };
 
 /// Port used for a nameserver given as a bare IP.
@@ -160,9 +160,12 @@ pub enum Problem {
         min: u64,
         why: &'static str,
     },
-    /// Two terminals for one chain.
-    #[error("cannot be combined with store_and_forward")]
-    ExploderWithStoreAndForward,
+    /// The chain-level `endpoint` shorthand on a chain that does not relay.
+    #[error("only applies to relay chains (it is the relay's default endpoint)")]
+    RelayOnly,
+    /// The chain-level `endpoint` shorthand beside `relay`.
+    #[error("set relay.endpoint instead (endpoint is its shorthand)")]
+    EndpointWithRelay,
     /// Store-and-forward without a storage backend.
     #[error("needs `storage` (embedded or redis) in the bootstrap")]
     NeedsStorage,
@@ -501,29 +504,38 @@ impl Validator<'_> {
         chains: &Index<'_, Chain>,
         storage_configured: bool,
     ) {
-        if let Some(sf) = &c.store_and_forward {
-            let op = format!("{path}.store_and_forward.output_chain");
-            if self.required(&op, &sf.output_chain) {
-                self.chain_ref(&op, &sf.output_chain, chains);
+        match &c.delivery {
+            Some(chain::Delivery::StoreAndForward(sf)) => {
+                let op = format!("{path}.store_and_forward.output_chain");
+                if self.required(&op, &sf.output_chain) {
+                    self.chain_ref(&op, &sf.output_chain, chains);
+                }
+                if !storage_configured {
+                    self.err(format!("{path}.store_and_forward"), Problem::NeedsStorage);
+                }
+                if !c.endpoint.is_empty() {
+                    self.err(format!("{path}.endpoint"), Problem::RelayOnly);
+                }
             }
-            if !storage_configured {
-                self.err(format!("{path}.store_and_forward"), Problem::NeedsStorage);
+            Some(chain::Delivery::Exploder(x)) => {
+                let xp = format!("{path}.exploder");
+                let op = format!("{xp}.output_chain");
+                if self.required(&op, &x.output_chain) {
+                    self.chain_ref(&op, &x.output_chain, chains);
+                }
+                self.duration(&format!("{xp}.rcpt_timeout"), &x.rcpt_timeout);
+                self.duration(&format!("{xp}.data_timeout"), &x.data_timeout);
+                if !storage_configured {
+                    self.err(xp.clone(), Problem::NeedsStorage);
+                }
+                if !c.endpoint.is_empty() {
+                    self.err(format!("{path}.endpoint"), Problem::RelayOnly);
+                }
             }
-        }
-        if let Some(x) = &c.exploder {
-            let xp = format!("{path}.exploder");
-            let op = format!("{xp}.output_chain");
-            if self.required(&op, &x.output_chain) {
-                self.chain_ref(&op, &x.output_chain, chains);
+            Some(chain::Delivery::Relay(_)) if !c.endpoint.is_empty() => {
+                self.err(format!("{path}.endpoint"), Problem::EndpointWithRelay);
             }
-            self.duration(&format!("{xp}.rcpt_timeout"), &x.rcpt_timeout);
-            self.duration(&format!("{xp}.data_timeout"), &x.data_timeout);
-            if !storage_configured {
-                self.err(xp.clone(), Problem::NeedsStorage);
-            }
-            if c.store_and_forward.is_some() {
-                self.err(xp, Problem::ExploderWithStoreAndForward);
-            }
+            Some(chain::Delivery::Relay(_)) | None => {}
         }
         if let Some(r) = &c.retry {
             let rp = format!("{path}.retry");
@@ -834,18 +846,28 @@ impl Validator<'_> {
                 None => self.err(fp, Problem::OneofMissing("router, received_header")),
             }
         }
-        if !c.endpoint.is_empty() {
-            delivers = true;
-            let ep = format!("{path}.endpoint");
-            match endpoints.get(&c.endpoint) {
-                None => self.unknown_endpoint(&ep, &c.endpoint),
-                Some(e) => self.endpoint_has_hosts(&ep, e),
+        // The relay's endpoint for unrouted recipients, as `relay.endpoint`
+        // or its chain-level shorthand.
+        let relay_endpoint = match &c.delivery {
+            Some(chain::Delivery::Relay(r)) => {
+                Some((format!("{path}.relay.endpoint"), &r.endpoint))
             }
-        }
+            None => Some((format!("{path}.endpoint"), &c.endpoint)),
+            _ => None,
+        };
         // Store-and-forward and exploder chains deliver into storage or
         // their output chain.
-        if !delivers && c.store_and_forward.is_none() && c.exploder.is_none() {
-            self.err(path, Problem::NoDelivery);
+        if let Some((ep, name)) = relay_endpoint {
+            if !name.is_empty() {
+                delivers = true;
+                match endpoints.get(name) {
+                    None => self.unknown_endpoint(&ep, name),
+                    Some(e) => self.endpoint_has_hosts(&ep, e),
+                }
+            }
+            if !delivers {
+                self.err(path, Problem::NoDelivery);
+            }
         }
     }
 

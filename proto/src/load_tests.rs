@@ -7,7 +7,7 @@ use crate::config::v1::{
     RouterFilter, RoutingPolicy, SenderTag, SmtpAuth, SmtpEndpoint, SmtpLimits, Storage, Tls,
     filter, routing_policy,
 };
-use crate::config::v1::{Notification, RedisStorage, RetryParams, StoreAndForward};
+use crate::config::v1::{Notification, RedisStorage, Relay, RetryParams, StoreAndForward};
 
 /// The quickstart shape: one SMTP listener, one sender, a chain with
 /// received_header and two routers, a maildir endpoint.
@@ -1330,9 +1330,9 @@ fn example_mx_gateway_only_lacks_its_secret_files() {
 fn store_and_forward_needs_storage_and_a_known_output_chain() {
     let mut b = quickstart();
     b.storage = None;
-    res(&mut b).chains[0].store_and_forward = Some(StoreAndForward {
+    res(&mut b).chains[0].delivery = Some(chain::Delivery::StoreAndForward(StoreAndForward {
         output_chain: "missing".into(),
-    });
+    }));
     let errs = check(&b);
     let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
@@ -1418,4 +1418,50 @@ fn storage_reserves_parse_absent_zero_and_sized() {
     }
     let e = parse(&redis.replace("1048576", "-1")).unwrap_err();
     assert_eq!(e.errors[0].path, "storage.redis.memory_reserve_bytes");
+}
+
+#[test]
+fn a_chain_delivers_one_way() {
+    // Two delivery members are a schema error (one oneof).
+    let two = "node: {id: n}\nstatic_resources:\n  chains:\n  - name: c\n    relay: {endpoint: e}\n    store_and_forward: {output_chain: c}\n";
+    let err = parse_bootstrap(Path::new("k.yaml"), two).unwrap_err();
+    assert!(matches!(err.errors[0].problem, Problem::Schema(_)), "{err}");
+    // The endpoint shorthand beside a delivery that is not a relay, or
+    // beside relay itself.
+    let mut b = quickstart();
+    res(&mut b).chains[0].endpoint = "local-maildir".into();
+    res(&mut b).chains[0].delivery = Some(chain::Delivery::StoreAndForward(StoreAndForward {
+        output_chain: res(&mut b).chains[0].name.clone(),
+    }));
+    let errs = check(&b);
+    assert!(
+        errs.iter()
+            .any(|(p, e)| p == "static_resources.chains[0].endpoint"
+                && matches!(e, Problem::RelayOnly)),
+        "{errs:#?}"
+    );
+    let mut b = quickstart();
+    res(&mut b).chains[0].endpoint = "local-maildir".into();
+    res(&mut b).chains[0].delivery = Some(chain::Delivery::Relay(Relay {
+        endpoint: "local-maildir".into(),
+    }));
+    let errs = check(&b);
+    assert!(
+        errs.iter()
+            .any(|(p, e)| p == "static_resources.chains[0].endpoint"
+                && matches!(e, Problem::EndpointWithRelay)),
+        "{errs:#?}"
+    );
+    // relay.endpoint is checked like the shorthand.
+    let mut b = quickstart();
+    res(&mut b).chains[0].delivery = Some(chain::Delivery::Relay(Relay {
+        endpoint: "nowhere".into(),
+    }));
+    let errs = check(&b);
+    assert!(
+        errs.iter()
+            .any(|(p, e)| p == "static_resources.chains[0].relay.endpoint"
+                && matches!(e, Problem::UnknownRef { .. })),
+        "{errs:#?}"
+    );
 }

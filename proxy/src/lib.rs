@@ -1,13 +1,29 @@
-//! The Koukan proxy: listeners, endpoints, the running configuration and
-//! its reload path, and the admin server.
+//! The Koukan proxy. Modules, from the bottom up (each uses only those
+//! above it):
+//!
+//! - [`config`]: the config parsed into domain types (chains and their
+//!   delivery, filters through a registry, listeners, endpoints, retries);
+//! - [`queue`]: the store as the receiving side and the scheduler share it,
+//!   and the one builder of stored transactions;
+//! - [`delivery`]: the terminals (relay dispatcher, store writer, exploder,
+//!   maildir) and the capabilities they are handed (`EndpointFactory`,
+//!   `NewChain`);
+//! - [`scheduler`]: delivers stored transactions through their output
+//!   chain, retries, bounces;
+//! - [`snapshot`] and [`process`]: one immutable config snapshot, and what
+//!   outlives snapshots (queue, pools, resolver, metrics);
+//! - [`listeners`], [`admin`], [`server`]: the wiring: listeners and their
+//!   reload, the admin server, the process lifecycle.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod chains;
-pub mod endpoints;
+pub mod config;
+pub mod delivery;
 pub mod listeners;
-pub mod runtime;
+pub mod process;
+pub mod queue;
 pub mod scheduler;
 pub mod server;
+pub mod snapshot;
 #[cfg(test)]
 mod test_support;

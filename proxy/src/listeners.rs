@@ -1,4 +1,5 @@
-//! The SMTP listeners of the running config and their reload.
+//! The listeners of the running config, their reload, and the factory
+//! that opens each transaction's chain on the snapshot current at MAIL.
 //!
 //! Listeners are keyed by address: one whose address is unchanged across a
 //! reload keeps its socket (no refused connections) and takes the new
@@ -17,8 +18,52 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::chains::ListenerTransactions;
-use crate::runtime::Runtime;
+use koukan_chain::{BoxTxService, Response, SessionInfo, TerminalService, TxContext};
+use koukan_smtp_server::TransactionFactory;
+
+use crate::config::listener::ListenerKind;
+use crate::snapshot::{Refuse, Snapshot};
+
+pub fn new_tx_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The chain factory of one listener. It reads the running snapshot at
+/// every MAIL, so a reload applies to the next transaction and never to
+/// one in flight.
+pub struct ListenerTransactions {
+    pub address: std::net::SocketAddr,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl TransactionFactory for ListenerTransactions {
+    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
+        let snapshot = self.snapshot.load_full();
+        let spec = snapshot
+            .listeners
+            .iter()
+            .find(|l| l.address == self.address);
+        let (sender, tag) = spec
+            .map(|l| l.sender_and_tag())
+            .map(|(s, t)| (s.to_owned(), t.to_owned()))
+            .unwrap_or_default();
+        let ctx = Arc::new(TxContext {
+            id: new_tx_id(),
+            session,
+            sender: sender.clone(),
+            tag: tag.clone(),
+            started: std::time::SystemTime::now(),
+        });
+        let svc = match snapshot.chain_for(&sender, &tag) {
+            Some(chain) => snapshot.chains.stack(chain, &ctx),
+            None => koukan_chain::boxed(TerminalService::new(Refuse(Response::new(
+                451,
+                "4.3.5 no chain configured for this listener",
+            )))),
+        };
+        (ctx, svc)
+    }
+}
 
 struct Running {
     name: String,
@@ -29,7 +74,7 @@ struct Running {
 
 pub struct ListenerSet {
     running: HashMap<SocketAddr, Running>,
-    runtime: Arc<ArcSwap<Runtime>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<SmtpMetrics>,
 }
 
@@ -37,16 +82,16 @@ pub struct ListenerSet {
 pub struct Bound(HashMap<SocketAddr, TcpListener>);
 
 impl ListenerSet {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<SmtpMetrics>) -> Self {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<SmtpMetrics>) -> Self {
         Self {
             running: HashMap::new(),
-            runtime,
+            snapshot,
             metrics,
         }
     }
 
     /// Binds the addresses `next` adds; changes nothing else.
-    pub async fn bind_new(&self, next: &Runtime) -> anyhow::Result<Bound> {
+    pub async fn bind_new(&self, next: &Snapshot) -> anyhow::Result<Bound> {
         let mut bound = HashMap::new();
         for l in &next.listeners {
             if self.running.contains_key(&l.address) {
@@ -62,7 +107,7 @@ impl ListenerSet {
 
     /// Makes the running listeners match `next` (already swapped into the
     /// shared runtime).
-    pub fn apply(&mut self, next: &Runtime, mut bound: Bound) {
+    pub fn apply(&mut self, next: &Snapshot, mut bound: Bound) {
         let wanted: HashMap<SocketAddr, _> =
             next.listeners.iter().map(|l| (l.address, l)).collect();
         let removed: Vec<SocketAddr> = self
@@ -78,20 +123,21 @@ impl ListenerSet {
             }
         }
         for (addr, spec) in wanted {
+            let ListenerKind::Smtp(smtp) = &spec.kind;
             if let Some(r) = self.running.get_mut(&addr) {
                 r.name = spec.name.clone();
-                let _ = r.config.send(spec.session.clone());
+                let _ = r.config.send(smtp.session.clone());
                 continue;
             }
             let Some(socket) = bound.0.remove(&addr) else {
                 tracing::error!(listener = %spec.name, %addr, "listener was not bound");
                 continue;
             };
-            let (config_tx, config_rx) = watch::channel(spec.session.clone());
+            let (config_tx, config_rx) = watch::channel(smtp.session.clone());
             let (stop_tx, stop_rx) = watch::channel(false);
             let factory = Arc::new(ListenerTransactions {
                 address: addr,
-                runtime: self.runtime.clone(),
+                snapshot: self.snapshot.clone(),
             });
             let metrics = self.metrics.clone();
             let name = spec.name.clone();

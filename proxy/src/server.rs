@@ -13,9 +13,13 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminState};
+use crate::config::{duration, nonzero};
+use crate::delivery::NewChain;
 use crate::listeners::ListenerSet;
-use crate::runtime::{Runtime, duration, nonzero};
-use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle, StorageCtx};
+use crate::process::Process;
+use crate::queue::Queue;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::snapshot::Snapshot;
 use koukan_smtp_server::AuthFailureTracker;
 use koukan_storage::{ReplicaId, Store};
 
@@ -25,7 +29,8 @@ use koukan_storage::{ReplicaId, Store};
 /// field path. Creates nothing.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     use koukan_storage::embedded::{StoreFile, inspect};
-    let (_, bootstrap) = load_with(path, None, Arc::default())?;
+    let process = Process::new(None, Arc::default(), Arc::default());
+    let (_, bootstrap) = load_with(path, &process)?;
     // A missing file is fine: it would be created.
     let Some(file) = embedded_file(path, &bootstrap) else {
         return Ok(());
@@ -59,16 +64,16 @@ fn create_store_dir(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `storage` and `auth_tracker` are the process's, kept across reloads.
+/// Reads and validates the config, and builds its snapshot over the
+/// process's state.
 fn load_with(
     path: &Path,
-    storage: Option<Arc<StorageCtx>>,
-    auth_tracker: Arc<AuthFailureTracker>,
-) -> anyhow::Result<(Runtime, koukan_proto::config::v1::Bootstrap)> {
+    process: &Process,
+) -> anyhow::Result<(Snapshot, koukan_proto::config::v1::Bootstrap)> {
     let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
-    let runtime = Runtime::build(path, &bootstrap, storage, auth_tracker)
-        .with_context(|| path.display().to_string())?;
-    Ok((runtime, bootstrap))
+    let snapshot =
+        Snapshot::build(path, &bootstrap, process).with_context(|| path.display().to_string())?;
+    Ok((snapshot, bootstrap))
 }
 
 fn scheduler_config(c: Option<&koukan_proto::config::v1::Scheduler>) -> SchedulerConfig {
@@ -114,7 +119,7 @@ async fn open_store(
             let defaults = koukan_storage::redis_store::RedisOptions::default();
             let mut opts = koukan_storage::redis_store::RedisOptions {
                 allow_volatile: r.allow_volatile,
-                ack_window: crate::runtime::duration(&r.ack_window, defaults.ack_window),
+                ack_window: duration(&r.ack_window, defaults.ack_window),
                 memory_reserve_bytes: r.memory_reserve_bytes,
                 ..defaults
             };
@@ -194,47 +199,53 @@ impl ReloadMetrics {
 
 async fn reload(
     path: &Path,
-    shared: &Arc<ArcSwap<Runtime>>,
+    process: &Process,
+    shared: &Arc<ArcSwap<Snapshot>>,
     listeners: &mut ListenerSet,
 ) -> anyhow::Result<()> {
-    let (storage, auth_tracker) = {
-        let current = shared.load();
-        (current.storage.clone(), current.auth_tracker.clone())
-    };
-    let (next, _) = load_with(path, storage, auth_tracker)?;
+    let (next, _) = load_with(path, process)?;
     if next.admin != shared.load().admin {
         tracing::warn!(admin = %next.admin, "admin address changes take effect at restart");
     }
     let bound = listeners.bind_new(&next).await?;
     let next = Arc::new(next);
     shared.store(next.clone());
+    process.keep(&next);
     listeners.apply(&next, bound);
     Ok(())
 }
 
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let auth_tracker = Arc::new(AuthFailureTracker::new());
-    let (_, bootstrap) = load_with(&config_path, None, auth_tracker.clone())?;
+    // Read and validated once; the snapshot is built once, over the
+    // process's state.
+    let bootstrap =
+        koukan_proto::load::load_bootstrap_file(&config_path).map_err(|e| anyhow!("{e}"))?;
     let store = open_store(&config_path, &bootstrap).await?;
     let scheduler_config = scheduler_config(bootstrap.scheduler.as_ref());
     let smtp_metrics = Arc::new(koukan_smtp_server::SmtpMetrics::new());
-    let internal_errors = smtp_metrics.internal_errors.clone();
-    let storage = store.map(|store| {
+    let queue = store.map(|store| {
         let node = bootstrap
             .node
             .as_ref()
             .map(|n| n.id.as_str())
             .unwrap_or("koukan");
-        Arc::new(StorageCtx {
+        Queue::new(
             store,
-            scheduler: SchedulerHandle::new(scheduler_config.max_receiving),
             // Unique per process start, so a restarted replica never
             // mistakes its predecessor's leases for its own.
-            replica: ReplicaId(format!("{node}-{:08x}", rand::random::<u32>())),
-            internal_errors: internal_errors.clone(),
-        })
+            ReplicaId(format!("{node}-{:08x}", rand::random::<u32>())),
+            scheduler_config.max_receiving,
+            smtp_metrics.internal_errors.clone(),
+        )
     });
-    let (runtime, _) = load_with(&config_path, storage.clone(), auth_tracker)?;
+    let process = Process::new(
+        queue.clone(),
+        Arc::new(AuthFailureTracker::new()),
+        smtp_metrics.clone(),
+    );
+    let snapshot = Snapshot::build(&config_path, &bootstrap, &process)
+        .with_context(|| config_path.display().to_string())?;
+    process.keep(&snapshot);
 
     let mut registry = Registry::with_prefix("koukan");
     smtp_metrics.register(&mut registry);
@@ -243,10 +254,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     reload_metrics.generation.set(1);
 
     let admin_state = AdminState::new(registry);
-    let admin_addr = runtime.admin;
+    let admin_addr = snapshot.admin;
     let admin_server = admin::bind(
         admin_addr,
-        runtime.admin_allowed_hosts.clone(),
+        snapshot.admin_allowed_hosts.clone(),
         admin_state.clone(),
     )
     .await
@@ -257,14 +268,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     });
 
-    let shared = Arc::new(ArcSwap::from_pointee(runtime));
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let (scheduler_stop, scheduler_stop_rx) = tokio::sync::watch::channel(false);
-    let scheduler_task = storage.as_ref().map(|s| {
-        let scheduler = Arc::new(Scheduler::new(s, shared.clone(), scheduler_config.clone()));
+    let scheduler_task = queue.as_ref().map(|q| {
+        let running = shared.clone();
+        let chains: crate::scheduler::ChainSource =
+            Arc::new(move || -> Arc<dyn NewChain> { running.load().chains.clone() });
+        let scheduler = Arc::new(Scheduler::new(q, chains, scheduler_config.clone()));
         tokio::spawn(scheduler.run(scheduler_stop_rx))
     });
-    if let Some(s) = &storage {
-        admin_state.set_store(s.store.clone());
+    if let Some(q) = &queue {
+        admin_state.set_store(q.store.clone());
     }
     let mut listeners = ListenerSet::new(shared.clone(), smtp_metrics);
     let first = shared.load_full();
@@ -280,7 +294,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match reload(&config_path, &shared, &mut listeners).await {
+                match reload(&config_path, &process, &shared, &mut listeners).await {
                     Ok(()) => {
                         reload_metrics.record(true);
                         tracing::info!(config = %config_path.display(), "config reloaded");

@@ -1,6 +1,6 @@
-//! In-process fixtures for the proxy's own tests: a runtime built from a
+//! In-process fixtures for the proxy's own tests: a snapshot built from a
 //! YAML bootstrap over an embedded store in a temporary directory, with
-//! test-only faults (see [`crate::chains::fault`]) injected into chains.
+//! test-only faults (see [`crate::config::filters::fault`]) injected into chains.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +13,11 @@ use koukan_chain::{
 use koukan_smtp_server::{InternalErrors, TransactionFactory};
 use koukan_storage::ReplicaId;
 
-use crate::chains::ListenerTransactions;
-use crate::runtime::{FilterSpec, Runtime};
-use crate::scheduler::{SchedulerHandle, StorageCtx};
+use crate::config::filters::fault::PanicFilter;
+use crate::listeners::ListenerTransactions;
+use crate::process::Process;
+use crate::queue::Queue;
+use crate::snapshot::{Chains, Snapshot};
 
 /// The address the fixture's one listener is configured on (never bound:
 /// transactions are opened through its factory directly).
@@ -23,12 +25,12 @@ pub const LISTENER: &str = "127.0.0.1:1";
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
-    pub runtime: Arc<ArcSwap<Runtime>>,
-    pub storage: Arc<StorageCtx>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub queue: Arc<Queue>,
     pub errors: InternalErrors,
 }
 
-/// Builds the runtime of `yaml` (paths relative to a fresh directory),
+/// Builds the snapshot of `yaml` (paths relative to a fresh directory),
 /// with a panicking filter put first in each chain named in `faulty`.
 pub fn fixture(yaml: &str, faulty: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -41,44 +43,51 @@ pub fn fixture(yaml: &str, faulty: &[&str]) -> Fixture {
     )
     .unwrap();
     let errors = InternalErrors::default();
-    let storage = Arc::new(StorageCtx {
-        store: Arc::new(store),
-        scheduler: SchedulerHandle::new(1000),
-        replica: ReplicaId("test-replica".into()),
-        internal_errors: errors.clone(),
-    });
-    let mut runtime = Runtime::build(
-        &path,
-        &bootstrap,
-        Some(storage.clone()),
-        Arc::new(koukan_smtp_server::AuthFailureTracker::new()),
-    )
-    .unwrap();
-    for name in faulty {
-        let chain = runtime
-            .chains
-            .get_mut(*name)
-            .unwrap_or_else(|| panic!("no chain {name}"));
-        Arc::get_mut(chain)
-            .expect("chain not shared yet")
-            .filters
-            .insert(0, FilterSpec::Panic);
+    let queue = Queue::new(
+        Arc::new(store),
+        ReplicaId("test-replica".into()),
+        1000,
+        errors.clone(),
+    );
+    let process = Process::new(Some(queue.clone()), Arc::default(), Arc::default());
+    let mut snapshot = Snapshot::build(&path, &bootstrap, &process).unwrap();
+    if !faulty.is_empty() {
+        let mut specs = snapshot.chains.specs().clone();
+        for name in faulty {
+            let chain = specs
+                .get_mut(*name)
+                .unwrap_or_else(|| panic!("no chain {name}"));
+            Arc::make_mut(chain)
+                .filters
+                .insert(0, Arc::new(PanicFilter));
+        }
+        snapshot.chains = Chains::new(
+            specs,
+            snapshot.chains.endpoints().clone(),
+            Some(queue.clone()),
+        );
     }
     Fixture {
         dir,
-        runtime: Arc::new(ArcSwap::from_pointee(runtime)),
-        storage,
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        queue,
         errors,
     }
 }
 
 impl Fixture {
+    /// The running snapshot's chains, as the scheduler takes them.
+    pub fn chains(&self) -> crate::scheduler::ChainSource {
+        let snapshot = self.snapshot.clone();
+        Arc::new(move || -> Arc<dyn crate::delivery::NewChain> { snapshot.load().chains.clone() })
+    }
+
     /// A transaction opened on the fixture's listener, as an SMTP session
     /// would open it at MAIL.
     pub fn transaction(&self) -> (Arc<TxContext>, BoxTxService) {
         let factory = ListenerTransactions {
             address: LISTENER.parse().unwrap(),
-            runtime: self.runtime.clone(),
+            snapshot: self.snapshot.clone(),
         };
         let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
         factory.new_transaction(Arc::new(SessionInfo {

@@ -8,32 +8,33 @@
 //! the scheduler at once (no polling delay); other replicas find it on
 //! their next poll or when its lease expires.
 
-pub mod retry;
-
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::FutureExt;
 use koukan_chain::{
-    BoxTxService, ChainPanicked, Mailbox, Recipient, Response, SessionInfo, TxContext, TxUpdate,
+    BoxTxService, ChainPanicked, Recipient, ReplyClass, Response, TxContext, TxUpdate,
     UpdateResponse, call_caught,
 };
 use koukan_smtp_server::InternalErrors;
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, NewTransaction, NextStep, ReplicaId, Store, StoreError,
-    StoredMailbox, StoredResponse, StoredSession, TxRecord,
+    AttemptOutcome, AttemptResponses, NextStep, ReplicaId, Store, StoreError, StoredResponse,
+    TxRecord,
 };
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::chains::build_stack;
-use crate::endpoints::store_writer::stored_response;
-use crate::runtime::Runtime;
+use crate::config::NotificationSpec;
+use crate::config::retry::RetryPolicy;
+use crate::delivery::{ChainPolicy, NewChain};
+use crate::queue::convert::{mailbox, null_mailbox, replayed_session, stored_response};
+use crate::queue::{Origin, Queue, Submission};
+
+/// The chains a delivery attempt runs on: the running snapshot's at the
+/// moment the attempt starts (a reload applies to the next attempt).
+pub type ChainSource = Arc<dyn Fn() -> Arc<dyn NewChain> + Send + Sync>;
 
 pub const REASON_SUCCESS: &str = "upstream response success";
 pub const REASON_DATA_PERM: &str = "upstream response permfail";
@@ -73,83 +74,27 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// The process's store, as the SMTP side and the scheduler share it.
-pub struct StorageCtx {
-    pub store: Arc<dyn Store>,
-    pub scheduler: SchedulerHandle,
-    pub replica: ReplicaId,
-    pub internal_errors: InternalErrors,
-}
-
-/// What the SMTP side holds: wake the scheduler, and back-pressure.
-#[derive(Clone)]
-pub struct SchedulerHandle {
-    wake: Arc<Notify>,
-    receiving: Arc<AtomicUsize>,
-    max_receiving: usize,
-}
-
-impl SchedulerHandle {
-    pub fn new(max_receiving: usize) -> Self {
-        Self {
-            wake: Arc::new(Notify::new()),
-            receiving: Arc::default(),
-            max_receiving,
-        }
-    }
-
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    pub fn saturated(&self) -> bool {
-        self.receiving.load(Ordering::Relaxed) >= self.max_receiving
-    }
-
-    /// Counts a message being received until the guard drops.
-    pub fn receiving(&self) -> ReceivingGuard {
-        self.receiving.fetch_add(1, Ordering::Relaxed);
-        ReceivingGuard(self.receiving.clone())
-    }
-}
-
-pub struct ReceivingGuard(Arc<AtomicUsize>);
-
-impl Drop for ReceivingGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 pub struct Scheduler {
     store: Arc<dyn Store>,
-    runtime: Arc<ArcSwap<Runtime>>,
+    chains: ChainSource,
     replica: ReplicaId,
     config: SchedulerConfig,
     slots: Arc<Semaphore>,
-    handle: SchedulerHandle,
+    queue: Arc<Queue>,
     internal_errors: InternalErrors,
 }
 
 impl Scheduler {
-    pub fn new(
-        storage: &StorageCtx,
-        runtime: Arc<ArcSwap<Runtime>>,
-        config: SchedulerConfig,
-    ) -> Self {
+    pub fn new(queue: &Arc<Queue>, chains: ChainSource, config: SchedulerConfig) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
-            store: storage.store.clone(),
-            runtime,
-            replica: storage.replica.clone(),
+            store: queue.store.clone(),
+            chains,
+            replica: queue.replica.clone(),
             config,
-            handle: storage.scheduler.clone(),
-            internal_errors: storage.internal_errors.clone(),
+            queue: queue.clone(),
+            internal_errors: queue.internal_errors.clone(),
         }
-    }
-
-    pub fn handle(&self) -> SchedulerHandle {
-        self.handle.clone()
     }
 
     /// Runs until `shutdown` turns true; attempts in flight then finish
@@ -200,7 +145,7 @@ impl Scheduler {
                                     }
                                 }
                                 drop(permit);
-                                this.handle.wake();
+                                this.queue.wake();
                             });
                         }
                     }
@@ -223,7 +168,7 @@ impl Scheduler {
                 continue;
             }
             tokio::select! {
-                _ = self.handle.wake.notified() => {}
+                _ = self.queue.woken() => {}
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
@@ -236,22 +181,22 @@ impl Scheduler {
     }
 
     async fn attempt(&self, record: TxRecord) -> Result<(), StoreError> {
-        let runtime = self.runtime.load_full();
+        let chains = (self.chains)();
         let started = std::time::Instant::now();
-        let chain = runtime.chain(&record.tx.chain);
-        let policy = chain.and_then(|c| c.retry.as_ref());
+        let ChainPolicy {
+            retry,
+            notification,
+        } = chains.policy(&record.tx.chain).unwrap_or_default();
+        let policy = retry.as_ref();
         // Renews the lease while the attempt runs, and stops with it
         // whichever way it ends (dropped on return and on unwinding).
         let heartbeat = self.spawn_heartbeat(&record);
         let (responses, attempted) = match settled_by_prior(&record, policy, SystemTime::now()) {
             Some(prior) => (prior, false),
             None => {
-                let responses = match chain {
-                    Some(chain) => {
-                        let ctx = Arc::new(context(&record));
-                        let stack = build_stack(&runtime, chain, &ctx);
-                        self.deliver(stack, &record).await
-                    }
+                let ctx = Arc::new(context(&record));
+                let responses = match chains.new_chain(&record.tx.chain, &ctx) {
+                    Some(stack) => self.deliver(stack, &record).await,
                     None => {
                         let r =
                             Response::new(451, format!("4.3.5 no chain named {}", record.tx.chain));
@@ -277,8 +222,10 @@ impl Scheduler {
         if let NextStep::Final { reason } = &next
             && reason != REASON_SUCCESS
             && record.tx.notification
-            && let Some(notification) = chain.and_then(|c| c.notification.as_ref())
-            && let Err(e) = self.bounce(&record, &responses, notification, now).await
+            && let Some(notification) = &notification
+            && let Err(e) = self
+                .bounce(&*chains, &record, &responses, notification, now)
+                .await
         {
             drop(heartbeat);
             tracing::warn!(tx = %record.id, error = %e, "storing the bounce failed; the transaction runs again after its lease");
@@ -419,9 +366,10 @@ impl Scheduler {
 
     async fn bounce(
         &self,
+        chains: &dyn NewChain,
         record: &TxRecord,
         responses: &AttemptResponses,
-        notification: &crate::runtime::NotificationSpec,
+        notification: &NotificationSpec,
         now: SystemTime,
     ) -> Result<(), StoreError> {
         let prefix = self
@@ -465,30 +413,29 @@ impl Scheduler {
         self.store
             .append_blob(&blob, 0, Bytes::from(dsn), true)
             .await?;
+        let submission = Submission {
+            queue: self.queue.clone(),
+            output_chain: notification.output_chain.clone(),
+            retry: chains
+                .policy(&notification.output_chain)
+                .and_then(|p| p.retry),
+            notification: false,
+        };
+        let origin = Origin {
+            sender: record.tx.sender.clone(),
+            tag: record.tx.tag.clone(),
+            ..Origin::default()
+        };
+        let rcpt = koukan_storage::StoredMailbox {
+            address: record.tx.mail_from.address.clone(),
+            params: vec![],
+        };
         let id = self
             .store
-            .create_transaction(NewTransaction {
-                sender: record.tx.sender.clone(),
-                tag: record.tx.tag.clone(),
-                chain: notification.output_chain.clone(),
-                mail_from: StoredMailbox {
-                    address: String::new(),
-                    params: vec![],
-                },
-                rcpt_to: vec![StoredMailbox {
-                    address: record.tx.mail_from.address.clone(),
-                    params: vec![],
-                }],
-                session: StoredSession::default(),
-                body: blob,
-                retry: true,
-                notification: false,
-                lease: None,
-                prior_attempt: None,
-            })
+            .create_transaction(submission.transaction(&origin, &null_mailbox(), rcpt, &blob, None))
             .await?;
         tracing::info!(tx = %record.id, bounce = %id, to = %record.tx.mail_from.address, "bounce queued");
-        self.handle.wake();
+        self.queue.wake();
         Ok(())
     }
 }
@@ -515,32 +462,10 @@ impl Scheduler {
     }
 }
 
-fn mailbox(m: &StoredMailbox) -> Mailbox {
-    let mut b = Mailbox::new(m.address.clone());
-    for p in &m.params {
-        b = b.with_param(&p.keyword, p.value.as_deref());
-    }
-    b
-}
-
 fn context(record: &TxRecord) -> TxContext {
-    let s = &record.tx.session;
-    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     TxContext {
         id: record.id.0.clone(),
-        session: Arc::new(SessionInfo {
-            listener: s.listener.clone(),
-            peer: s
-                .peer
-                .as_deref()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(unspecified),
-            local: unspecified,
-            ehlo_host: s.ehlo_host.clone(),
-            esmtp: true,
-            tls: None,
-            auth_user: s.auth_user.clone(),
-        }),
+        session: replayed_session(&record.tx.session),
         sender: record.tx.sender.clone(),
         tag: record.tx.tag.clone(),
         started: SystemTime::now(),
@@ -554,7 +479,7 @@ fn failure_reply(r: &AttemptResponses) -> String {
         .chain(r.rcpt.iter().map(Option::as_ref))
         .chain([r.data.as_ref()])
         .flatten()
-        .find(|x| !(200..300).contains(&x.code));
+        .find(|x| ReplyClass::of(x.code) != ReplyClass::Ok);
     match first_bad {
         Some(x) => format!("{} {}", x.code, x.text),
         None => "451 4.0.0 delivery failed".into(),
@@ -578,7 +503,7 @@ fn summary(r: &AttemptResponses) -> String {
 /// prior attempt.
 fn settled_by_prior(
     record: &TxRecord,
-    policy: Option<&retry::RetryPolicy>,
+    policy: Option<&RetryPolicy>,
     now: SystemTime,
 ) -> Option<AttemptResponses> {
     let prior = record.tx.prior_attempt.as_ref()?;
@@ -598,11 +523,11 @@ pub fn decide(
     record: &TxRecord,
     attempt: u32,
     r: &AttemptResponses,
-    policy: Option<&retry::RetryPolicy>,
+    policy: Option<&RetryPolicy>,
     now: SystemTime,
 ) -> NextStep {
-    let is_perm = |x: &StoredResponse| (500..600).contains(&x.code);
-    let is_ok = |x: &StoredResponse| (200..300).contains(&x.code);
+    let is_perm = |x: &StoredResponse| ReplyClass::of(x.code) == ReplyClass::Perm;
+    let is_ok = |x: &StoredResponse| ReplyClass::of(x.code) == ReplyClass::Ok;
     let final_ = |reason: &str| NextStep::Final {
         reason: reason.into(),
     };
@@ -655,8 +580,8 @@ static_resources:
     async fn a_panicking_chain_is_an_attempt_that_failed_temporarily() {
         let f = fixture(YAML, &["out"]);
         let scheduler = Arc::new(Scheduler::new(
-            &f.storage,
-            f.runtime.clone(),
+            &f.queue,
+            f.chains(),
             SchedulerConfig {
                 poll_interval: Duration::from_millis(50),
                 lease_ttl: Duration::from_secs(3),
@@ -682,7 +607,7 @@ static_resources:
                 d.text.split_once("queued as ").unwrap().1.to_owned(),
             ));
         }
-        let store = f.storage.store.clone();
+        let store = f.queue.store.clone();
         let failed = eventually(Duration::from_secs(10), || {
             let (store, id) = (store.clone(), ids[0].clone());
             async move {

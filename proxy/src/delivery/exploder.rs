@@ -27,12 +27,11 @@
 //! `452 4.5.3` so the client sends it again in another transaction.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use koukan_chain::{
-    BoxTxService, Mailbox, Recipient, Response, Terminal, TxContext, TxUpdate, UpdateResponse,
-    call_caught,
+    BoxTxService, Mailbox, Recipient, ReplyClass, Response, Terminal, TxContext, TxUpdate,
+    UpdateResponse, call_caught,
 };
 use koukan_storage::{AttemptResponses, PriorAttempt};
 use tokio::sync::oneshot::error::TryRecvError;
@@ -40,25 +39,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::store_writer::{Spool, StoreTarget, storage_error_reply, stored_response};
-use crate::chains::build_stack;
-use crate::runtime::Runtime;
-use crate::scheduler::ReceivingGuard;
+use super::NewChain;
+use crate::config::ExploderSpec;
+use crate::queue::convert::{storage_error_reply, stored_response};
+use crate::queue::{Origin, ReceivingGuard, Spool, Submission};
 use koukan_smtp_server::InternalErrors;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExploderSpec {
-    pub output_chain: String,
-    /// Submission semantics: anything not permanently refused is accepted
-    /// and stored.
-    pub msa: bool,
-    pub rcpt_timeout: Duration,
-    pub data_timeout: Duration,
-    /// Upstream transactions one inbound transaction runs at once (one
-    /// per recipient); see [`Exploder::slot`] for who waits and who is
-    /// over the bound at once.
-    pub max_upstreams: usize,
-}
 
 type Job = (TxUpdate, oneshot::Sender<UpdateResponse>);
 
@@ -129,21 +114,6 @@ impl Runner {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
-    Ok,
-    Temp,
-    Perm,
-}
-
-fn class(r: &Response) -> Class {
-    match r.code {
-        200..=299 => Class::Ok,
-        500..=599 => Class::Perm,
-        _ => Class::Temp,
-    }
-}
-
 fn upstream_timeout() -> Response {
     Response::new(451, "4.4.7 upstream timeout (exploder)")
 }
@@ -190,8 +160,9 @@ struct Upstream {
 }
 
 pub struct Exploder {
-    runtime: Arc<Runtime>,
-    target: Arc<StoreTarget>,
+    /// The chains of the snapshot the transaction started on.
+    chains: Arc<dyn NewChain>,
+    target: Arc<Submission>,
     spec: Arc<ExploderSpec>,
     ctx: Arc<TxContext>,
     mail_from: Option<Mailbox>,
@@ -207,22 +178,21 @@ pub struct Exploder {
 
 impl Exploder {
     pub fn new(
-        runtime: Arc<Runtime>,
-        target: Arc<StoreTarget>,
+        chains: Arc<dyn NewChain>,
+        target: Arc<Submission>,
         spec: Arc<ExploderSpec>,
         ctx: Arc<TxContext>,
-        internal_errors: InternalErrors,
     ) -> Self {
         Self {
-            _receiving: target.scheduler.receiving(),
+            _receiving: target.queue.receiving(),
+            internal_errors: target.queue.internal_errors.clone(),
             slots: Arc::new(Semaphore::new(spec.max_upstreams.max(1))),
-            runtime,
+            chains,
             target,
             spec,
             ctx,
             mail_from: None,
             upstreams: Vec::new(),
-            internal_errors,
             spool: Spool::default(),
             spool_failed: None,
         }
@@ -273,10 +243,10 @@ impl Exploder {
             Ok(slot) => slot,
             Err(not) => return not,
         };
-        let opened = match self.runtime.chain(&self.spec.output_chain) {
-            Some(chain) => {
+        let opened = match self.chains.new_chain(&self.spec.output_chain, &self.ctx) {
+            Some(stack) => {
                 let runner = Runner::spawn(
-                    build_stack(&self.runtime, chain, &self.ctx),
+                    stack,
                     slot,
                     self.ctx.id.clone(),
                     self.internal_errors.clone(),
@@ -356,7 +326,7 @@ impl Exploder {
             let rcpt_reply = upstream.clone().unwrap_or_else(upstream_timeout);
             let (reply, accepted, store) = match upstream {
                 Some(r) if r.is_ok() => (r, true, false),
-                Some(r) if class(&r) == Class::Perm => (r, false, false),
+                Some(r) if r.class() == ReplyClass::Perm => (r, false, false),
                 Some(_) | None if self.spec.msa => (
                     Response::new(250, "2.1.5 RCPT ok (exploder store&forward)"),
                     true,
@@ -386,7 +356,10 @@ impl Exploder {
 
     async fn body(&mut self, data: bytes::Bytes, last: bool) -> Option<Response> {
         if self.spool_failed.is_none()
-            && let Err(e) = self.spool.append(&self.target, data.clone(), false).await
+            && let Err(e) = self
+                .spool
+                .append(&self.target.queue, data.clone(), false)
+                .await
         {
             tracing::warn!(tx = %self.ctx.id, error = %e, "spooling the body failed");
             self.spool_failed = Some(storage_error_reply(&e));
@@ -457,7 +430,9 @@ impl Exploder {
         {
             let outcome = match (&up.data, up.store) {
                 (_, true) => None,
-                (Some(d), _) if class(d) == Class::Ok || class(d) == Class::Perm => Some(d.clone()),
+                (Some(d), _) if d.class() == ReplyClass::Ok || d.class() == ReplyClass::Perm => {
+                    Some(d.clone())
+                }
                 (Some(_), _) | (None, _) if msa => None,
                 (Some(d), _) => Some(d.clone()),
                 (None, _) => Some(upstream_timeout()),
@@ -469,7 +444,7 @@ impl Exploder {
         }
         let answered: Vec<&Response> = outcomes.iter().filter_map(|(_, o)| o.as_ref()).collect();
         let same_class = outcomes.iter().all(|(_, o)| o.is_some())
-            && answered.windows(2).all(|w| class(w[0]) == class(w[1]));
+            && answered.windows(2).all(|w| w[0].class() == w[1].class());
         if same_class {
             let first = answered[0].clone();
             return if answered.len() == 1 {
@@ -486,7 +461,7 @@ impl Exploder {
         // be told 250.
         let to_store: Vec<(&Mailbox, Option<PriorAttempt>)> = outcomes
             .iter()
-            .filter(|(_, o)| o.as_ref().is_none_or(|r| class(r) != Class::Ok))
+            .filter(|(_, o)| o.as_ref().is_none_or(|r| r.class() != ReplyClass::Ok))
             .map(|(i, _)| {
                 let up = &self.upstreams[*i];
                 let data = match (&up.data, up.rcpt_reply.is_ok()) {
@@ -509,10 +484,15 @@ impl Exploder {
         }
         let stored = async {
             self.spool
-                .append(&self.target, bytes::Bytes::new(), true)
+                .append(&self.target.queue, bytes::Bytes::new(), true)
                 .await?;
             self.spool
-                .commit(&self.target, &self.ctx, self.mail_from.as_ref(), to_store)
+                .commit(
+                    &self.target,
+                    &Origin::of(&self.ctx),
+                    self.mail_from.as_ref(),
+                    to_store,
+                )
                 .await
         }
         .await;
@@ -537,7 +517,7 @@ impl Terminal for Exploder {
         Box::pin(async move {
             let mut resp = UpdateResponse::default();
             if let Some(mail) = update.mail_from {
-                resp.mail = Some(if self.target.scheduler.saturated() {
+                resp.mail = Some(if self.target.queue.saturated() {
                     Response::new(451, "4.3.2 delivery queue full, try again later")
                 } else {
                     self.mail_from = Some(mail);
@@ -636,7 +616,7 @@ static_resources:
             .1
             .to_owned();
         let stored = f
-            .storage
+            .queue
             .store
             .get_transaction(&koukan_storage::TxId(ids))
             .await

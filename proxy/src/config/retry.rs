@@ -74,6 +74,26 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// A chain's `retry`, unset fields taking the defaults.
+    pub fn from_pb(r: &koukan_proto::config::v1::RetryParams) -> Self {
+        use super::{duration, nonzero};
+        let d = Self::default();
+        Self {
+            max_attempts: nonzero(r.max_attempts, d.max_attempts),
+            min_attempt_time: duration(&r.min_attempt_time, d.min_attempt_time),
+            max_attempt_time: duration(&r.max_attempt_time, d.max_attempt_time),
+            backoff_factor: if r.backoff_factor > 0.0 {
+                r.backoff_factor
+            } else {
+                d.backoff_factor
+            },
+            deadline: duration(&r.deadline, d.deadline),
+            jitter: d.jitter,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
-//! Outbound endpoints and the chain's terminal.
+//! The terminals a chain delivers through, and the capabilities they are
+//! handed.
 //!
-//! [`Dispatcher`] is the terminal of every chain: it maps the one inbound
+//! [`Dispatcher`] is the relay terminal: it maps the one inbound
 //! transaction onto one upstream transaction at the destination its first
 //! recipient was routed to, built by an [`EndpointFactory`] (SMTP client,
-//! maildir). Until durable storage and the exploder exist, recipients that
-//! route elsewhere get `451 4.5.3` so the client retries them in a separate
-//! transaction; nothing is answered 250 unless the upstream said so.
+//! maildir). Recipients that route elsewhere get `451 4.5.3` so the client
+//! sends them in a separate transaction (a chain that must take them all
+//! at once uses the exploder); nothing is answered 250 unless the upstream
+//! said so. The store writer and the exploder are the other terminals.
 
 pub mod exploder;
 pub mod maildir;
@@ -16,15 +18,39 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use koukan_chain::chain::Split;
 use koukan_chain::{
-    BoxTxService, Destination, Mailbox, Response, Terminal, TxUpdate, UpdateResponse,
+    BoxTxService, Destination, Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse,
 };
 use tower::{Service, ServiceExt};
+
+use crate::config::NotificationSpec;
+use crate::config::retry::RetryPolicy;
 
 /// Builds the upstream side of a transaction for a destination.
 pub trait EndpointFactory: Send + Sync + 'static {
     /// Returns the terminal service, or the response every recipient for
     /// this destination gets when it cannot be built (unknown endpoint).
     fn connect(&self, destination: &Destination) -> Result<BoxTxService, Response>;
+}
+
+/// Runs another chain by name: what the exploder (one upstream
+/// transaction per recipient) and the scheduler (stored transactions
+/// through their output chain) are handed instead of the whole config
+/// (linkerd's `NewService`, by name). Cheap and infallible but for an
+/// unknown name.
+pub trait NewChain: Send + Sync + 'static {
+    /// The stack of chain `name` for one transaction.
+    fn new_chain(&self, name: &str, ctx: &Arc<TxContext>) -> Option<BoxTxService>;
+
+    /// How the stored transactions chain `name` delivers are retried and
+    /// bounced; `None` for an unknown chain.
+    fn policy(&self, name: &str) -> Option<ChainPolicy>;
+}
+
+/// A chain's retry and bounce settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChainPolicy {
+    pub retry: Option<RetryPolicy>,
+    pub notification: Option<NotificationSpec>,
 }
 
 #[derive(Default)]

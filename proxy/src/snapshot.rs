@@ -1,0 +1,370 @@
+//! The running configuration: one immutable snapshot built from a
+//! validated bootstrap, shared through `ArcSwap`. A transaction keeps the
+//! snapshot it started with; a reload swaps in a new one for new
+//! transactions.
+//!
+//! What must outlive a snapshot (the store, connection pools, the DNS
+//! resolver and its cache) belongs to the [`Process`]; a snapshot built
+//! for a reload takes an endpoint's pool and the resolver from there when
+//! their config is unchanged, so a reload never drops the idle upstream
+//! sessions of an endpoint it did not change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use koukan_chain::{
+    BoxTxService, Destination, Response, Terminal, TerminalService, TxContext, TxUpdate,
+    UpdateResponse,
+};
+use koukan_proto::config::v1 as pb;
+use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient};
+
+use crate::config::endpoint::{client_config, resolve};
+use crate::config::listener::ListenerSpec;
+use crate::config::{ChainSpec, Delivery, SenderSpec};
+use crate::delivery::exploder::Exploder;
+use crate::delivery::maildir::{Maildir, MaildirConfig};
+use crate::delivery::store_writer::StoreWriter;
+use crate::delivery::{ChainPolicy, Dispatcher, EndpointFactory, NewChain};
+use crate::process::Process;
+use crate::queue::{Queue, Submission};
+
+pub struct Snapshot {
+    pub node_id: String,
+    pub admin: SocketAddr,
+    /// Host names the admin server answers to besides its address.
+    pub admin_allowed_hosts: Vec<String>,
+    pub listeners: Vec<ListenerSpec>,
+    senders: HashMap<String, SenderSpec>,
+    pub chains: Arc<Chains>,
+}
+
+impl Snapshot {
+    /// The chain for a sender and tag: the tag's chain if it names one,
+    /// else the sender's.
+    pub fn chain_for(&self, sender: &str, tag: &str) -> Option<&Arc<ChainSpec>> {
+        let s = self.senders.get(sender)?;
+        self.chains.spec(s.chain_for(tag))
+    }
+
+    /// Builds a snapshot from a bootstrap that passed validation, taking
+    /// from `process` the state of every endpoint (and the resolver) whose
+    /// config is unchanged. What validation cannot see (a certificate
+    /// that does not parse, a secrets file with bad JSON) fails here,
+    /// naming the resource. Changes nothing in `process`: the caller
+    /// keeps the snapshot's state there once it applies it
+    /// ([`Process::keep`]).
+    pub fn build(config_path: &Path, b: &pb::Bootstrap, process: &Process) -> anyhow::Result<Self> {
+        let res = b.static_resources.clone().unwrap_or_default();
+
+        let listeners = res
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                ListenerSpec::from_pb(
+                    config_path,
+                    &format!("static_resources.listeners[{i}]"),
+                    l,
+                    &process.auth_tracker,
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
+        let mut specs = HashMap::new();
+        for (i, c) in res.chains.iter().enumerate() {
+            let path = format!("static_resources.chains[{i}]");
+            let spec = ChainSpec::from_pb(c, &res.chains, &path).map_err(|errors| {
+                anyhow::anyhow!(
+                    "{}",
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+            specs.insert(c.name.clone(), Arc::new(spec));
+        }
+
+        let senders = res
+            .senders
+            .iter()
+            .map(|s| (s.name.clone(), SenderSpec::from_pb(s)))
+            .collect();
+
+        let mut kinds = HashMap::new();
+        for (i, e) in res.endpoints.iter().enumerate() {
+            let state = match process.endpoint(&e.name, e, config_path) {
+                Some(kept) => kept,
+                None => match EndpointState::new(config_path, e)
+                    .with_context(|| format!("static_resources.endpoints[{i}] ({})", e.name))?
+                {
+                    Some(state) => Arc::new(state),
+                    None => continue,
+                },
+            };
+            kinds.insert(e.name.clone(), state);
+        }
+
+        let resolver = match process.resolver(&b.dns) {
+            Some(kept) => kept,
+            None => Arc::new(new_resolver(b.dns.as_ref())?),
+        };
+
+        let admin = b
+            .admin
+            .as_ref()
+            .map(|a| a.address.as_str())
+            .filter(|a| !a.is_empty())
+            .unwrap_or("127.0.0.1:9901")
+            .parse()
+            .context("admin.address")?;
+
+        Ok(Self {
+            node_id: b.node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+            admin,
+            admin_allowed_hosts: b
+                .admin
+                .as_ref()
+                .map(|a| a.allowed_hosts.clone())
+                .unwrap_or_default(),
+            listeners,
+            senders,
+            chains: Chains::new(
+                specs,
+                Arc::new(Endpoints {
+                    kinds,
+                    resolver,
+                    dns: b.dns.clone(),
+                }),
+                process.queue.clone(),
+            ),
+        })
+    }
+}
+
+fn new_resolver(dns: Option<&pb::Dns>) -> anyhow::Result<Resolver> {
+    let mut nameservers = Vec::new();
+    for (i, n) in dns.iter().flat_map(|d| d.nameservers.iter()).enumerate() {
+        nameservers
+            .push(koukan_proto::load::parse_nameserver(n).ok_or_else(|| {
+                anyhow::anyhow!("dns.nameservers[{i}]: invalid nameserver {n:?}")
+            })?);
+    }
+    if nameservers.is_empty() {
+        Resolver::system().context("system DNS resolver")
+    } else {
+        Ok(Resolver::new(nameservers))
+    }
+}
+
+/// The chains of one snapshot and what their terminals need: the one
+/// [`NewChain`] every terminal that runs another chain is handed.
+pub struct Chains {
+    /// Handed to the exploders this builds, so that they run their output
+    /// chain on the snapshot they started on.
+    me: Weak<Chains>,
+    specs: HashMap<String, Arc<ChainSpec>>,
+    endpoints: Arc<Endpoints>,
+    queue: Option<Arc<Queue>>,
+}
+
+impl Chains {
+    pub fn new(
+        specs: HashMap<String, Arc<ChainSpec>>,
+        endpoints: Arc<Endpoints>,
+        queue: Option<Arc<Queue>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            specs,
+            endpoints,
+            queue,
+        })
+    }
+
+    pub fn spec(&self, name: &str) -> Option<&Arc<ChainSpec>> {
+        self.specs.get(name)
+    }
+
+    pub fn specs(&self) -> &HashMap<String, Arc<ChainSpec>> {
+        &self.specs
+    }
+
+    pub fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.endpoints
+    }
+
+    pub fn queue(&self) -> Option<&Arc<Queue>> {
+        self.queue.as_ref()
+    }
+
+    /// Where a chain that stores hands its transactions: the output
+    /// chain's retry and bounce settings decide what they carry.
+    fn submission(&self, queue: &Arc<Queue>, output: &str) -> Arc<Submission> {
+        let out = self.specs.get(output);
+        Arc::new(Submission {
+            queue: queue.clone(),
+            output_chain: output.to_owned(),
+            retry: out.and_then(|c| c.retry.clone()),
+            notification: out.is_some_and(|c| c.notification.is_some()),
+        })
+    }
+
+    /// Stacks the chain's filters over its terminal, first filter
+    /// outermost.
+    pub fn stack(&self, chain: &ChainSpec, ctx: &Arc<TxContext>) -> BoxTxService {
+        let mut svc = match (&chain.delivery, &self.queue) {
+            (Delivery::Relay { default }, _) => koukan_chain::boxed(TerminalService::new(
+                Dispatcher::new(self.endpoints.clone(), default.clone()),
+            )),
+            (Delivery::StoreAndForward { output_chain }, Some(queue)) => {
+                koukan_chain::boxed(TerminalService::new(StoreWriter::new(
+                    self.submission(queue, output_chain),
+                    ctx.clone(),
+                )))
+            }
+            (Delivery::Explode(spec), Some(queue)) => {
+                let chains: Arc<dyn NewChain> = self.me.upgrade().expect("called through its Arc");
+                koukan_chain::boxed(TerminalService::new(Exploder::new(
+                    chains,
+                    self.submission(queue, &spec.output_chain),
+                    spec.clone(),
+                    ctx.clone(),
+                )))
+            }
+            // Validation refuses storing chains without a store; should
+            // one get here, it answers rather than relaying instead.
+            (_, None) => koukan_chain::boxed(TerminalService::new(Refuse(Response::new(
+                451,
+                "4.3.5 this chain stores mail and no storage is configured",
+            )))),
+        };
+        for f in chain.filters.iter().rev() {
+            svc = f.wrap(svc, ctx);
+        }
+        svc
+    }
+}
+
+impl NewChain for Chains {
+    fn new_chain(&self, name: &str, ctx: &Arc<TxContext>) -> Option<BoxTxService> {
+        self.specs.get(name).map(|c| self.stack(c, ctx))
+    }
+
+    fn policy(&self, name: &str) -> Option<ChainPolicy> {
+        self.specs.get(name).map(|c| ChainPolicy {
+            retry: c.retry.clone(),
+            notification: c.notification.clone(),
+        })
+    }
+}
+
+/// Answers everything with a fixed reply: a listener whose sender or chain
+/// vanished in a reload still gives clients a clear temporary error.
+pub struct Refuse(pub Response);
+
+impl Terminal for Refuse {
+    fn update(&mut self, u: TxUpdate) -> BoxFuture<'_, UpdateResponse> {
+        let r = UpdateResponse::fill(&u, &self.0);
+        Box::pin(async move { r })
+    }
+}
+
+enum EndpointKind {
+    Smtp {
+        client: Arc<ClientConfig>,
+        tls: Arc<rustls::ClientConfig>,
+        /// Idle upstream sessions of this endpoint, shared by its
+        /// transactions and kept across reloads that leave the endpoint
+        /// as it is; dropped (and QUIT) with the last snapshot using it.
+        pool: ConnectionPool,
+    },
+    Maildir(Arc<MaildirConfig>),
+}
+
+/// One endpoint's built state, with the config it was built from (the
+/// config file too: relative paths in it depend on where it is).
+pub struct EndpointState {
+    config: pb::Endpoint,
+    config_file: std::path::PathBuf,
+    kind: EndpointKind,
+}
+
+impl EndpointState {
+    fn new(config_file: &Path, e: &pb::Endpoint) -> anyhow::Result<Option<Self>> {
+        let kind = match &e.endpoint {
+            Some(pb::endpoint::Endpoint::Smtp(s)) => {
+                let client = client_config(config_file, s);
+                let tls = client.build_tls().context("smtp")?;
+                EndpointKind::Smtp {
+                    pool: ConnectionPool::new(&client),
+                    client: Arc::new(client),
+                    tls,
+                }
+            }
+            Some(pb::endpoint::Endpoint::Maildir(m)) => {
+                EndpointKind::Maildir(Arc::new(MaildirConfig {
+                    path: resolve(config_file, &m.path),
+                }))
+            }
+            None => return Ok(None),
+        };
+        Ok(Some(Self {
+            config: e.clone(),
+            config_file: config_file.to_owned(),
+            kind,
+        }))
+    }
+
+    /// Built from this config (an unchanged endpoint keeps its state).
+    pub fn built_from(&self, e: &pb::Endpoint, config_file: &Path) -> bool {
+        self.config == *e && self.config_file == config_file
+    }
+}
+
+/// Builds upstream transactions for the endpoints of one snapshot.
+pub struct Endpoints {
+    kinds: HashMap<String, Arc<EndpointState>>,
+    resolver: Arc<Resolver>,
+    /// What the resolver was built from.
+    dns: Option<pb::Dns>,
+}
+
+impl Endpoints {
+    pub fn states(&self) -> impl Iterator<Item = (&String, &Arc<EndpointState>)> {
+        self.kinds.iter()
+    }
+
+    pub fn resolver(&self) -> (&Option<pb::Dns>, &Arc<Resolver>) {
+        (&self.dns, &self.resolver)
+    }
+}
+
+impl EndpointFactory for Endpoints {
+    fn connect(&self, d: &Destination) -> Result<BoxTxService, Response> {
+        match self.kinds.get(&d.endpoint).map(|s| &s.kind) {
+            Some(EndpointKind::Smtp { client, tls, pool }) => {
+                Ok(koukan_chain::boxed(SmtpClient::pooled(
+                    client.clone(),
+                    self.resolver.clone(),
+                    tls.clone(),
+                    d.hosts.clone(),
+                    pool.clone(),
+                )))
+            }
+            Some(EndpointKind::Maildir(cfg)) => Ok(koukan_chain::boxed(TerminalService::new(
+                Maildir::new(cfg.clone()),
+            ))),
+            None => Err(Response::new(
+                451,
+                format!("4.3.5 endpoint {} is not configured", d.endpoint),
+            )),
+        }
+    }
+}

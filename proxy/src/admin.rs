@@ -35,6 +35,8 @@ pub struct AdminState {
     pub registry: Registry,
     ready: AtomicBool,
     store: OnceLock<Arc<dyn Store>>,
+    /// Its queue gauges are set from the store at each scrape.
+    delivery: OnceLock<crate::queue::metrics::DeliveryMetrics>,
 }
 
 impl AdminState {
@@ -43,11 +45,16 @@ impl AdminState {
             registry,
             ready: AtomicBool::new(false),
             store: OnceLock::new(),
+            delivery: OnceLock::new(),
         })
     }
 
     pub fn set_store(&self, store: Arc<dyn Store>) {
         let _ = self.store.set(store);
+    }
+
+    pub fn set_delivery_metrics(&self, m: crate::queue::metrics::DeliveryMetrics) {
+        let _ = self.delivery.set(m);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -56,6 +63,14 @@ impl AdminState {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    // The queue depth is the store's, read now (a failed reading leaves
+    // the last one).
+    if let (Some(store), Some(m)) = (state.store.get(), state.delivery.get()) {
+        match store.counts().await {
+            Ok(c) => m.queue_depth(&c),
+            Err(e) => tracing::debug!(error = %e, "reading queue counts for metrics failed"),
+        }
+    }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (

@@ -13,6 +13,7 @@ use koukan_smtp_client::Resolver;
 use koukan_smtp_server::{AuthFailureTracker, SmtpMetrics};
 
 use crate::queue::Queue;
+use crate::queue::metrics::DeliveryMetrics;
 use crate::snapshot::{EndpointState, Snapshot};
 
 pub struct Process {
@@ -22,6 +23,8 @@ pub struct Process {
     /// must not hand a guesser fresh attempts).
     pub auth_tracker: Arc<AuthFailureTracker>,
     pub smtp_metrics: Arc<SmtpMetrics>,
+    /// The queue's when there is one (so both count into one family).
+    pub delivery_metrics: DeliveryMetrics,
     /// The state the running snapshot uses, for the next one to take.
     /// Never held across an await.
     kept: Mutex<Kept>,
@@ -40,6 +43,9 @@ impl Process {
         smtp_metrics: Arc<SmtpMetrics>,
     ) -> Self {
         Self {
+            delivery_metrics: queue
+                .as_ref()
+                .map_or_else(DeliveryMetrics::default, |q| q.metrics.clone()),
             queue,
             auth_tracker,
             smtp_metrics,

@@ -249,6 +249,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let mut registry = Registry::with_prefix("koukan");
     smtp_metrics.register(&mut registry);
+    process.delivery_metrics.register(&mut registry);
     let reload_metrics = ReloadMetrics::default();
     reload_metrics.register(&mut registry);
     reload_metrics.generation.set(1);
@@ -280,6 +281,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(q) = &queue {
         admin_state.set_store(q.store.clone());
     }
+    admin_state.set_delivery_metrics(process.delivery_metrics.clone());
     let mut listeners = ListenerSet::new(shared.clone(), smtp_metrics);
     let first = shared.load_full();
     let bound = listeners.bind_new(&first).await?;

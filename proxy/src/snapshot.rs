@@ -17,8 +17,8 @@ use std::sync::{Arc, Weak};
 use anyhow::Context;
 use futures::future::BoxFuture;
 use koukan_chain::{
-    BoxTxService, Destination, Response, Terminal, TerminalService, TxContext, TxUpdate,
-    UpdateResponse,
+    BoxTxService, Destination, ReplyClass, Response, Terminal, TerminalService, TxContext,
+    TxUpdate, UpdateResponse,
 };
 use koukan_proto::config::v1 as pb;
 use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient};
@@ -31,6 +31,7 @@ use crate::delivery::maildir::{Maildir, MaildirConfig};
 use crate::delivery::store_writer::StoreWriter;
 use crate::delivery::{ChainPolicy, Dispatcher, EndpointFactory, NewChain};
 use crate::process::Process;
+use crate::queue::metrics::DeliveryMetrics;
 use crate::queue::{Queue, Submission};
 
 pub struct Snapshot {
@@ -141,6 +142,7 @@ impl Snapshot {
                     kinds,
                     resolver,
                     dns: b.dns.clone(),
+                    metrics: process.delivery_metrics.clone(),
                 }),
                 process.queue.clone(),
             ),
@@ -334,6 +336,7 @@ pub struct Endpoints {
     resolver: Arc<Resolver>,
     /// What the resolver was built from.
     dns: Option<pb::Dns>,
+    metrics: DeliveryMetrics,
 }
 
 impl Endpoints {
@@ -366,5 +369,9 @@ impl EndpointFactory for Endpoints {
                 format!("4.3.5 endpoint {} is not configured", d.endpoint),
             )),
         }
+    }
+
+    fn finished(&self, endpoint: &str, class: ReplyClass) {
+        self.metrics.attempt(endpoint, class);
     }
 }

@@ -38,10 +38,12 @@ use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::NewChain;
 use crate::config::ExploderSpec;
 use crate::queue::convert::{storage_error_reply, stored_response};
+use crate::queue::metrics::{DeliveryMetrics, RecipientOutcome};
 use crate::queue::{Origin, ReceivingGuard, Spool, Submission};
 use koukan_smtp_server::InternalErrors;
 
@@ -67,9 +69,12 @@ impl Runner {
     fn spawn(
         mut stack: BoxTxService,
         slot: OwnedSemaphorePermit,
-        tx: String,
+        rcpt: &str,
         internal_errors: InternalErrors,
     ) -> Self {
+        // Inside the inbound transaction's span (its tx id), with the
+        // recipient this upstream transaction is for.
+        let span = tracing::info_span!("upstream", rcpt = %rcpt);
         // Two updates in flight at most: body chunks are flow-controlled
         // by the slowest upstream within the data timeout.
         let (jobs, mut rx) = mpsc::channel::<Job>(2);
@@ -81,7 +86,7 @@ impl Runner {
                         let _ = reply.send(resp);
                     }
                     Err(panicked) => {
-                        tracing::error!(tx = %tx, error = %panicked, "exploder upstream transaction ended by an internal error");
+                        tracing::error!(error = %panicked, "exploder upstream transaction ended by an internal error");
                         internal_errors.count("exploder");
                         // The stack's state is unknown: answer this update
                         // (a body chunk's failure as its early data reply)
@@ -92,7 +97,7 @@ impl Runner {
                     }
                 }
             }
-        });
+        }.instrument(span));
         Self {
             jobs,
             _task: AbortOnDropHandle::new(task),
@@ -245,12 +250,8 @@ impl Exploder {
         };
         let opened = match self.chains.new_chain(&self.spec.output_chain, &self.ctx) {
             Some(stack) => {
-                let runner = Runner::spawn(
-                    stack,
-                    slot,
-                    self.ctx.id.clone(),
-                    self.internal_errors.clone(),
-                );
+                let runner =
+                    Runner::spawn(stack, slot, &rcpt.address, self.internal_errors.clone());
                 let mut first = TxUpdate::mail(mail);
                 first.rcpt_to = vec![Recipient::new(rcpt)];
                 let resp = match runner.send(first, deadline).await {
@@ -324,6 +325,7 @@ impl Exploder {
                 _ => r.rcpts.into_iter().next(),
             });
             let rcpt_reply = upstream.clone().unwrap_or_else(upstream_timeout);
+            let answered = upstream.is_some();
             let (reply, accepted, store) = match upstream {
                 Some(r) if r.is_ok() => (r, true, false),
                 Some(r) if r.class() == ReplyClass::Perm => (r, false, false),
@@ -336,6 +338,14 @@ impl Exploder {
                 None if attempted => (upstream_timeout(), false, false),
                 None => (over_bound(), false, false),
             };
+            // Accepted recipients are counted at the end of data.
+            if !accepted {
+                self.metrics().exploded(match (answered, attempted) {
+                    (true, _) => RecipientOutcome::Refused,
+                    (false, true) => RecipientOutcome::Timeout,
+                    (false, false) => RecipientOutcome::OverBound,
+                });
+            }
             self.upstreams.push(Upstream {
                 rcpt,
                 attempted,
@@ -446,6 +456,9 @@ impl Exploder {
         let same_class = outcomes.iter().all(|(_, o)| o.is_some())
             && answered.windows(2).all(|w| w[0].class() == w[1].class());
         if same_class {
+            for (_, o) in &outcomes {
+                self.metrics().exploded(final_outcome(o.as_ref()));
+            }
             let first = answered[0].clone();
             return if answered.len() == 1 {
                 first
@@ -496,6 +509,14 @@ impl Exploder {
                 .await
         }
         .await;
+        for (_, o) in &outcomes {
+            self.metrics().exploded(match o {
+                Some(r) if r.is_ok() => RecipientOutcome::Delivered,
+                _ if stored.is_ok() => RecipientOutcome::Stored,
+                // Not stored after all: the client is told to try again.
+                _ => RecipientOutcome::Refused,
+            });
+        }
         match stored {
             Ok(ids) => Response::new(
                 250,
@@ -509,6 +530,22 @@ impl Exploder {
                 storage_error_reply(&e)
             }
         }
+    }
+}
+
+impl Exploder {
+    fn metrics(&self) -> &DeliveryMetrics {
+        &self.target.queue.metrics
+    }
+}
+
+/// What an accepted recipient whose upstream's final reply the client
+/// gets came to.
+fn final_outcome(reply: Option<&Response>) -> RecipientOutcome {
+    match reply {
+        Some(r) if r.is_ok() => RecipientOutcome::Delivered,
+        Some(r) if *r == upstream_timeout() => RecipientOutcome::Timeout,
+        _ => RecipientOutcome::Refused,
     }
 }
 

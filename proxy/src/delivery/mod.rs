@@ -18,7 +18,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use koukan_chain::chain::Split;
 use koukan_chain::{
-    BoxTxService, Destination, Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse,
+    BoxTxService, Destination, Mailbox, ReplyClass, Response, Terminal, TxContext, TxUpdate,
+    UpdateResponse,
 };
 use tower::{Service, ServiceExt};
 
@@ -30,6 +31,10 @@ pub trait EndpointFactory: Send + Sync + 'static {
     /// Returns the terminal service, or the response every recipient for
     /// this destination gets when it cannot be built (unknown endpoint).
     fn connect(&self, destination: &Destination) -> Result<BoxTxService, Response>;
+
+    /// An upstream transaction to `endpoint` ended with a reply of this
+    /// class (its data reply, or its refused MAIL): for metrics.
+    fn finished(&self, _endpoint: &str, _class: ReplyClass) {}
 }
 
 /// Runs another chain by name: what the exploder (one upstream
@@ -198,9 +203,13 @@ async fn dispatch(
     {
         let had_mail = forward.mail_from.is_some();
         let r = call_upstream(upstream, forward).await;
+        let endpoint = state.destination.as_ref().map(|d| d.endpoint.as_str());
         if had_mail && let Some(mail) = &r.mail {
             if !mail.is_ok() {
                 state.mail_failed = Some(mail.clone());
+                if let Some(e) = endpoint {
+                    factory.finished(e, mail.class());
+                }
             }
             if !forwarded_deferred_mail {
                 resp.mail = Some(mail.clone());
@@ -212,6 +221,9 @@ async fn dispatch(
             (Some(failed), true) => r.rcpts.iter().map(|_| failed.clone()).collect(),
             _ => r.rcpts,
         };
+        if let (Some(d), Some(e)) = (&r.data, endpoint) {
+            factory.finished(e, d.class());
+        }
         if r.data.is_some() {
             resp.data = r.data;
         }

@@ -9,6 +9,7 @@
 //! the scheduler, so neither imports the other.
 
 pub mod convert;
+pub mod metrics;
 mod spool;
 mod submission;
 
@@ -29,6 +30,9 @@ pub struct Queue {
     /// This process as a lease holder, unique per start.
     pub replica: ReplicaId,
     pub internal_errors: InternalErrors,
+    /// Counted by the exploder and the scheduler; the relay terminal gets
+    /// the process's clone through its endpoint factory.
+    pub metrics: metrics::DeliveryMetrics,
     wake: Notify,
     receiving: AtomicUsize,
     /// Messages being received into storage at once; beyond it MAIL gets
@@ -47,6 +51,7 @@ impl Queue {
             store,
             replica,
             internal_errors,
+            metrics: metrics::DeliveryMetrics::default(),
             wake: Notify::new(),
             receiving: AtomicUsize::new(0),
             max_receiving,

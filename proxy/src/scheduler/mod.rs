@@ -25,6 +25,7 @@ use koukan_storage::{
 };
 use tokio::sync::Semaphore;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use crate::config::NotificationSpec;
 use crate::config::retry::RetryPolicy;
@@ -125,6 +126,13 @@ impl Scheduler {
                                 return;
                             };
                             let this = self.clone();
+                            // Every log line of the attempt, the SMTP
+                            // client's included, carries the tx id.
+                            let span = tracing::info_span!(
+                                "attempt",
+                                tx = %record.id,
+                                attempt = record.attempt_count
+                            );
                             tokio::spawn(async move {
                                 let id = record.id.clone();
                                 // A chain's panic is an attempt's 451
@@ -146,7 +154,7 @@ impl Scheduler {
                                 }
                                 drop(permit);
                                 this.queue.wake();
-                            });
+                            }.instrument(span));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "claiming due transactions failed"),
@@ -435,6 +443,7 @@ impl Scheduler {
             .create_transaction(submission.transaction(&origin, &null_mailbox(), rcpt, &blob, None))
             .await?;
         tracing::info!(tx = %record.id, bounce = %id, to = %record.tx.mail_from.address, "bounce queued");
+        self.queue.metrics.bounced();
         self.queue.wake();
         Ok(())
     }

@@ -166,6 +166,21 @@ pub enum Problem {
     /// Store-and-forward without a storage backend.
     #[error("needs `storage` (embedded or redis) in the bootstrap")]
     NeedsStorage,
+    /// A file the config names exists but could not be loaded, e.g. a
+    /// certificate that does not parse or a secrets file with bad JSON.
+    /// Found outside this crate (by whoever loads the file), which is why
+    /// `reason` is the loader's message rather than a typed cause.
+    #[error("cannot load {what} {value}: {reason}")]
+    Load {
+        /// What the file is: "certificate", "private key", "secrets file", …
+        what: &'static str,
+        /// The path as written in the config.
+        value: String,
+        reason: String,
+    },
+    /// Any other problem found outside this crate, as its message.
+    #[error("{0}")]
+    Invalid(String),
     /// An enum number that names no value (possible in binary protobuf).
     #[error("unknown enum value {0}")]
     UnknownEnumValue(i32),
@@ -193,6 +208,18 @@ fn resolved_suffix(value: &str, resolved: &Path) -> String {
 pub struct ConfigError {
     pub path: String,
     pub problem: Problem,
+}
+
+impl ConfigError {
+    /// An error at `path` (snake_case proto field names, `[index]` for list
+    /// elements, e.g. `static_resources.listeners[0].smtp.tls.cert`), for
+    /// problems found outside this crate.
+    pub fn new(path: impl Into<String>, problem: Problem) -> Self {
+        Self {
+            path: path.into(),
+            problem,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -225,14 +252,38 @@ fn render(file: &Path, errors: &[ConfigError]) -> String {
 }
 
 impl ConfigErrors {
-    fn one(file: &Path, path: impl Into<String>, problem: Problem) -> Self {
+    /// The errors found in `file`, e.g. by the proxy when it loads the
+    /// files a validated config names. `errors` must not be empty (a
+    /// `ConfigErrors` means something is wrong): pass errors in the order
+    /// of the config, as [`validate`] does.
+    pub fn new(file: impl Into<PathBuf>, errors: Vec<ConfigError>) -> Self {
+        debug_assert!(!errors.is_empty(), "ConfigErrors without errors");
         Self {
-            file: file.to_owned(),
-            errors: vec![ConfigError {
-                path: path.into(),
-                problem,
-            }],
+            file: file.into(),
+            errors,
         }
+    }
+
+    /// One error at `path` in `file`.
+    pub fn one(file: impl Into<PathBuf>, path: impl Into<String>, problem: Problem) -> Self {
+        Self::new(file, vec![ConfigError::new(path, problem)])
+    }
+
+    /// One line per error, `path: problem`, without the file name: for a
+    /// control plane's NACK (`error_detail`), where the name of a file on
+    /// the node means nothing to whoever pushed the resources.
+    pub fn detail(&self) -> String {
+        self.errors
+            .iter()
+            .map(ConfigError::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The field path of every error, in order (empty for errors with the
+    /// file as a whole), e.g. to tell which resources a NACK is about.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.errors.iter().map(|e| e.path.as_str())
     }
 }
 

@@ -1419,3 +1419,72 @@ fn storage_reserves_parse_absent_zero_and_sized() {
     let e = parse(&redis.replace("1048576", "-1")).unwrap_err();
     assert_eq!(e.errors[0].path, "storage.redis.memory_reserve_bytes");
 }
+
+// ---- errors for a NACK and from outside the crate ----
+
+#[test]
+fn detail_has_no_file_name_and_paths_are_in_order() {
+    let e = ConfigErrors::new(
+        "/etc/koukan/koukan.yaml",
+        vec![
+            ConfigError::new("node.id", Problem::Missing),
+            ConfigError::new("", Problem::Invalid("whole file".into())),
+        ],
+    );
+    assert_eq!(e.detail(), "node.id: must be set\nwhole file");
+    assert_eq!(
+        e.to_string(),
+        "/etc/koukan/koukan.yaml: node.id: must be set\n/etc/koukan/koukan.yaml: whole file"
+    );
+    assert_eq!(e.paths().collect::<Vec<_>>(), ["node.id", ""]);
+}
+
+#[test]
+fn errors_found_outside_the_crate_use_the_same_type() {
+    // What the proxy's snapshot build reports for a certificate that does
+    // not parse.
+    let path = "static_resources.listeners[0].smtp.tls.cert";
+    let e = ConfigErrors::one(
+        "koukan.yaml",
+        path,
+        Problem::Load {
+            what: "certificate",
+            value: "certs/mx.crt".into(),
+            reason: "no certificate in PEM".into(),
+        },
+    );
+    assert_eq!(
+        e,
+        ConfigErrors {
+            file: PathBuf::from("koukan.yaml"),
+            errors: vec![ConfigError {
+                path: path.into(),
+                problem: Problem::Load {
+                    what: "certificate",
+                    value: "certs/mx.crt".into(),
+                    reason: "no certificate in PEM".into(),
+                },
+            }],
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("koukan.yaml: {path}: cannot load certificate certs/mx.crt: no certificate in PEM")
+    );
+    assert_eq!(
+        e.detail(),
+        format!("{path}: cannot load certificate certs/mx.crt: no certificate in PEM")
+    );
+    assert_eq!(Problem::Invalid("x y".into()).to_string(), "x y");
+}
+
+#[test]
+fn error_types_can_be_kept_compared_and_sent() {
+    fn structured<T: Clone + Eq + std::fmt::Debug + std::fmt::Display + Send + Sync + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    structured::<Problem>();
+    structured::<ConfigError>();
+    structured::<ConfigErrors>();
+    error::<Problem>();
+    error::<ConfigErrors>();
+}

@@ -22,11 +22,12 @@
 //! * [`validate_pure`] needs only the config: required fields, oneofs,
 //!   unique names and bound addresses, references between resources
 //!   (listener → sender → chain → endpoint), socket addresses, host names,
-//!   ports, durations, numbers, enum values. It never touches the
-//!   filesystem, so a control plane can run it on the resources it is about
-//!   to push (wrapped in the target node's bootstrap, so paths read
-//!   `static_resources.…` exactly as the proxy would report them) and get
-//!   the same errors the proxy would NACK with, before pushing anything.
+//!   ports, durations, numbers, enum values, listener kinds not implemented
+//!   yet. It never touches the filesystem, so a control plane can run it on
+//!   the resources it is about to push (wrapped in the target node's
+//!   bootstrap, so paths read `static_resources.…` exactly as the proxy
+//!   would report them) and get the same errors the proxy would NACK with,
+//!   before pushing anything.
 //! * [`check_local`] needs this machine: the files the config names (TLS
 //!   `cert`/`key` and endpoint `ca_file` exist, are readable and look like
 //!   PEM; AUTH `secrets` exists and is readable), resolved against the
@@ -192,6 +193,15 @@ pub enum Problem {
     /// Store-and-forward without a storage backend.
     #[error("needs `storage` (embedded or redis) in the bootstrap")]
     NeedsStorage,
+    /// A resource kind that the schema has but this version does not
+    /// implement yet, e.g. an `http` listener. Refused rather than skipped:
+    /// a config written for a later version must not start without the
+    /// resource it asks for.
+    #[error("{resource} kind {kind} is not implemented yet")]
+    NotImplemented {
+        resource: &'static str,
+        kind: &'static str,
+    },
     /// A file the config names exists but could not be loaded, e.g. a
     /// certificate that does not parse or a secrets file with bad JSON.
     /// Found outside this crate (by whoever loads the file), which is why
@@ -769,6 +779,15 @@ impl Validator {
             Some(listener::Protocol::Smtp(s)) => {
                 self.smtp_listener(&format!("{path}.smtp"), s, senders)
             }
+            Some(listener::Protocol::Http(_)) => self.err(
+                format!("{path}.http"),
+                Problem::NotImplemented {
+                    resource: "listener",
+                    kind: "http",
+                },
+            ),
+            // Only the kinds that work are suggested: naming `http` here
+            // would send the user to the error above.
             None => self.err(path, Problem::OneofMissing("smtp")),
         }
     }

@@ -86,6 +86,7 @@ fn res(b: &mut Bootstrap) -> &mut StaticResources {
 fn smtp_listener(b: &mut Bootstrap, i: usize) -> &mut SmtpListener {
     match res(b).listeners[i].protocol.as_mut().unwrap() {
         listener::Protocol::Smtp(s) => s,
+        other => panic!("not an smtp listener: {other:?}"),
     }
 }
 
@@ -636,6 +637,7 @@ fn auth_failure_limits_parse_and_durations_are_checked() {
         .as_ref()
         .map(|p| match p {
             listener::Protocol::Smtp(s) => s.auth.clone().unwrap().failure_limits.unwrap(),
+            other => panic!("not an smtp listener: {other:?}"),
         })
         .unwrap();
     assert_eq!(
@@ -1653,4 +1655,65 @@ fn example_mx_gateway_is_pure_valid_and_only_fails_locally() {
         check_local(&path, &b).unwrap_err(),
         validate(&path, &b).unwrap_err()
     );
+}
+
+// ---- listener kinds ----
+
+#[test]
+fn http_listener_is_refused_as_not_implemented() {
+    let yaml = QUICKSTART.replace(
+        "  senders:",
+        "  - name: api\n    address: 127.0.0.1:8080\n    http: {}\n  senders:",
+    );
+    let b = parse(&yaml).unwrap();
+    assert!(matches!(
+        b.static_resources.as_ref().unwrap().listeners[1].protocol,
+        Some(listener::Protocol::Http(_))
+    ));
+    let expected = vec![ConfigError::new(
+        "static_resources.listeners[1].http",
+        Problem::NotImplemented {
+            resource: "listener",
+            kind: "http",
+        },
+    )];
+    // A pure check: a control plane can refuse it before pushing.
+    assert_eq!(validate_pure(&b), Err(expected.clone()));
+    let e = validate(Path::new("koukan.yaml"), &b).unwrap_err();
+    assert_eq!(e.errors, expected);
+    assert_eq!(
+        e.to_string(),
+        "koukan.yaml: static_resources.listeners[1].http: listener kind http is not implemented yet"
+    );
+
+    // The rest of the listener is still checked.
+    let mut b = b;
+    res(&mut b).listeners[1].address = "127.0.0.1:2525".into();
+    let errs = check(&b);
+    assert_eq!(
+        errs.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [
+            "static_resources.listeners[1].address",
+            "static_resources.listeners[1].http"
+        ]
+    );
+}
+
+#[test]
+fn listener_without_protocol_from_yaml() {
+    // No protocol key, and a protocol key with no value (YAML null): both
+    // leave the oneof unset, and both are refused rather than skipped.
+    for listener in ["", "\n    smtp:"] {
+        let yaml = QUICKSTART.replace(
+            "  senders:",
+            &format!("  - name: other\n    address: 127.0.0.1:2526{listener}\n  senders:"),
+        );
+        let b = parse(&yaml).unwrap();
+        let e = validate(Path::new("koukan.yaml"), &b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "koukan.yaml: static_resources.listeners[1]: must set one of: smtp",
+            "{listener:?}"
+        );
+    }
 }

@@ -15,6 +15,33 @@
 //! found, each with the field path in snake_case proto field names, e.g.
 //! `static_resources.listeners[1].smtp.tls.cert: file not found: certs/x.pem`.
 //!
+//! # Pure checks and local checks
+//!
+//! [`validate`] is two kinds of check, also available on their own:
+//!
+//! * [`validate_pure`] needs only the config: required fields, oneofs,
+//!   unique names and bound addresses, references between resources
+//!   (listener → sender → chain → endpoint), socket addresses, host names,
+//!   ports, durations, numbers, enum values, listener kinds not implemented
+//!   yet. It never touches the filesystem, so a control plane can run it on
+//!   the resources it is about to push (wrapped in the target node's
+//!   bootstrap, so paths read `static_resources.…` exactly as the proxy
+//!   would report them) and get the same errors the proxy would NACK with,
+//!   before pushing anything.
+//! * [`check_local`] needs this machine: the files the config names (TLS
+//!   `cert`/`key` and endpoint `ca_file` exist, are readable and look like
+//!   PEM; AUTH `secrets` exists and is readable), resolved against the
+//!   config file's directory. Only the node can answer these (the control
+//!   plane does not see its disk), so a pushed config that passes the pure
+//!   checks can still be NACKed by one node for a file only it lacks.
+//!
+//! Maildir and embedded storage paths have only the pure "must be set"
+//! check: the proxy creates them when missing, so their absence here is not
+//! an error. Deeper node-local checks (a certificate that does not parse, a
+//! secrets file with bad JSON) happen when the proxy loads the files; it
+//! reports them in the same [`ConfigErrors`] type with
+//! [`ConfigError::new`] and [`Problem::Load`].
+//!
 //! # Relative paths
 //!
 //! File paths inside a config file (TLS `cert`/`key`, AUTH `secrets`,
@@ -169,6 +196,30 @@ pub enum Problem {
     /// Store-and-forward without a storage backend.
     #[error("needs `storage` (embedded or redis) in the bootstrap")]
     NeedsStorage,
+    /// A resource kind that the schema has but this version does not
+    /// implement yet, e.g. an `http` listener. Refused rather than skipped:
+    /// a config written for a later version must not start without the
+    /// resource it asks for.
+    #[error("{resource} kind {kind} is not implemented yet")]
+    NotImplemented {
+        resource: &'static str,
+        kind: &'static str,
+    },
+    /// A file the config names exists but could not be loaded, e.g. a
+    /// certificate that does not parse or a secrets file with bad JSON.
+    /// Found outside this crate (by whoever loads the file), which is why
+    /// `reason` is the loader's message rather than a typed cause.
+    #[error("cannot load {what} {value}: {reason}")]
+    Load {
+        /// What the file is: "certificate", "private key", "secrets file", …
+        what: &'static str,
+        /// The path as written in the config.
+        value: String,
+        reason: String,
+    },
+    /// Any other problem found outside this crate, as its message.
+    #[error("{0}")]
+    Invalid(String),
     /// An enum number that names no value (possible in binary protobuf).
     #[error("unknown enum value {0}")]
     UnknownEnumValue(i32),
@@ -196,6 +247,18 @@ fn resolved_suffix(value: &str, resolved: &Path) -> String {
 pub struct ConfigError {
     pub path: String,
     pub problem: Problem,
+}
+
+impl ConfigError {
+    /// An error at `path` (snake_case proto field names, `[index]` for list
+    /// elements, e.g. `static_resources.listeners[0].smtp.tls.cert`), for
+    /// problems found outside this crate.
+    pub fn new(path: impl Into<String>, problem: Problem) -> Self {
+        Self {
+            path: path.into(),
+            problem,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -228,14 +291,38 @@ fn render(file: &Path, errors: &[ConfigError]) -> String {
 }
 
 impl ConfigErrors {
-    fn one(file: &Path, path: impl Into<String>, problem: Problem) -> Self {
+    /// The errors found in `file`, e.g. by the proxy when it loads the
+    /// files a validated config names. `errors` must not be empty (a
+    /// `ConfigErrors` means something is wrong): pass errors in the order
+    /// of the config, as [`validate`] does.
+    pub fn new(file: impl Into<PathBuf>, errors: Vec<ConfigError>) -> Self {
+        debug_assert!(!errors.is_empty(), "ConfigErrors without errors");
         Self {
-            file: file.to_owned(),
-            errors: vec![ConfigError {
-                path: path.into(),
-                problem,
-            }],
+            file: file.into(),
+            errors,
         }
+    }
+
+    /// One error at `path` in `file`.
+    pub fn one(file: impl Into<PathBuf>, path: impl Into<String>, problem: Problem) -> Self {
+        Self::new(file, vec![ConfigError::new(path, problem)])
+    }
+
+    /// One line per error, `path: problem`, without the file name: for a
+    /// control plane's NACK (`error_detail`), where the name of a file on
+    /// the node means nothing to whoever pushed the resources.
+    pub fn detail(&self) -> String {
+        self.errors
+            .iter()
+            .map(ConfigError::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The field path of every error, in order (empty for errors with the
+    /// file as a whole), e.g. to tell which resources a NACK is about.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.errors.iter().map(|e| e.path.as_str())
     }
 }
 
@@ -310,25 +397,139 @@ pub fn load_bootstrap_file(path: &Path) -> Result<Bootstrap, ConfigErrors> {
     Ok(bootstrap)
 }
 
-/// Checks everything the schema cannot: required fields, unique names and
-/// addresses, references between resources, ports, files. Reports every
-/// problem, not just the first. `file_name` labels errors and anchors
-/// relative paths ([`resolve_path`]).
+/// Checks everything the schema cannot: [`validate_pure`] and
+/// [`check_local`] together, with their errors interleaved in the order of
+/// the config (a listener's missing certificate comes before the next
+/// listener's bad address). Reports every problem, not just the first.
+/// `file_name` labels errors and anchors relative paths
+/// ([`resolve_path`]).
 pub fn validate(file_name: &Path, bootstrap: &Bootstrap) -> Result<(), ConfigErrors> {
+    let errors = walk(bootstrap)
+        .into_iter()
+        .filter_map(|f| match f {
+            Finding::Error(e) => Some(e),
+            Finding::File(c) => c.run(file_name),
+        })
+        .collect();
+    errors_in(file_name, errors)
+}
+
+/// The checks that need only the config (see the [module docs](self)):
+/// never touches the filesystem, so a control plane can run it on what it
+/// pushes. Paths are the same as [`validate`]'s; there is no file name, so
+/// the errors are bare [`ConfigError`]s ([`ConfigErrors::new`] adds one).
+pub fn validate_pure(bootstrap: &Bootstrap) -> Result<(), Vec<ConfigError>> {
+    let errors: Vec<_> = walk(bootstrap)
+        .into_iter()
+        .filter_map(|f| match f {
+            Finding::Error(e) => Some(e),
+            Finding::File(_) => None,
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// The checks that need this machine (see the [module docs](self)): the
+/// files the config names, relative paths resolved against `file_name`'s
+/// directory ([`resolve_path`]). Checks only files that are named: a
+/// config with a pure error (say, a missing `secrets`) has nothing to check
+/// there, and that error is [`validate_pure`]'s to report.
+pub fn check_local(file_name: &Path, bootstrap: &Bootstrap) -> Result<(), ConfigErrors> {
+    let errors = walk(bootstrap)
+        .into_iter()
+        .filter_map(|f| match f {
+            Finding::Error(_) => None,
+            Finding::File(c) => c.run(file_name),
+        })
+        .collect();
+    errors_in(file_name, errors)
+}
+
+fn errors_in(file_name: &Path, errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors::new(file_name, errors))
+    }
+}
+
+/// Walks the config once, in file order, without touching the filesystem:
+/// the pure errors, and the file checks for [`check_local`] at the place
+/// they come in the config. One walk serves all three entry points, so
+/// [`validate`] keeps the interleaved order and the two halves cannot
+/// drift apart in which fields they visit.
+fn walk(bootstrap: &Bootstrap) -> Vec<Finding> {
     let mut v = Validator {
-        file: file_name,
-        errors: Vec::new(),
+        findings: Vec::new(),
         addresses: HashMap::new(),
     };
     v.bootstrap(bootstrap);
-    if v.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors {
-            file: file_name.to_owned(),
-            errors: v.errors,
-        })
+    v.findings
+}
+
+/// What the walk finds at one place in the config.
+enum Finding {
+    /// A pure error.
+    Error(ConfigError),
+    /// A file to check on this machine.
+    File(FileCheck),
+}
+
+/// A file named by the config, to be checked where the config is used.
+struct FileCheck {
+    /// Field path of the file name.
+    path: String,
+    /// The file name as written.
+    value: String,
+    /// Must it look like PEM?
+    pem: bool,
+}
+
+impl FileCheck {
+    /// Runs the check against the file as resolved from `config_file`.
+    fn run(self, config_file: &Path) -> Option<ConfigError> {
+        let problem = match sniff_file(config_file, &self.value) {
+            Err(p) => p,
+            // A cheap PEM check: full parsing is the TLS layer's job, but a
+            // DER file or a swapped path is caught here with a clear
+            // message.
+            Ok(buf) if self.pem && !buf.windows(PEM_BEGIN.len()).any(|w| w == PEM_BEGIN) => {
+                Problem::NotPem { value: self.value }
+            }
+            Ok(_) => return None,
+        };
+        Some(ConfigError::new(self.path, problem))
     }
+}
+
+const PEM_BEGIN: &[u8] = b"-----BEGIN";
+
+/// Reads the start of a file the config refers to, or says why it cannot.
+fn sniff_file(config_file: &Path, value: &str) -> Result<Vec<u8>, Problem> {
+    let resolved = resolve_path(config_file, value);
+    let result = std::fs::File::open(&resolved).and_then(|f| {
+        let mut buf = Vec::new();
+        f.take(PEM_SNIFF_LEN).read_to_end(&mut buf)?;
+        Ok(buf)
+    });
+    result.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Problem::FileNotFound {
+                value: value.to_owned(),
+                resolved,
+            }
+        } else {
+            Problem::FileUnreadable {
+                value: value.to_owned(),
+                resolved,
+                reason: e.to_string(),
+            }
+        }
+    })
 }
 
 /// What a name refers to, for reference checks.
@@ -347,9 +548,10 @@ impl<'a, T> Index<'a, T> {
     }
 }
 
-struct Validator<'f> {
-    file: &'f Path,
-    errors: Vec<ConfigError>,
+/// The pure walk. It has no config file name, so it cannot open files:
+/// it only records which ones [`check_local`] should look at.
+struct Validator {
+    findings: Vec<Finding>,
     /// Socket addresses bound so far (admin, listeners) → where.
     addresses: HashMap<SocketAddr, String>,
 }
@@ -362,12 +564,10 @@ fn endpoint_kind(e: &Endpoint) -> &'static str {
     }
 }
 
-impl Validator<'_> {
+impl Validator {
     fn err(&mut self, path: impl Into<String>, problem: Problem) {
-        self.errors.push(ConfigError {
-            path: path.into(),
-            problem,
-        });
+        self.findings
+            .push(Finding::Error(ConfigError::new(path, problem)));
     }
 
     fn required(&mut self, path: impl Into<String>, value: &str) -> bool {
@@ -591,6 +791,15 @@ impl Validator<'_> {
             Some(listener::Protocol::Smtp(s)) => {
                 self.smtp_listener(&format!("{path}.smtp"), s, senders)
             }
+            Some(listener::Protocol::Http(_)) => self.err(
+                format!("{path}.http"),
+                Problem::NotImplemented {
+                    resource: "listener",
+                    kind: "http",
+                },
+            ),
+            // Only the kinds that work are suggested: naming `http` here
+            // would send the user to the error above.
             None => self.err(path, Problem::OneofMissing("smtp")),
         }
     }
@@ -961,58 +1170,22 @@ impl Validator<'_> {
         }
     }
 
-    /// Reads the start of a file the config refers to; reports and returns
-    /// `None` if it is missing or unreadable.
-    fn sniff_file(&mut self, path: &str, value: &str) -> Option<Vec<u8>> {
-        let resolved = resolve_path(self.file, value);
-        let result = std::fs::File::open(&resolved).and_then(|f| {
-            let mut buf = Vec::new();
-            f.take(PEM_SNIFF_LEN).read_to_end(&mut buf)?;
-            Ok(buf)
-        });
-        match result {
-            Ok(buf) => Some(buf),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.err(
-                    path,
-                    Problem::FileNotFound {
-                        value: value.to_owned(),
-                        resolved,
-                    },
-                );
-                None
-            }
-            Err(e) => {
-                self.err(
-                    path,
-                    Problem::FileUnreadable {
-                        value: value.to_owned(),
-                        resolved,
-                        reason: e.to_string(),
-                    },
-                );
-                None
-            }
-        }
-    }
-
+    /// A file that must exist and be readable, checked by [`check_local`].
     fn readable_file(&mut self, path: &str, value: &str) {
-        self.sniff_file(path, value);
+        self.file_check(path, value, false);
     }
 
-    /// A cheap PEM check: full parsing is the TLS layer's job, but a DER
-    /// file or a swapped path is caught here with a clear message.
+    /// A file that must also look like PEM, checked by [`check_local`].
     fn pem_file(&mut self, path: &str, value: &str) {
-        if let Some(buf) = self.sniff_file(path, value)
-            && !buf.windows(b"-----BEGIN".len()).any(|w| w == b"-----BEGIN")
-        {
-            self.err(
-                path,
-                Problem::NotPem {
-                    value: value.to_owned(),
-                },
-            );
-        }
+        self.file_check(path, value, true);
+    }
+
+    fn file_check(&mut self, path: &str, value: &str, pem: bool) {
+        self.findings.push(Finding::File(FileCheck {
+            path: path.to_owned(),
+            value: value.to_owned(),
+            pem,
+        }));
     }
 }
 

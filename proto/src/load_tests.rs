@@ -86,6 +86,7 @@ fn res(b: &mut Bootstrap) -> &mut StaticResources {
 fn smtp_listener(b: &mut Bootstrap, i: usize) -> &mut SmtpListener {
     match res(b).listeners[i].protocol.as_mut().unwrap() {
         listener::Protocol::Smtp(s) => s,
+        other => panic!("not an smtp listener: {other:?}"),
     }
 }
 
@@ -636,6 +637,7 @@ fn auth_failure_limits_parse_and_durations_are_checked() {
         .as_ref()
         .map(|p| match p {
             listener::Protocol::Smtp(s) => s.auth.clone().unwrap().failure_limits.unwrap(),
+            other => panic!("not an smtp listener: {other:?}"),
         })
         .unwrap();
     assert_eq!(
@@ -1464,4 +1466,299 @@ fn a_chain_delivers_one_way() {
                 && matches!(e, Problem::UnknownRef { .. })),
         "{errs:#?}"
     );
+}
+// ---- errors for a NACK and from outside the crate ----
+
+#[test]
+fn detail_has_no_file_name_and_paths_are_in_order() {
+    let e = ConfigErrors::new(
+        "/etc/koukan/koukan.yaml",
+        vec![
+            ConfigError::new("node.id", Problem::Missing),
+            ConfigError::new("", Problem::Invalid("whole file".into())),
+        ],
+    );
+    assert_eq!(e.detail(), "node.id: must be set\nwhole file");
+    assert_eq!(
+        e.to_string(),
+        "/etc/koukan/koukan.yaml: node.id: must be set\n/etc/koukan/koukan.yaml: whole file"
+    );
+    assert_eq!(e.paths().collect::<Vec<_>>(), ["node.id", ""]);
+}
+
+#[test]
+fn errors_found_outside_the_crate_use_the_same_type() {
+    // What the proxy's snapshot build reports for a certificate that does
+    // not parse.
+    let path = "static_resources.listeners[0].smtp.tls.cert";
+    let e = ConfigErrors::one(
+        "koukan.yaml",
+        path,
+        Problem::Load {
+            what: "certificate",
+            value: "certs/mx.crt".into(),
+            reason: "no certificate in PEM".into(),
+        },
+    );
+    assert_eq!(
+        e,
+        ConfigErrors {
+            file: PathBuf::from("koukan.yaml"),
+            errors: vec![ConfigError {
+                path: path.into(),
+                problem: Problem::Load {
+                    what: "certificate",
+                    value: "certs/mx.crt".into(),
+                    reason: "no certificate in PEM".into(),
+                },
+            }],
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("koukan.yaml: {path}: cannot load certificate certs/mx.crt: no certificate in PEM")
+    );
+    assert_eq!(
+        e.detail(),
+        format!("{path}: cannot load certificate certs/mx.crt: no certificate in PEM")
+    );
+    assert_eq!(Problem::Invalid("x y".into()).to_string(), "x y");
+}
+
+#[test]
+fn error_types_can_be_kept_compared_and_sent() {
+    fn structured<T: Clone + Eq + std::fmt::Debug + std::fmt::Display + Send + Sync + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    structured::<Problem>();
+    structured::<ConfigError>();
+    structured::<ConfigErrors>();
+    error::<Problem>();
+    error::<ConfigErrors>();
+}
+
+// ---- pure checks and local checks ----
+
+/// The quickstart with an SMTP listener that names a TLS pair and an AUTH
+/// secrets file, and an endpoint with a CA file, at the given paths.
+fn with_files(cert: &str, key: &str, secrets: &str, ca_file: &str) -> Bootstrap {
+    let mut b = quickstart();
+    let l = smtp_listener(&mut b, 0);
+    l.tls = Some(Tls {
+        cert: cert.into(),
+        key: key.into(),
+    });
+    l.auth = Some(SmtpAuth {
+        secrets: secrets.into(),
+        ..Default::default()
+    });
+    let mut e = smtp_endpoint("relay", vec![hp("relay.example.com", 25)]);
+    let Some(endpoint::Endpoint::Smtp(s)) = e.endpoint.as_mut() else {
+        panic!()
+    };
+    s.ca_file = ca_file.into();
+    res(&mut b).endpoints.push(e);
+    b
+}
+
+const L0: &str = "static_resources.listeners[0].smtp";
+const E1: &str = "static_resources.endpoints[1].smtp";
+
+#[test]
+fn pure_check_ignores_missing_files_but_reports_a_bad_reference() {
+    let dir = Dir::new();
+    let mut b = with_files("certs/x.crt", "certs/x.key", "secrets.json", "ca.pem");
+    smtp_listener(&mut b, 0).sender = "ghost".into();
+
+    let pure = validate_pure(&b).unwrap_err();
+    assert_eq!(
+        pure,
+        vec![ConfigError::new(
+            format!("{L0}.sender"),
+            Problem::UnknownRef {
+                kind: "sender",
+                name: "ghost".into()
+            }
+        )]
+    );
+
+    // The local check reports the files, and only them.
+    let local = check_local(&dir.config(), &b).unwrap_err();
+    assert_eq!(local.file, dir.config());
+    let not_found = |path: String, value: &str| {
+        ConfigError::new(
+            path,
+            Problem::FileNotFound {
+                value: value.into(),
+                resolved: dir.dir.path().join(value),
+            },
+        )
+    };
+    assert_eq!(
+        local.errors,
+        vec![
+            not_found(format!("{L0}.tls.cert"), "certs/x.crt"),
+            not_found(format!("{L0}.tls.key"), "certs/x.key"),
+            not_found(format!("{L0}.auth.secrets"), "secrets.json"),
+            not_found(format!("{E1}.ca_file"), "ca.pem"),
+        ]
+    );
+
+    // validate is both, in the order of the config: the listener's sender
+    // before its files.
+    let all = validate(&dir.config(), &b).unwrap_err();
+    let mut expected = pure.clone();
+    expected.extend(local.errors.iter().cloned());
+    assert_eq!(all.errors, expected);
+
+    // With the files in place only the reference is left, in both
+    // validate and the pure check.
+    for f in ["certs/x.crt", "certs/x.key", "ca.pem"] {
+        dir.file(f, PEM);
+    }
+    dir.file("secrets.json", "{}");
+    assert_eq!(check_local(&dir.config(), &b), Ok(()));
+    assert_eq!(validate(&dir.config(), &b).unwrap_err().errors, pure);
+}
+
+#[test]
+fn pure_check_does_not_look_at_files() {
+    // Every file named here fails the local check: a directory is not a
+    // readable file, DER is not PEM. The pure check has no config file to
+    // resolve them against and must not open them.
+    let dir = Dir::new();
+    dir.file("key.der", "\x30\x03binary");
+    let here = dir.dir.path().to_str().unwrap().to_owned();
+    let der = format!("{here}/key.der");
+    let b = with_files(&here, &der, &here, &der);
+    assert_eq!(validate_pure(&b), Ok(()));
+
+    let local = check_local(&dir.config(), &b).unwrap_err();
+    let found: Vec<(&str, &Problem)> = local
+        .errors
+        .iter()
+        .map(|e| (e.path.as_str(), &e.problem))
+        .collect();
+    assert!(
+        matches!(
+            found[..],
+            [
+                (_, Problem::FileUnreadable { .. }),
+                (_, Problem::NotPem { .. }),
+                (_, Problem::FileUnreadable { .. }),
+                (_, Problem::NotPem { .. }),
+            ]
+        ),
+        "{local}"
+    );
+    assert_eq!(
+        local.paths().collect::<Vec<_>>(),
+        [
+            format!("{L0}.tls.cert"),
+            format!("{L0}.tls.key"),
+            format!("{L0}.auth.secrets"),
+            format!("{E1}.ca_file"),
+        ]
+    );
+}
+
+#[test]
+fn local_check_ignores_pure_errors() {
+    // Half a TLS pair, no secrets, a bad address and reference: all pure;
+    // with no file named there is nothing for the local check to do.
+    let mut b = with_files("", "certs/x.key", "", "");
+    res(&mut b).listeners[0].address = "nowhere".into();
+    smtp_listener(&mut b, 0).sender = "ghost".into();
+    assert_eq!(
+        check_local(Path::new("/nonexistent/koukan.yaml"), &b),
+        Ok(())
+    );
+    let pure = validate_pure(&b).unwrap_err();
+    assert_eq!(
+        pure.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        [
+            "static_resources.listeners[0].address",
+            &format!("{L0}.sender"),
+            &format!("{L0}.tls.cert"),
+            &format!("{L0}.auth.secrets"),
+        ]
+    );
+    // validate adds nothing to them.
+    assert_eq!(
+        validate(Path::new("/nonexistent/koukan.yaml"), &b)
+            .unwrap_err()
+            .errors,
+        pure
+    );
+}
+
+#[test]
+fn example_mx_gateway_is_pure_valid_and_only_fails_locally() {
+    let path = example("mx-gateway.yaml");
+    let b = parse_bootstrap(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(validate_pure(&b), Ok(()));
+    assert_eq!(
+        check_local(&path, &b).unwrap_err(),
+        validate(&path, &b).unwrap_err()
+    );
+}
+
+// ---- listener kinds ----
+
+#[test]
+fn http_listener_is_refused_as_not_implemented() {
+    let yaml = QUICKSTART.replace(
+        "  senders:",
+        "  - name: api\n    address: 127.0.0.1:8080\n    http: {}\n  senders:",
+    );
+    let b = parse(&yaml).unwrap();
+    assert!(matches!(
+        b.static_resources.as_ref().unwrap().listeners[1].protocol,
+        Some(listener::Protocol::Http(_))
+    ));
+    let expected = vec![ConfigError::new(
+        "static_resources.listeners[1].http",
+        Problem::NotImplemented {
+            resource: "listener",
+            kind: "http",
+        },
+    )];
+    // A pure check: a control plane can refuse it before pushing.
+    assert_eq!(validate_pure(&b), Err(expected.clone()));
+    let e = validate(Path::new("koukan.yaml"), &b).unwrap_err();
+    assert_eq!(e.errors, expected);
+    assert_eq!(
+        e.to_string(),
+        "koukan.yaml: static_resources.listeners[1].http: listener kind http is not implemented yet"
+    );
+
+    // The rest of the listener is still checked.
+    let mut b = b;
+    res(&mut b).listeners[1].address = "127.0.0.1:2525".into();
+    let errs = check(&b);
+    assert_eq!(
+        errs.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [
+            "static_resources.listeners[1].address",
+            "static_resources.listeners[1].http"
+        ]
+    );
+}
+
+#[test]
+fn listener_without_protocol_from_yaml() {
+    // No protocol key, and a protocol key with no value (YAML null): both
+    // leave the oneof unset, and both are refused rather than skipped.
+    for listener in ["", "\n    smtp:"] {
+        let yaml = QUICKSTART.replace(
+            "  senders:",
+            &format!("  - name: other\n    address: 127.0.0.1:2526{listener}\n  senders:"),
+        );
+        let b = parse(&yaml).unwrap();
+        let e = validate(Path::new("koukan.yaml"), &b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "koukan.yaml: static_resources.listeners[1]: must set one of: smtp",
+            "{listener:?}"
+        );
+    }
 }

@@ -58,8 +58,10 @@ impl ListenerSpec {
                 sender: s.sender.clone(),
                 tag: s.tag.clone(),
             }),
-            #[allow(unreachable_patterns)]
-            Some(_) => anyhow::bail!("{path}: listener kind not implemented yet"),
+            // Validation refuses them; never skipped silently.
+            Some(pb::listener::Protocol::Http(_)) => {
+                anyhow::bail!("{path}.http: listener kind http is not implemented yet")
+            }
             None => anyhow::bail!("{path}: must set one of: smtp"),
         };
         Ok(Self {

@@ -13,7 +13,9 @@ use koukan_chain::{BoxTxService, Destination, HostPort, Hosts, Response, Termina
 use koukan_filters::received_header::ReceivedHeaderConfig;
 use koukan_filters::router::{AddressList, RouterConfig, RoutingPolicy};
 use koukan_proto::config::v1 as pb;
-use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient, TlsMode};
+use koukan_smtp_client::{
+    ClientConfig, ConnectionPool, Resolver, ResolverOptions, SmtpClient, TlsMode,
+};
 use koukan_smtp_server::{
     AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker, Limits, Secrets, SessionConfig,
 };
@@ -104,7 +106,7 @@ enum EndpointKind {
 /// Builds upstream transactions for the endpoints of one snapshot.
 pub struct Endpoints {
     kinds: HashMap<String, EndpointKind>,
-    resolver: Arc<Resolver>,
+    resolver: Resolver,
 }
 
 impl EndpointFactory for Endpoints {
@@ -513,11 +515,8 @@ impl Runtime {
             .flat_map(|d| d.nameservers.iter())
             .filter_map(|n| koukan_proto::load::parse_nameserver(n))
             .collect();
-        let resolver = if nameservers.is_empty() {
-            Resolver::system().context("system DNS resolver")?
-        } else {
-            Resolver::new(nameservers)
-        };
+        let resolver = Resolver::from_config(nameservers, &ResolverOptions::default())
+            .context("system DNS resolver")?;
 
         let admin = b
             .admin
@@ -541,10 +540,7 @@ impl Runtime {
             senders,
             storage,
             auth_tracker,
-            endpoints: Arc::new(Endpoints {
-                kinds,
-                resolver: Arc::new(resolver),
-            }),
+            endpoints: Arc::new(Endpoints { kinds, resolver }),
         })
     }
 }

@@ -14,7 +14,7 @@ use koukan_filters::received_header::ReceivedHeaderConfig;
 use koukan_filters::router::{AddressList, RouterConfig, RoutingPolicy};
 use koukan_proto::config::v1 as pb;
 use koukan_smtp_client::{
-    ClientConfig, ConnectionPool, Resolver, ResolverOptions, SmtpClient, TlsMode,
+    ClientConfig, ConnectionPool, PoolMetrics, Resolver, ResolverOptions, SmtpClient, TlsMode,
 };
 use koukan_smtp_server::{
     AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker, Limits, Secrets, SessionConfig,
@@ -484,6 +484,9 @@ impl Runtime {
             })
             .collect();
 
+        // One per snapshot for now, unregistered: the integrator moves it
+        // to process lifetime and registers it with the admin registry.
+        let pool_metrics = PoolMetrics::new();
         let mut kinds = HashMap::new();
         for (i, e) in res.endpoints.iter().enumerate() {
             let kind = match &e.endpoint {
@@ -493,7 +496,7 @@ impl Runtime {
                         format!("static_resources.endpoints[{i}].smtp ({})", e.name)
                     })?;
                     EndpointKind::Smtp {
-                        pool: ConnectionPool::new(&client),
+                        pool: ConnectionPool::new(&client, &pool_metrics, &e.name),
                         client: Arc::new(client),
                         tls,
                     }

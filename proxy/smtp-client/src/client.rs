@@ -311,7 +311,12 @@ impl Ctx {
             let mut sess = match pooled {
                 Some(sess) => sess,
                 None => match self.connect().await {
-                    Ok(s) => s,
+                    Ok(s) => {
+                        if let Some(pool) = &self.pool {
+                            pool.note_opened();
+                        }
+                        s
+                    }
                     Err(resp) => return fail(resp),
                 },
             };
@@ -336,6 +341,9 @@ impl Ctx {
                 // over is safe. Not from the pool again: its other
                 // sessions to this peer are likely gone too.
                 tracing::debug!(peer = %sess.conn.peer, "reused upstream session is gone, reconnecting");
+                if let Some(pool) = &self.pool {
+                    pool.note_broken();
+                }
                 allow_reuse = false;
                 continue;
             }

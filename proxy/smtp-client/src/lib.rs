@@ -18,6 +18,7 @@
 //! - `envelope`: MAIL/RCPT command building against the peer's extensions.
 //! - `client`: the [`SmtpClient`] state machine.
 //! - `pool`: the [`ConnectionPool`] of idle upstream sessions for reuse.
+//! - `metrics`: [`PoolMetrics`], what the pools did, per endpoint.
 //! - [`dotstuff`]: streaming DATA encoding.
 //! - [`tls`]: rustls client configurations.
 
@@ -27,12 +28,14 @@ mod connection;
 mod dns_reply;
 pub mod dotstuff;
 mod envelope;
+mod metrics;
 mod pool;
 mod session;
 pub mod tls;
 
 pub use client::SmtpClient;
 pub use config::{ClientConfig, TlsMode};
+pub use metrics::{DiscardLabels, DiscardReason, EndpointLabels, PoolMetrics};
 pub use pool::ConnectionPool;
 // The resolver is part of this crate's API (clients take one), so its
 // types are re-exported: a caller needs no second dependency to build one.

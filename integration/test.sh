@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the
 # tests talk to (Postfix's smtp-sink/smtp-source, python3, redis-server;
-# the tests start their own redis-server on free ports), builds the
-# binaries the end-to-end tests start, then runs every test.
+# the tests start their own redis-server on free ports), checks formatting
+# and lints (rustfmt, clippy with warnings as errors), builds the binaries
+# the end-to-end tests start, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +19,18 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
+# rustfmt and clippy are rustup components a minimal toolchain may lack;
+# add only what is missing (adding is a download, even when present).
+if command -v rustup >/dev/null 2>&1; then
+  installed=$(rustup component list --installed)
+  for c in rustfmt clippy; do
+    grep -q "^$c" <<<"$installed" || rustup component add "$c"
+  done
+fi
+
+# Cheapest first: a formatting or lint failure stops the run before the
+# long test suite.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads="${KOUKAN_TEST_THREADS:-4}"

@@ -1,13 +1,13 @@
 //! An authoritative DNS server on loopback (hickory-server, in-memory zone).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::ServerFuture;
 use hickory_server::authority::{Catalog, ZoneType};
-use hickory_server::proto::rr::rdata::{A, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryAuthority;
 use tokio::net::{TcpListener, UdpSocket};
@@ -16,7 +16,11 @@ pub enum Rr {
     /// Owner, preference, exchange (`"."` with preference 0 is a null MX).
     Mx(&'static str, u16, &'static str),
     A(&'static str, Ipv4Addr),
+    Aaaa(&'static str, Ipv6Addr),
     Txt(&'static str, &'static str),
+    /// One TXT record made of several character-strings (how a record
+    /// over 255 octets, a long SPF or DKIM key, is published).
+    TxtParts(&'static str, &'static [&'static str]),
 }
 
 pub struct DnsServer {
@@ -55,9 +59,15 @@ impl DnsServer {
                     Record::from_rdata(name(owner), 60, RData::MX(MX::new(pref, name(exchange))))
                 }
                 Rr::A(owner, ip) => Record::from_rdata(name(owner), 60, RData::A(A(ip))),
+                Rr::Aaaa(owner, ip) => Record::from_rdata(name(owner), 60, RData::AAAA(AAAA(ip))),
                 Rr::Txt(owner, text) => {
                     Record::from_rdata(name(owner), 60, RData::TXT(TXT::new(vec![text.to_owned()])))
                 }
+                Rr::TxtParts(owner, parts) => Record::from_rdata(
+                    name(owner),
+                    60,
+                    RData::TXT(TXT::new(parts.iter().map(|p| (*p).to_owned()).collect())),
+                ),
             };
             assert!(auth.upsert_mut(rec, serial), "record rejected");
         }

@@ -29,7 +29,7 @@ fn own_client_sends_with_bdat_through_koukan() {
             host: smtp.ip().to_string(),
             port: smtp.port(),
         }]);
-        let mut client = SmtpClient::new(cfg, Arc::new(Resolver::new(vec![])), tls, hosts);
+        let mut client = SmtpClient::new(cfg, Resolver::new(vec![]), tls, hosts);
 
         let mut first =
             TxUpdate::mail(Mailbox::new("own@example.com").with_param("BODY", Some("8BITMIME")));

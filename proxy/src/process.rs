@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use koukan_proto::config::v1 as pb;
-use koukan_smtp_client::Resolver;
+use koukan_smtp_client::{PoolMetrics, Resolver};
 use koukan_smtp_server::{AuthFailureTracker, SmtpMetrics};
 
 use crate::queue::Queue;
@@ -25,6 +25,8 @@ pub struct Process {
     pub smtp_metrics: Arc<SmtpMetrics>,
     /// The queue's when there is one (so both count into one family).
     pub delivery_metrics: DeliveryMetrics,
+    /// Every endpoint's connection pool counts into it, across reloads.
+    pub pool_metrics: PoolMetrics,
     /// The state the running snapshot uses, for the next one to take.
     /// Never held across an await.
     kept: Mutex<Kept>,
@@ -33,7 +35,7 @@ pub struct Process {
 #[derive(Default)]
 struct Kept {
     endpoints: HashMap<String, Arc<EndpointState>>,
-    resolver: Option<(Option<pb::Dns>, Arc<Resolver>)>,
+    resolver: Option<(Option<pb::Dns>, Resolver)>,
 }
 
 impl Process {
@@ -49,6 +51,7 @@ impl Process {
             queue,
             auth_tracker,
             smtp_metrics,
+            pool_metrics: PoolMetrics::new(),
             kept: Mutex::default(),
         }
     }
@@ -69,7 +72,7 @@ impl Process {
     }
 
     /// The running resolver, if it was built from this `dns` config.
-    pub fn resolver(&self, dns: &Option<pb::Dns>) -> Option<Arc<Resolver>> {
+    pub fn resolver(&self, dns: &Option<pb::Dns>) -> Option<Resolver> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.resolver
             .as_ref()

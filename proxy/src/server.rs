@@ -250,6 +250,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("koukan");
     smtp_metrics.register(&mut registry);
     process.delivery_metrics.register(&mut registry);
+    process.pool_metrics.register(&mut registry);
     let reload_metrics = ReloadMetrics::default();
     reload_metrics.register(&mut registry);
     reload_metrics.generation.set(1);

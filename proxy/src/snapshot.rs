@@ -21,7 +21,9 @@ use koukan_chain::{
     TxUpdate, UpdateResponse,
 };
 use koukan_proto::config::v1 as pb;
-use koukan_smtp_client::{ClientConfig, ConnectionPool, Resolver, SmtpClient};
+use koukan_smtp_client::{
+    ClientConfig, ConnectionPool, PoolMetrics, Resolver, ResolverOptions, SmtpClient,
+};
 
 use crate::config::endpoint::{client_config, resolve};
 use crate::config::listener::ListenerSpec;
@@ -102,7 +104,7 @@ impl Snapshot {
         for (i, e) in res.endpoints.iter().enumerate() {
             let state = match process.endpoint(&e.name, e, config_path) {
                 Some(kept) => kept,
-                None => match EndpointState::new(config_path, e)
+                None => match EndpointState::new(config_path, e, &process.pool_metrics)
                     .with_context(|| format!("static_resources.endpoints[{i}] ({})", e.name))?
                 {
                     Some(state) => Arc::new(state),
@@ -114,7 +116,7 @@ impl Snapshot {
 
         let resolver = match process.resolver(&b.dns) {
             Some(kept) => kept,
-            None => Arc::new(new_resolver(b.dns.as_ref())?),
+            None => new_resolver(b.dns.as_ref())?,
         };
 
         let admin = b
@@ -158,11 +160,7 @@ fn new_resolver(dns: Option<&pb::Dns>) -> anyhow::Result<Resolver> {
                 anyhow::anyhow!("dns.nameservers[{i}]: invalid nameserver {n:?}")
             })?);
     }
-    if nameservers.is_empty() {
-        Resolver::system().context("system DNS resolver")
-    } else {
-        Ok(Resolver::new(nameservers))
-    }
+    Resolver::from_config(nameservers, &ResolverOptions::default()).context("system DNS resolver")
 }
 
 /// The chains of one snapshot and what their terminals need: the one
@@ -299,13 +297,17 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
-    fn new(config_file: &Path, e: &pb::Endpoint) -> anyhow::Result<Option<Self>> {
+    fn new(
+        config_file: &Path,
+        e: &pb::Endpoint,
+        pool_metrics: &PoolMetrics,
+    ) -> anyhow::Result<Option<Self>> {
         let kind = match &e.endpoint {
             Some(pb::endpoint::Endpoint::Smtp(s)) => {
                 let client = client_config(config_file, s);
                 let tls = client.build_tls().context("smtp")?;
                 EndpointKind::Smtp {
-                    pool: ConnectionPool::new(&client),
+                    pool: ConnectionPool::new(&client, pool_metrics, &e.name),
                     client: Arc::new(client),
                     tls,
                 }
@@ -333,7 +335,7 @@ impl EndpointState {
 /// Builds upstream transactions for the endpoints of one snapshot.
 pub struct Endpoints {
     kinds: HashMap<String, Arc<EndpointState>>,
-    resolver: Arc<Resolver>,
+    resolver: Resolver,
     /// What the resolver was built from.
     dns: Option<pb::Dns>,
     metrics: DeliveryMetrics,
@@ -344,7 +346,7 @@ impl Endpoints {
         self.kinds.iter()
     }
 
-    pub fn resolver(&self) -> (&Option<pb::Dns>, &Arc<Resolver>) {
+    pub fn resolver(&self) -> (&Option<pb::Dns>, &Resolver) {
         (&self.dns, &self.resolver)
     }
 }

@@ -159,7 +159,7 @@ pub fn header_block(body_prefix: &[u8]) -> &[u8] {
 
 /// Builds the DSN message (CRLF line endings), or `None` when there is
 /// nothing to send: the original sender is null, or no recipients.
-pub fn build_dsn(input: &DsnInput) -> Option<Vec<u8>> {
+pub fn build_dsn(input: &DsnInput<'_>) -> Option<Vec<u8>> {
     build_dsn_with(input, &random_token(), &mut || {
         format!("koukan-dsn-{}", random_token())
     })
@@ -409,7 +409,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// boundary collision. `next_boundary` is asked until it offers a boundary
 /// that occurs nowhere in the parts' content (RFC 2046 §5.1.1).
 fn build_dsn_with(
-    input: &DsnInput,
+    input: &DsnInput<'_>,
     message_id_token: &str,
     next_boundary: &mut dyn FnMut() -> String,
 ) -> Option<Vec<u8>> {

@@ -113,7 +113,7 @@ fn date_secs(value: &str) -> i64 {
         .timestamp()
 }
 
-fn build(input: &DsnInput) -> Vec<u8> {
+fn build(input: &DsnInput<'_>) -> Vec<u8> {
     build_dsn(input).expect("a DSN is produced")
 }
 

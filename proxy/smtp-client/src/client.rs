@@ -40,16 +40,17 @@ use futures::future::join_all;
 use koukan_chain::transaction::{
     BodyChunk, HostPort, Hosts, Mailbox, Recipient, Response, TxUpdate, UpdateResponse,
 };
+use koukan_dns::Resolver;
 use smtp_proto::EXT_PIPELINING;
 use tokio::sync::Mutex;
 use tower::Service;
 
 use crate::config::ClientConfig;
 use crate::connection::{ConnError, Connection, Reply, Step, quit_in_background};
+use crate::dns_reply;
 use crate::dotstuff::DotStuffer;
 use crate::envelope::{MailNeeds, mail_command, rcpt_command, use_bdat};
 use crate::pool::ConnectionPool;
-use crate::resolver::Resolver;
 use crate::session::{self, Session, Target};
 
 /// Sends one transaction to one destination; see the module docs.
@@ -66,7 +67,7 @@ struct Inner {
 /// be `Sync`; the connection inside `State` is only `Send`).
 struct Ctx {
     cfg: Arc<ClientConfig>,
-    resolver: Arc<Resolver>,
+    resolver: Resolver,
     tls: Arc<rustls::ClientConfig>,
     hosts: Hosts,
     pool: Option<ConnectionPool>,
@@ -108,7 +109,7 @@ impl SmtpClient {
     /// transaction.
     pub fn new(
         cfg: Arc<ClientConfig>,
-        resolver: Arc<Resolver>,
+        resolver: Resolver,
         tls: Arc<rustls::ClientConfig>,
         hosts: Hosts,
     ) -> Self {
@@ -121,7 +122,7 @@ impl SmtpClient {
     /// same `cfg` (it takes its bounds from there).
     pub fn pooled(
         cfg: Arc<ClientConfig>,
-        resolver: Arc<Resolver>,
+        resolver: Resolver,
         tls: Arc<rustls::ClientConfig>,
         hosts: Hosts,
         pool: ConnectionPool,
@@ -131,7 +132,7 @@ impl SmtpClient {
 
     fn build(
         cfg: Arc<ClientConfig>,
-        resolver: Arc<Resolver>,
+        resolver: Resolver,
         tls: Arc<rustls::ClientConfig>,
         hosts: Hosts,
         pool: Option<ConnectionPool>,
@@ -310,7 +311,12 @@ impl Ctx {
             let mut sess = match pooled {
                 Some(sess) => sess,
                 None => match self.connect().await {
-                    Ok(s) => s,
+                    Ok(s) => {
+                        if let Some(pool) = &self.pool {
+                            pool.note_opened();
+                        }
+                        s
+                    }
                     Err(resp) => return fail(resp),
                 },
             };
@@ -335,6 +341,9 @@ impl Ctx {
                 // over is safe. Not from the pool again: its other
                 // sessions to this peer are likely gone too.
                 tracing::debug!(peer = %sess.conn.peer, "reused upstream session is gone, reconnecting");
+                if let Some(pool) = &self.pool {
+                    pool.note_broken();
+                }
                 allow_reuse = false;
                 continue;
             }
@@ -686,7 +695,7 @@ impl Ctx {
                     .resolver
                     .resolve_mx(domain)
                     .await
-                    .map_err(|e| e.response())?;
+                    .map_err(|e| dns_reply::reply(&e))?;
                 hosts
                     .into_iter()
                     .flat_map(|h| {

@@ -15,6 +15,7 @@ use koukan_chain::transaction::Response;
 use smtp_proto::response::parser::ResponseReceiver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
+use tracing::Instrument;
 
 /// Anything we can speak SMTP over: a TCP stream before STARTTLS, a TLS
 /// stream after it.
@@ -205,11 +206,12 @@ impl Connection {
 }
 
 /// Sends QUIT in the background (needs a tokio runtime, which every caller
-/// of the client runs in).
+/// of the client runs in), in the caller's span: a QUIT that fails is
+/// logged with the transaction that ended the session.
 pub(crate) fn quit_in_background(conn: Connection) {
     match tokio::runtime::Handle::try_current() {
         Ok(h) => {
-            h.spawn(conn.quit());
+            h.spawn(conn.quit().in_current_span());
         }
         Err(_) => drop(conn),
     }

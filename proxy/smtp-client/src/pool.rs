@@ -17,7 +17,10 @@
 //!   on `take`) and is QUIT by a sweeper task soon after it expires; the
 //!   sweeper holds only a weak reference and exits when the pool is empty or
 //!   dropped;
-//! - dropping the last handle QUITs every idle session.
+//! - dropping the last handle QUITs every idle session;
+//! - every session the pool closes instead of keeping or handing out is
+//!   counted once under its [`DiscardReason`], every push and removal moves
+//!   the endpoint's idle gauge by one (see [`crate::PoolMetrics`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -26,15 +29,17 @@ use std::time::Duration;
 
 use koukan_chain::transaction::Hosts;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::ClientConfig;
 use crate::connection::{Step, quit_in_background};
+use crate::metrics::{DiscardReason, EndpointMetrics, PoolMetrics};
 use crate::session::Session;
 
 /// Shared cache of idle upstream sessions; cheap to clone (all clones are
 /// the same pool). Create one per endpoint configuration with
 /// [`ConnectionPool::new`] and hand it to every
-/// [`crate::SmtpClient::with_pool`] of that endpoint.
+/// [`crate::SmtpClient::pooled`] of that endpoint.
 #[derive(Clone)]
 pub struct ConnectionPool {
     inner: Arc<PoolInner>,
@@ -45,6 +50,10 @@ struct PoolInner {
     idle_timeout: Duration,
     max_transactions: usize,
     state: Mutex<PoolState>,
+    endpoint: String,
+    /// Shared with the background RSET tasks, which may finish after the
+    /// pool is gone.
+    metrics: Arc<EndpointMetrics>,
 }
 
 #[derive(Default)]
@@ -65,6 +74,7 @@ struct IdleSession {
 impl fmt::Debug for ConnectionPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionPool")
+            .field("endpoint", &self.inner.endpoint)
             .field("max_idle_per_destination", &self.inner.max_idle)
             .field("idle_timeout", &self.inner.idle_timeout)
             .field("max_transactions", &self.inner.max_transactions)
@@ -79,13 +89,19 @@ impl ConnectionPool {
     /// [`ClientConfig::idle_timeout`],
     /// [`ClientConfig::max_transactions_per_connection`]). With
     /// `max_idle_per_destination == 0` it never keeps anything.
-    pub fn new(cfg: &ClientConfig) -> Self {
+    ///
+    /// It counts into `metrics` under the label `endpoint` (the name of
+    /// the endpoint it serves); every pool of the process should get the
+    /// same `metrics`, registered once.
+    pub fn new(cfg: &ClientConfig, metrics: &PoolMetrics, endpoint: &str) -> Self {
         Self {
             inner: Arc::new(PoolInner {
                 max_idle: cfg.max_idle_per_destination,
                 idle_timeout: cfg.idle_timeout,
                 max_transactions: cfg.max_transactions_per_connection,
                 state: Mutex::default(),
+                endpoint: endpoint.to_owned(),
+                metrics: metrics.endpoint(endpoint),
             }),
         }
     }
@@ -106,11 +122,14 @@ impl ConnectionPool {
         if !self.enabled() {
             return None;
         }
+        let m = &self.inner.metrics;
         let now = Instant::now();
         let mut expired = Vec::new();
+        let mut dead = 0;
         let found = {
             let mut st = self.inner.lock();
             let list = st.idle.get_mut(key)?;
+            let before = list.len();
             let mut found = None;
             while let Some(mut idle) = list.pop_back() {
                 if now.duration_since(idle.since) >= self.inner.idle_timeout {
@@ -123,20 +142,36 @@ impl ConnectionPool {
                     found = Some(idle.sess);
                     break;
                 }
+                dead += 1;
                 tracing::debug!(peer = %idle.sess.conn.peer, "idle upstream session closed by peer");
             }
+            m.idle.dec_by((before - list.len()) as i64);
             if list.is_empty() {
                 st.idle.remove(key);
             }
             found
         };
+        m.discarded(DiscardReason::Broken, dead);
+        m.discarded(DiscardReason::IdleTimeout, expired.len());
         for sess in expired {
             quit_in_background(sess.conn);
         }
         if let Some(sess) = &found {
+            m.reused.inc();
             tracing::debug!(peer = %sess.conn.peer, tls = sess.tls.is_some(), "reusing upstream session");
         }
         found
+    }
+
+    /// Counts a connection a client of this pool opened.
+    pub(crate) fn note_opened(&self) {
+        self.inner.metrics.opened.inc();
+    }
+
+    /// Counts a session from the pool that its client found unusable (it
+    /// failed its first MAIL) and closed.
+    pub(crate) fn note_broken(&self) {
+        self.inner.metrics.discarded(DiscardReason::Broken, 1);
     }
 
     /// Keeps a session that can take a new MAIL right now, or QUITs it when
@@ -144,10 +179,12 @@ impl ConnectionPool {
     /// transactions, or the destination already has enough idle sessions
     /// (then the oldest goes).
     pub(crate) fn put(&self, key: Hosts, sess: Session) {
-        if !self.keeps(&sess) {
+        if let Some(reason) = self.refuses(&sess) {
+            self.inner.metrics.discarded(reason, 1);
             quit_in_background(sess.conn);
             return;
         }
+        let m = &self.inner.metrics;
         let mut evicted = Vec::new();
         let start_sweeper = {
             let mut st = self.inner.lock();
@@ -156,11 +193,14 @@ impl ConnectionPool {
                 sess,
                 since: Instant::now(),
             });
+            m.idle.inc();
             while list.len() > self.inner.max_idle {
                 evicted.extend(list.pop_front().map(|i| i.sess));
+                m.idle.dec();
             }
             !std::mem::replace(&mut st.sweeping, true)
         };
+        m.discarded(DiscardReason::PoolFull, evicted.len());
         for sess in evicted {
             quit_in_background(sess.conn);
         }
@@ -180,7 +220,8 @@ impl ConnectionPool {
         pending: usize,
         limit: Duration,
     ) {
-        if !self.keeps(&sess) {
+        if let Some(reason) = self.refuses(&sess) {
+            self.inner.metrics.discarded(reason, 1);
             quit_in_background(sess.conn);
             return;
         }
@@ -188,11 +229,15 @@ impl ConnectionPool {
             return;
         };
         let pool = Arc::downgrade(&self.inner);
-        rt.spawn(async move {
+        let m = self.inner.metrics.clone();
+        // In the span of the transaction that released it, so its log
+        // lines say which transaction left the session in this state.
+        let task = async move {
             let step = Step::new("draining replies before RSET", limit);
             for _ in 0..pending {
                 if let Err(e) = sess.conn.read_reply(step).await {
                     tracing::debug!(peer = %sess.conn.peer, "before RSET: {e}");
+                    m.discarded(DiscardReason::Broken, 1);
                     return;
                 }
             }
@@ -200,22 +245,38 @@ impl ConnectionPool {
             match sess.conn.command("RSET", step).await {
                 Ok(reply) if reply.class() == 2 => match pool.upgrade() {
                     Some(inner) => ConnectionPool { inner }.put(key, sess),
-                    None => sess.conn.quit().await,
+                    None => {
+                        m.discarded(DiscardReason::PoolDropped, 1);
+                        sess.conn.quit().await
+                    }
                 },
                 Ok(reply) => {
                     tracing::debug!(peer = %sess.conn.peer, "RSET refused: {}", reply.response());
+                    m.discarded(DiscardReason::Broken, 1);
                     sess.conn.quit().await;
                 }
-                Err(e) => tracing::debug!(peer = %sess.conn.peer, "RSET: {e}"),
+                Err(e) => {
+                    tracing::debug!(peer = %sess.conn.peer, "RSET: {e}");
+                    m.discarded(DiscardReason::Broken, 1);
+                }
             }
-        });
+        };
+        rt.spawn(task.in_current_span());
     }
 
-    /// Whether `sess` may be kept at all (reuse on, transaction limit not
-    /// reached).
-    fn keeps(&self, sess: &Session) -> bool {
+    /// Why `sess` may not be kept, if it may not: reuse off (by a zero
+    /// bound, named after it) or the transaction limit reached.
+    fn refuses(&self, sess: &Session) -> Option<DiscardReason> {
         let max_tx = self.inner.max_transactions;
-        self.enabled() && (max_tx == 0 || sess.transactions < max_tx)
+        if self.inner.max_idle == 0 {
+            Some(DiscardReason::PoolFull)
+        } else if self.inner.idle_timeout.is_zero() {
+            Some(DiscardReason::IdleTimeout)
+        } else if max_tx != 0 && sess.transactions >= max_tx {
+            Some(DiscardReason::MaxTransactions)
+        } else {
+            None
+        }
     }
 
     fn start_sweeper(&self) {
@@ -264,6 +325,7 @@ impl PoolInner {
                         break;
                     }
                     expired.extend(list.pop_front().map(|i| i.sess));
+                    self.metrics.idle.dec();
                 }
                 !list.is_empty()
             });
@@ -272,6 +334,8 @@ impl PoolInner {
             }
             next
         };
+        self.metrics
+            .discarded(DiscardReason::IdleTimeout, expired.len());
         for sess in expired {
             tracing::debug!(peer = %sess.conn.peer, "idle upstream session expired");
             quit_in_background(sess.conn);
@@ -284,6 +348,9 @@ impl Drop for PoolInner {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for (_, list) in st.idle.drain() {
+            self.metrics.idle.dec_by(list.len() as i64);
+            self.metrics
+                .discarded(DiscardReason::PoolDropped, list.len());
             for idle in list {
                 quit_in_background(idle.sess.conn);
             }

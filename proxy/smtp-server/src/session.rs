@@ -15,7 +15,7 @@ use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::config::SessionConfig;
 use crate::conn::{Conn, LineRead, Stream};
@@ -40,6 +40,13 @@ mod sasl;
 /// `shutdown` becoming true makes an idle session answer `421 4.3.2` and
 /// close; a transaction in flight may finish first (up to
 /// `limits.drain_timeout`).
+///
+/// Everything the session does runs in a `session` span (target
+/// `koukan::session`: `listener`, `peer`), and everything a transaction
+/// does, its chain included, in a `tx` span inside it (target
+/// `koukan::tx`: `tx`, the transaction id). So every log line of a
+/// transaction, whichever crate of the chain writes it, says which
+/// transaction and connection it belongs to without being told.
 pub async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
@@ -62,7 +69,12 @@ pub async fn serve_connection<IO>(
         cfg.limits.max_line_length,
         cfg.limits.command_timeout,
     );
-    let listener = cfg.listener_name.clone();
+    let span = tracing::info_span!(
+        target: "koukan::session",
+        "session",
+        listener = %cfg.listener_name,
+        peer = %peer,
+    );
     let session = Session {
         conn,
         cfg,
@@ -84,11 +96,15 @@ pub async fn serve_connection<IO>(
     // Last resort: a panic outside command handling (TLS set-up, reading)
     // leaves nothing to answer with, but is still logged and counted
     // rather than lost in a failed task.
-    if let Err(payload) = AssertUnwindSafe(session.run()).catch_unwind().await {
-        let panicked = ChainPanicked::from_payload(payload);
-        tracing::error!(listener = %listener, peer = %peer, error = %panicked.message, "SMTP session panicked; connection closed");
-        metrics.internal_errors.count("smtp_session");
+    async move {
+        if let Err(payload) = AssertUnwindSafe(session.run()).catch_unwind().await {
+            let panicked = ChainPanicked::from_payload(payload);
+            tracing::error!(error = %panicked.message, "SMTP session panicked; connection closed");
+            metrics.internal_errors.count("smtp_session");
+        }
     }
+    .instrument(span)
+    .await
 }
 
 struct ActiveGauge(prometheus_client::metrics::gauge::Gauge);
@@ -143,7 +159,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     async fn run(mut self) {
         if self.cfg.implicit_tls {
             let Some(tls) = self.cfg.tls.clone() else {
-                tracing::warn!(listener = %self.cfg.listener_name, "implicit TLS without a TLS config; closing");
+                tracing::warn!("implicit TLS without a TLS config; closing");
                 return;
             };
             if !self.handshake(tls).await {
@@ -161,7 +177,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 Next::Line => self.handle_line_caught().await,
                 Next::TooLong => self.reject(reply::LINE_TOO_LONG.response(), "line_too_long"),
                 Next::Eof => {
-                    debug!(peer = %self.peer, "client closed the connection");
+                    debug!("client closed the connection");
                     Flow::Close
                 }
                 Next::Timeout => {
@@ -174,7 +190,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     Flow::Close
                 }
                 Next::Failed(e) => {
-                    debug!(peer = %self.peer, error = %e, "connection error");
+                    debug!(error = %e, "connection error");
                     Flow::Close
                 }
             };
@@ -242,7 +258,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.metrics.rejected(&self.cfg.listener_name, reason);
         self.bad_commands += 1;
         if self.bad_commands > self.cfg.limits.max_bad_commands {
-            debug!(peer = %self.peer, "too many bad commands");
+            debug!("too many bad commands");
             self.conn.queue_reply(reply::TOO_MANY_ERRORS);
             return Flow::Close;
         }
@@ -259,12 +275,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// (where the client stands in its data or exchange is unknown). A
     /// panic inside the chain never gets here: [`Transaction::send`]
     /// catches it and the session goes on.
+    ///
+    /// A command of an open transaction (RCPT, DATA, BDAT, RSET...) runs
+    /// in its span, so what the session logs about it (a data error, say)
+    /// carries the transaction id too. MAIL opens the transaction, whose
+    /// chain calls then enter its span themselves.
     async fn handle_line_caught(&mut self) -> Flow {
-        match AssertUnwindSafe(self.handle_line()).catch_unwind().await {
+        let span = self
+            .tx
+            .as_ref()
+            .map_or_else(tracing::Span::none, |tx| tx.span.clone());
+        match AssertUnwindSafe(self.handle_line())
+            .catch_unwind()
+            .instrument(span)
+            .await
+        {
             Ok(flow) => flow,
             Err(payload) => {
                 let panicked = ChainPanicked::from_payload(payload);
-                tracing::error!(listener = %self.cfg.listener_name, peer = %self.peer, error = %panicked.message, "SMTP session ended by an internal error");
+                tracing::error!(error = %panicked.message, "SMTP session ended by an internal error");
                 self.metrics.internal_errors.count("smtp_session");
                 self.conn.queue_reply(reply::INTERNAL_ERROR_CLOSING);
                 self.abort_tx(Outcome::InternalError);
@@ -278,7 +307,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             // The chunk's length is unknowable, so is where the next
             // command starts: going on would run message octets as
             // commands. Answer, then close.
-            debug!(peer = %self.peer, "BDAT chunk size out of range; closing");
+            debug!("BDAT chunk size out of range; closing");
             self.metrics
                 .rejected(&self.cfg.listener_name, "bdat_size_out_of_range");
             self.conn.queue_reply(reply::BDAT_SIZE_OUT_OF_RANGE);
@@ -290,7 +319,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Err((resp, reason)) if is_bdat(&self.line) => {
                 // A BDAT whose size cannot be read: as above, the chunk's
                 // octets follow and nothing tells where they end.
-                debug!(peer = %self.peer, "unparseable BDAT; closing");
+                debug!("unparseable BDAT; closing");
                 self.metrics.rejected(&self.cfg.listener_name, reason);
                 self.conn.queue(&resp);
                 self.abort_tx(Outcome::Aborted);
@@ -476,7 +505,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     }
 
     fn data_failed(&mut self, e: DataError) -> Flow {
-        debug!(peer = %self.peer, error = %e, "message data not received");
+        debug!(error = %e, "message data not received");
         if matches!(e, DataError::Timeout) {
             self.conn.queue_reply(reply::TIMEOUT);
             self.abort_tx(Outcome::Timeout);
@@ -495,7 +524,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         }
         self.conn.queue_reply(reply::START_TLS);
         if let Err(e) = self.conn.flush().await {
-            debug!(peer = %self.peer, error = %e, "writing STARTTLS reply");
+            debug!(error = %e, "writing STARTTLS reply");
             return Flow::Close;
         }
         // RFC 3207 §5: anything the client sent after STARTTLS in clear
@@ -503,7 +532,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         // commands of the protected session.
         let dropped = self.conn.discard_buffered();
         if dropped > 0 {
-            debug!(peer = %self.peer, bytes = dropped, "discarded plaintext pipelined after STARTTLS");
+            debug!(
+                bytes = dropped,
+                "discarded plaintext pipelined after STARTTLS"
+            );
         }
         if !self.handshake(tls).await {
             return Flow::Close;
@@ -528,7 +560,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 true
             }
             Err(e) => {
-                debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                debug!(error = %e, "TLS handshake failed");
                 false
             }
         }

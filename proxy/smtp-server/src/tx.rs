@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use koukan_chain::{
     BoxTxService, Mailbox, Response, TxContext, TxUpdate, UpdateResponse, call_caught,
 };
+use tracing::Instrument;
 
 use crate::line_limit::LineLimit;
 use crate::metrics::SmtpMetrics;
@@ -87,6 +88,10 @@ pub(crate) struct Transaction {
     pub lines: LineLimit,
     timeout: Duration,
     pub metrics: Arc<SmtpMetrics>,
+    /// `tx{tx=<id>}`, a child of the session's span: entered around every
+    /// chain call and the summary line. Its target is the summary line's
+    /// (`koukan::tx`), so a filter that shows the summary shows its id.
+    pub span: tracing::Span,
 }
 
 impl Transaction {
@@ -98,7 +103,9 @@ impl Transaction {
         max_data_line_length: usize,
         metrics: Arc<SmtpMetrics>,
     ) -> Self {
+        let span = tracing::info_span!(target: "koukan::tx", "tx", tx = %ctx.id);
         Self {
+            span,
             ctx,
             svc: Some(svc),
             mail_from,
@@ -132,10 +139,13 @@ impl Transaction {
         // Kept to answer every part of the update if the chain times out
         // (cheap: body bytes are reference counted).
         let shape = update.clone();
-        match tokio::time::timeout(self.timeout, call_caught(svc, update)).await {
+        let call = call_caught(svc, update).instrument(self.span.clone());
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(panicked)) => {
-                tracing::error!(tx = %self.ctx.id, error = %panicked, "transaction ended by an internal error");
+                self.span.in_scope(
+                    || tracing::error!(error = %panicked, "transaction ended by an internal error"),
+                );
                 self.metrics.internal_errors.count("smtp_chain");
                 let resp = Response::internal_error();
                 self.fail(resp.clone(), Outcome::InternalError);
@@ -149,9 +159,11 @@ impl Transaction {
         }
     }
 
-    /// Records the final answer and drops the upstream transaction.
+    /// Records the final answer and drops the upstream transaction (in
+    /// the transaction's span: whatever the chain logs as it goes says
+    /// which transaction it was).
     pub fn fail(&mut self, resp: Response, outcome: Outcome) {
-        self.svc = None;
+        self.span.in_scope(|| self.svc = None);
         if self.failed.is_none() {
             self.failed = Some((resp, outcome));
         }
@@ -159,7 +171,7 @@ impl Transaction {
 
     /// Logs the one summary line and counts the outcome.
     pub fn finish(
-        self,
+        mut self,
         outcome: Outcome,
         reply: Option<&Response>,
         listener: &str,
@@ -167,9 +179,12 @@ impl Transaction {
         metrics: &SmtpMetrics,
     ) {
         let reply = reply.map_or_else(|| "-".to_owned(), |r| r.to_string());
+        let _in_tx = self.span.enter();
+        // The id comes from the span; listener and peer are repeated so
+        // the line stands alone under a filter that leaves the session's
+        // span out (`RUST_LOG=koukan::tx=info`).
         tracing::info!(
             target: "koukan::tx",
-            tx = %self.ctx.id,
             listener,
             peer = %peer,
             mail_from = %self.mail_from.address,
@@ -190,6 +205,8 @@ impl Transaction {
                 .get_or_create(&SmtpMetrics::listener(listener))
                 .inc_by(self.size);
         }
-        // Dropping `self.svc` here cancels whatever upstream still holds.
+        // Dropping the chain cancels whatever upstream still holds; done
+        // here, inside the span, for the same reason as in `fail`.
+        drop(self.svc.take());
     }
 }

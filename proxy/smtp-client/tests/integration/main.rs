@@ -59,7 +59,7 @@ pub fn client_with(
     tls: Arc<rustls::ClientConfig>,
     resolver: Resolver,
 ) -> SmtpClient {
-    SmtpClient::new(Arc::new(cfg), Arc::new(resolver), tls, hosts)
+    SmtpClient::new(Arc::new(cfg), resolver, tls, hosts)
 }
 
 /// A client of `pool` (built from the same `cfg` by the caller), with the
@@ -67,7 +67,7 @@ pub fn client_with(
 pub fn pooled_client(cfg: &Arc<ClientConfig>, hosts: Hosts, pool: &ConnectionPool) -> SmtpClient {
     SmtpClient::pooled(
         cfg.clone(),
-        Arc::new(Resolver::new(vec![])),
+        Resolver::new(vec![]),
         tls_client_config(false, None).unwrap(),
         hosts,
         pool.clone(),

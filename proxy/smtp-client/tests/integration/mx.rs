@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use koukan_chain::transaction::Hosts;
-use koukan_smtp_client::{Host, ResolveError, Resolver, tls_client_config};
+use koukan_smtp_client::{Resolver, ResolverOptions, tls_client_config};
 
 use crate::smtp_server::{Script, SmtpServer};
 use crate::*;
@@ -48,86 +48,48 @@ async fn dns() -> DnsServer {
     .await
 }
 
-fn host(name: &str, last: u8) -> Host {
-    Host {
-        name: name.into(),
-        addrs: vec![ip(last).into()],
-    }
-}
-
+/// The resolver itself is tested in koukan-dns; here, what its answers
+/// become as replies.
 #[tokio::test]
-async fn resolution_cases() {
-    let dns = dns().await;
-    let res = Resolver::new(vec![dns.addr]);
-
-    assert_eq!(
-        res.resolve_mx("pref.mx.test").await.unwrap(),
-        vec![host("a.mx.test", 2), host("b.mx.test", 3)]
-    );
-    // Trailing dot and case do not matter.
-    assert_eq!(
-        res.resolve_mx("PREF.mx.test.").await.unwrap(),
-        vec![host("a.mx.test", 2), host("b.mx.test", 3)]
-    );
-    assert_eq!(
-        res.resolve_mx("implicit.mx.test").await.unwrap(),
-        vec![host("implicit.mx.test", 4)]
-    );
-    assert_eq!(
-        res.resolve_mx("null.mx.test").await,
-        Err(ResolveError::NullMx {
-            domain: "null.mx.test".into()
-        })
-    );
-    assert_eq!(
-        res.resolve_mx("nope.mx.test").await,
-        Err(ResolveError::NxDomain {
-            name: "nope.mx.test".into()
-        })
-    );
-    assert_eq!(
-        res.resolve_mx("dup.mx.test").await.unwrap(),
-        vec![host("a.mx.test", 2)]
-    );
-    assert_eq!(
-        res.resolve_mx("partial.mx.test").await.unwrap(),
-        vec![host("b.mx.test", 3)]
-    );
-    assert_eq!(
-        res.resolve_mx("dangling.mx.test").await,
-        Err(ResolveError::NoAddresses {
-            name: "dangling.mx.test".into()
-        })
-    );
-    assert_eq!(
-        res.resolve_mx("textonly.mx.test").await,
-        Err(ResolveError::NoAddresses {
-            name: "textonly.mx.test".into()
-        })
-    );
-    // Outside the server's zone: it answers REFUSED, which may change.
-    let err = res.resolve_mx("example.org").await.unwrap_err();
-    assert!(
-        matches!(&err, ResolveError::Temporary { name, .. } if name == "example.org"),
-        "{err:?}"
-    );
-    assert_eq!(err.response().code, 451);
-}
-
-#[tokio::test]
-async fn unreachable_nameserver_is_temporary() {
+async fn unreachable_nameserver_is_a_temporary_failure() {
     // A bound UDP socket that never answers (and no TCP listener).
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = silent.local_addr().unwrap();
-    let res = Resolver::with_timeout(vec![addr], Duration::from_millis(200), 1);
-    let err = res.resolve_mx("pref.mx.test").await.unwrap_err();
-    assert!(err.is_temporary(), "{err:?}");
-    let resp = err.response();
-    assert_eq!(resp.code, 451);
+    let opts = ResolverOptions {
+        timeout: Duration::from_millis(200),
+        attempts: 1,
+        ..ResolverOptions::default()
+    };
+    let mut c = client_with(
+        test_config(),
+        Hosts::Mx {
+            domain: "pref.mx.test".into(),
+            port: 25,
+        },
+        tls_client_config(false, None).unwrap(),
+        Resolver::with_options(vec![silent.local_addr().unwrap()], &opts),
+    );
+    let resp = send(&mut c, envelope("a@x", &["b@pref.mx.test"])).await;
+    let mail = resp.mail.unwrap();
+    assert_eq!(mail.code, 451, "{mail}");
     assert!(
-        resp.text
+        mail.text
             .starts_with("4.4.3 pref.mx.test: temporary DNS failure: "),
-        "{resp}"
+        "{mail}"
+    );
+    assert_eq!(resp.rcpts, vec![mail]);
+}
+
+#[tokio::test]
+async fn a_domain_without_addresses_is_unroutable() {
+    let dns = dns().await;
+    let mut c = mx_client(&dns, "dangling.mx.test", 25);
+    let resp = send(&mut c, envelope("a@x", &["b@dangling.mx.test"])).await;
+    assert_eq!(
+        resp.mail,
+        Some(r(
+            550,
+            "5.4.4 unable to route: dangling.mx.test: no address records"
+        ))
     );
 }
 

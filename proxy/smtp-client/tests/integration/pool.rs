@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use koukan_chain::transaction::{Hosts, Response, TxUpdate};
-use koukan_smtp_client::{ClientConfig, ConnectionPool, SmtpClient};
+use koukan_smtp_client::{ClientConfig, ConnectionPool, DiscardReason, PoolMetrics, SmtpClient};
 
 use crate::smtp::self_signed_tls;
 use crate::smtp_server::{CLOSE, Script, SmtpServer};
@@ -21,13 +21,52 @@ fn message(n: usize) -> String {
     format!("Subject: {n}\r\n\r\nmessage {n}\r\n")
 }
 
+/// The endpoint label of the test pools.
+const ENDPOINT: &str = "test-endpoint";
+
 /// The test configuration (default reuse bounds unless `tweak` changes
 /// them) and a pool built from it.
 fn setup(tweak: impl FnOnce(&mut ClientConfig)) -> (Arc<ClientConfig>, ConnectionPool) {
+    let (cfg, pool, _) = setup_metered(tweak);
+    (cfg, pool)
+}
+
+/// [`setup`], and the metrics the pool counts into.
+fn setup_metered(
+    tweak: impl FnOnce(&mut ClientConfig),
+) -> (Arc<ClientConfig>, ConnectionPool, PoolMetrics) {
     let mut cfg = test_config();
     tweak(&mut cfg);
-    let pool = ConnectionPool::new(&cfg);
-    (Arc::new(cfg), pool)
+    let metrics = PoolMetrics::new();
+    let pool = ConnectionPool::new(&cfg, &metrics, ENDPOINT);
+    (Arc::new(cfg), pool, metrics)
+}
+
+/// Every series of the test endpoint, to compare in one assertion.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    opened: u64,
+    reused: u64,
+    idle_timeout: u64,
+    max_transactions: u64,
+    broken: u64,
+    pool_full: u64,
+    pool_dropped: u64,
+    idle: i64,
+}
+
+fn counts(m: &PoolMetrics) -> Counts {
+    let d = |r| m.discarded(ENDPOINT, r);
+    Counts {
+        opened: m.opened(ENDPOINT),
+        reused: m.reused(ENDPOINT),
+        idle_timeout: d(DiscardReason::IdleTimeout),
+        max_transactions: d(DiscardReason::MaxTransactions),
+        broken: d(DiscardReason::Broken),
+        pool_full: d(DiscardReason::PoolFull),
+        pool_dropped: d(DiscardReason::PoolDropped),
+        idle: m.idle(ENDPOINT),
+    }
 }
 
 /// One whole transaction (message `n` to one recipient) on a new client of
@@ -77,7 +116,7 @@ async fn wait_idle(pool: &ConnectionPool, n: usize) {
 #[tokio::test]
 async fn sequential_transactions_share_one_connection() {
     let srv = SmtpServer::start(Script::new().ext("PIPELINING")).await;
-    let (cfg, pool) = setup(|_| {});
+    let (cfg, pool, m) = setup_metered(|_| {});
     for n in 1..=2 {
         assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), n).await, queued());
     }
@@ -93,11 +132,29 @@ async fn sequential_transactions_share_one_connection() {
     assert_eq!(conns[0].messages, delivered);
     assert!(!conns[0].closed);
     assert_eq!(pool.idle_count(), 1);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 1,
+            reused: 1,
+            idle: 1,
+            ..Counts::default()
+        }
+    );
 
     // The pool owns what it keeps: dropping it QUITs the session.
     drop(pool);
     let log = srv.wait_quit(0).await;
     assert_eq!(log.count("MAIL"), 2);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 1,
+            reused: 1,
+            pool_dropped: 1,
+            ..Counts::default()
+        }
+    );
 }
 
 #[tokio::test]
@@ -150,7 +207,7 @@ async fn another_destination_gets_its_own_connection() {
 #[tokio::test]
 async fn an_idle_session_is_never_shared() {
     let srv = SmtpServer::start(Script::new()).await;
-    let (cfg, pool) = setup(|_| {});
+    let (cfg, pool, m) = setup_metered(|_| {});
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 1).await, queued());
     // Two transactions open at once: one gets the idle session, the other
     // a new connection.
@@ -169,12 +226,21 @@ async fn an_idle_session_is_never_shared() {
     assert_eq!(conns[0].count("MAIL"), 2);
     assert_eq!(conns[1].count("MAIL"), 1);
     assert_eq!(pool.idle_count(), 2);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 2,
+            reused: 1,
+            idle: 2,
+            ..Counts::default()
+        }
+    );
 }
 
 #[tokio::test]
 async fn session_closed_while_idle_is_replaced() {
     let srv = SmtpServer::start(Script::new().ext("PIPELINING")).await;
-    let (cfg, pool) = setup(|_| {});
+    let (cfg, pool, m) = setup_metered(|_| {});
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 1).await, queued());
     assert_eq!(srv.close_idle().await, 1);
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 2).await, queued());
@@ -184,6 +250,10 @@ async fn session_closed_while_idle_is_replaced() {
     assert_eq!(conns[0].count("MAIL"), 1);
     assert_eq!(conns[1].verbs(), ["EHLO", "MAIL", "RCPT", "DATA"]);
     assert_eq!(conns[1].data, format!("{}.\r\n", message(2)).into_bytes());
+    // Whether the probe on taking it or the MAIL on it found it closed,
+    // it counts as broken once.
+    let c = counts(&m);
+    assert_eq!((c.opened, c.broken, c.idle), (2, 1, 1), "{c:?}");
 }
 
 /// The peer answers the first MAIL on the reused session with 421 (the
@@ -196,13 +266,23 @@ async fn reused_session_answering_421_is_replaced() {
             .reply("MAIL", "421 4.4.2 idle too long"),
     )
     .await;
-    let (cfg, pool) = setup(|_| {});
+    let (cfg, pool, m) = setup_metered(|_| {});
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 1).await, queued());
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 2).await, queued());
     let conns = srv.conns();
     assert_eq!(conns.len(), 2, "{conns:?}");
     assert_eq!(conns[0].verbs(), ["EHLO", "MAIL", "RCPT", "DATA", "MAIL"]);
     assert_eq!(conns[1].verbs(), ["EHLO", "MAIL", "RCPT", "DATA"]);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 2,
+            reused: 1,
+            broken: 1,
+            idle: 1,
+            ..Counts::default()
+        }
+    );
 }
 
 /// The peer closes the reused session on the first (pipelined) MAIL.
@@ -330,7 +410,7 @@ async fn a_refused_rset_closes_the_session() {
             .reply("RSET", "500 5.5.1 what"),
     )
     .await;
-    let (cfg, pool) = setup(|_| {});
+    let (cfg, pool, m) = setup_metered(|_| {});
     let mut c = pooled_client(&cfg, hosts(&[srv.addr]), &pool);
     let resp = send(&mut c, envelope("a@x", &["b@y"])).await;
     assert_eq!(resp.mail, Some(r(550, "5.7.1 sender refused")));
@@ -339,6 +419,14 @@ async fn a_refused_rset_closes_the_session() {
     let log = srv.wait_quit(0).await;
     assert_eq!(log.verbs(), ["EHLO", "MAIL", "RSET", "QUIT"]);
     assert_eq!(pool.idle_count(), 0);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 1,
+            broken: 1,
+            ..Counts::default()
+        }
+    );
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 2).await, queued());
     assert_eq!(srv.conns().len(), 2);
 }
@@ -377,7 +465,7 @@ async fn final_reply_decides_reuse() {
 async fn broken_or_abandoned_sessions_are_not_kept() {
     // Dropped in the middle of DATA.
     let srv = SmtpServer::start(Script::new().drop_in_data_after(3)).await;
-    let (cfg, pool) = setup(|_| {});
+    let (cfg, pool, m) = setup_metered(|_| {});
     let mut c = pooled_client(&cfg, hosts(&[srv.addr]), &pool);
     send(&mut c, envelope("a@x", &["b@y"])).await;
     let data = send(&mut c, body("0123456789\r\n", true))
@@ -397,12 +485,21 @@ async fn broken_or_abandoned_sessions_are_not_kept() {
         ["EHLO", "MAIL", "RCPT", "QUIT"]
     );
     assert_eq!(pool.idle_count(), 0);
+    // Closed by their transactions, never offered to the pool: not the
+    // pool's discards.
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 2,
+            ..Counts::default()
+        }
+    );
 }
 
 #[tokio::test]
 async fn idle_sessions_expire() {
     let srv = SmtpServer::start(Script::new()).await;
-    let (cfg, pool) = setup(|c| c.idle_timeout = Duration::from_millis(300));
+    let (cfg, pool, m) = setup_metered(|c| c.idle_timeout = Duration::from_millis(300));
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 1).await, queued());
     assert_eq!(pool.idle_count(), 1);
     assert!(!srv.conns()[0].quit);
@@ -411,6 +508,14 @@ async fn idle_sessions_expire() {
     let log = srv.wait_quit(0).await;
     assert_eq!(log.verbs(), ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]);
     assert_eq!(pool.idle_count(), 0);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 1,
+            idle_timeout: 1,
+            ..Counts::default()
+        }
+    );
     assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 2).await, queued());
     assert_eq!(srv.conns().len(), 2);
 }
@@ -418,7 +523,7 @@ async fn idle_sessions_expire() {
 #[tokio::test]
 async fn max_transactions_per_connection() {
     let srv = SmtpServer::start(Script::new()).await;
-    let (cfg, pool) = setup(|c| c.max_transactions_per_connection = 2);
+    let (cfg, pool, m) = setup_metered(|c| c.max_transactions_per_connection = 2);
     for n in 1..=3 {
         assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), n).await, queued());
     }
@@ -429,12 +534,22 @@ async fn max_transactions_per_connection() {
     assert_eq!(conns[1].count("MAIL"), 1);
     assert!(!conns[1].quit);
     assert_eq!(pool.idle_count(), 1);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 2,
+            reused: 1,
+            max_transactions: 1,
+            idle: 1,
+            ..Counts::default()
+        }
+    );
 }
 
 #[tokio::test]
 async fn max_idle_per_destination() {
     let srv = SmtpServer::start(Script::new()).await;
-    let (cfg, pool) = setup(|c| c.max_idle_per_destination = 2);
+    let (cfg, pool, m) = setup_metered(|c| c.max_idle_per_destination = 2);
     let mut clients: Vec<SmtpClient> = (0..3)
         .map(|_| pooled_client(&cfg, hosts(&[srv.addr]), &pool))
         .collect();
@@ -450,12 +565,21 @@ async fn max_idle_per_destination() {
     let conns = srv.conns();
     assert_eq!(conns.len(), 3);
     assert!(!conns[1].quit && !conns[2].quit);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 3,
+            pool_full: 1,
+            idle: 2,
+            ..Counts::default()
+        }
+    );
 }
 
 #[tokio::test]
 async fn reuse_can_be_disabled() {
     let srv = SmtpServer::start(Script::new()).await;
-    let (cfg, pool) = setup(|c| c.max_idle_per_destination = 0);
+    let (cfg, pool, m) = setup_metered(|c| c.max_idle_per_destination = 0);
     assert!(!pool.enabled());
     for n in 1..=2 {
         assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), n).await, queued());
@@ -468,4 +592,71 @@ async fn reuse_can_be_disabled() {
     }
     assert_eq!(srv.conns().len(), 2);
     assert_eq!(pool.idle_count(), 0);
+    // No room for any: each counts as turned away by a full pool.
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 2,
+            pool_full: 2,
+            ..Counts::default()
+        }
+    );
+}
+
+/// Two connections opened at once, one of them reused, both timing out
+/// idle; and a second pool of the same endpoint (the next config
+/// snapshot's) counting into the same series.
+#[tokio::test]
+async fn metrics_follow_connections_through_the_pool() {
+    let srv = SmtpServer::start(Script::new()).await;
+    let (cfg, pool, m) = setup_metered(|c| c.idle_timeout = Duration::from_millis(1500));
+    let mut first = pooled_client(&cfg, hosts(&[srv.addr]), &pool);
+    let mut second = pooled_client(&cfg, hosts(&[srv.addr]), &pool);
+    for c in [&mut first, &mut second] {
+        let resp = send(c, envelope("a@x", &["b@y"])).await;
+        assert_eq!(resp.mail, Some(r(250, "2.1.0 sender ok")));
+    }
+    for c in [&mut first, &mut second] {
+        assert_eq!(send(c, body("x\r\n", true)).await.data, Some(queued()));
+    }
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 2,
+            idle: 2,
+            ..Counts::default()
+        }
+    );
+    assert_eq!(deliver(&cfg, &pool, hosts(&[srv.addr]), 3).await, queued());
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 2,
+            reused: 1,
+            idle: 2,
+            ..Counts::default()
+        }
+    );
+
+    // The next snapshot's pool for the endpoint: its idle session adds to
+    // the gauge rather than overwriting it.
+    let next = ConnectionPool::new(&cfg, &m, ENDPOINT);
+    assert_eq!(deliver(&cfg, &next, hosts(&[srv.addr]), 4).await, queued());
+    assert_eq!(m.idle(ENDPOINT), 3);
+    drop(next);
+    assert_eq!(m.idle(ENDPOINT), 2);
+
+    srv.wait_quit(0).await;
+    srv.wait_quit(1).await;
+    assert_eq!(pool.idle_count(), 0);
+    assert_eq!(
+        counts(&m),
+        Counts {
+            opened: 3,
+            reused: 1,
+            idle_timeout: 2,
+            pool_dropped: 1,
+            ..Counts::default()
+        }
+    );
 }

@@ -131,8 +131,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             // format is documented in the README): stable target, fields
             // in a fixed order, the only client text (the user name) last,
             // quoted and escaped, so no name can forge a line or a field.
+            // A root event (`parent: None`): inside the session span the
+            // line would start with the span's fields, and fail2ban's
+            // anchored pattern would no longer match.
             tracing::warn!(
                 target: "koukan::auth",
+                parent: None,
                 scope = %scope,
                 peer = %self.peer.ip().to_canonical(),
                 client = %client,

@@ -428,7 +428,9 @@ impl std::io::Write for Captured {
 /// event is then dropped everywhere. Tests sharing this capture tell their
 /// lines apart by their own addresses.
 ///
-/// Captures the `koukan::tx` summary lines and errors (caught panics).
+/// Captures the `koukan::tx` summary lines, errors (caught panics), the
+/// `session` and `tx` spans around them, and what test chains log under
+/// the `koukan_test` target.
 pub fn captured_logs() -> Captured {
     static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
@@ -436,7 +438,7 @@ pub fn captured_logs() -> Captured {
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_env_filter("koukan::tx=info,error")
+            .with_env_filter("koukan::tx=info,koukan::session=info,koukan_test=info,error")
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::set_global_default(subscriber)

@@ -6,4 +6,5 @@ mod data;
 mod listener;
 mod panics;
 mod session;
+mod spans;
 mod tls_auth;

@@ -1,7 +1,15 @@
-//! Finding the upstream hosts of a mail domain (RFC 5321 5.1, RFC 7505).
+#![forbid(unsafe_code)]
+//! Koukan's DNS: one [`Resolver`] handle for the whole process, shared by
+//! outbound delivery (MX and address lookups) and policy filters (TXT for
+//! SPF, DMARC and DKIM). One handle means one cache and one set of
+//! timeouts: a domain looked up for SPF is already cached when its MX is
+//! wanted, and a slow nameserver is bounded the same way everywhere.
 //!
-//! Ordering: MX records are sorted by preference, lowest first. Records of
-//! equal preference are shuffled on every lookup, as RFC 5321 5.1 asks
+//! Errors are DNS outcomes ([`ResolveError`]); what they mean to an SMTP
+//! client (the reply code and text) is the SMTP client's business.
+//!
+//! MX ordering: records are sorted by preference, lowest first. Records
+//! of equal preference are shuffled on every lookup, as RFC 5321 5.1 asks
 //! ("SHOULD be ... randomized"), so load spreads across equal MXs; callers
 //! must not rely on the order inside a preference level.
 //!
@@ -10,7 +18,8 @@
 //! listed again, so a fallback never retries the same server.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -20,7 +29,6 @@ use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{Name, TokioResolver};
-use koukan_chain::transaction::Response;
 use rand::seq::SliceRandom;
 
 /// A host to connect to, with all its (deduplicated) addresses.
@@ -32,6 +40,7 @@ pub struct Host {
     pub addrs: Vec<IpAddr>,
 }
 
+/// Why a lookup found nothing usable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     /// The domain publishes a null MX (RFC 7505): it accepts no mail.
@@ -48,38 +57,47 @@ pub enum ResolveError {
     Temporary { name: String, reason: String },
     #[error("invalid domain name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
-    #[error("system resolver configuration: {0}")]
-    SystemConfig(String),
 }
 
 impl ResolveError {
+    /// Whether the same lookup may succeed later (a mail relay retries;
+    /// an SPF check answers `temperror`).
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            ResolveError::Temporary { .. } | ResolveError::SystemConfig(_)
-        )
+        matches!(self, ResolveError::Temporary { .. })
     }
+}
 
-    /// The SMTP reply for a recipient whose domain failed to resolve.
-    pub fn response(&self) -> Response {
-        match self {
-            // RFC 7505 4.2 / RFC 7504 5.1.10.
-            ResolveError::NullMx { .. } => Response::new(
-                556,
-                "5.1.10 recipient domain does not accept mail (null MX)",
-            ),
-            // RFC 3463 X.1.2: bad destination system address.
-            ResolveError::NxDomain { .. } | ResolveError::InvalidName { .. } => {
-                Response::new(550, format!("5.1.2 bad destination domain: {self}"))
-            }
-            // X.4.4: unable to route.
-            ResolveError::NoAddresses { .. } => {
-                Response::new(550, format!("5.4.4 unable to route: {self}"))
-            }
-            // X.4.3: directory server failure.
-            ResolveError::Temporary { .. } | ResolveError::SystemConfig(_) => {
-                Response::new(451, format!("4.4.3 {self}"))
-            }
+/// A resolver that could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// /etc/resolv.conf is missing or unreadable.
+    #[error("system resolver configuration: {0}")]
+    SystemConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// How the resolver queries and caches. The defaults suit a mail relay:
+/// a slow answer becomes a temporary failure within seconds rather than
+/// holding a client's SMTP session open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolverOptions {
+    /// Per query and nameserver.
+    pub timeout: Duration,
+    /// Tries per query (at least one).
+    pub attempts: usize,
+    /// Answers kept (positive and negative, each for its TTL).
+    pub cache_size: usize,
+}
+
+/// Hickory's default cache of 32 answers is small for a relay that sees
+/// the same few big providers over and over.
+pub const DEFAULT_CACHE_SIZE: usize = 1024;
+
+impl Default for ResolverOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+            attempts: 2,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -106,36 +124,34 @@ fn classify(err: &hickory_resolver::ResolveError) -> Miss {
     Miss::Temporary(err.to_string())
 }
 
-/// Cached answers (hickory's default of 32 is small for a mail relay that
-/// sees the same few big providers over and over).
-const CACHE_SIZE: usize = 1024;
-
-/// DNS lookups for outbound delivery.
+/// The process's DNS resolver. Cheap to clone: every clone is the same
+/// resolver (one cache, one set of nameserver connections), so build one
+/// and hand clones to whoever looks names up.
 #[derive(Clone)]
 pub struct Resolver {
-    inner: TokioResolver,
+    inner: Arc<TokioResolver>,
 }
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
             .field("config", self.inner.config())
+            .field("options", self.inner.options())
             .finish()
     }
 }
 
 impl Resolver {
-    /// Uses exactly `nameservers` (each over UDP, and TCP for truncated
-    /// answers) with short timeouts (2 s, 2 attempts): a slow answer is
-    /// reported as a temporary failure rather than holding the client's
-    /// SMTP session open.
+    /// Uses exactly `nameservers` with the default options. With none, no
+    /// name resolves (every lookup fails temporarily): what a client that
+    /// only ever connects to IP literals needs.
     pub fn new(nameservers: Vec<SocketAddr>) -> Self {
-        Self::with_timeout(nameservers, Duration::from_secs(2), 2)
+        Self::with_options(nameservers, &ResolverOptions::default())
     }
 
-    /// Like [`Resolver::new`] with an explicit per-query timeout and number
-    /// of attempts.
-    pub fn with_timeout(nameservers: Vec<SocketAddr>, timeout: Duration, attempts: usize) -> Self {
+    /// Uses exactly `nameservers`, each over UDP (and TCP for truncated
+    /// answers).
+    pub fn with_options(nameservers: Vec<SocketAddr>, opts: &ResolverOptions) -> Self {
         let mut config = ResolverConfig::new();
         for ns in nameservers {
             config.add_name_server(NameServerConfig::new(ns, Protocol::Udp));
@@ -143,26 +159,43 @@ impl Resolver {
         }
         let mut builder =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = attempts.max(1);
+        let o = builder.options_mut();
+        o.timeout = opts.timeout;
+        o.attempts = opts.attempts.max(1);
+        o.cache_size = opts.cache_size;
         // Only the configured servers decide; /etc/hosts must not shadow
         // test or split-horizon zones.
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.cache_size = CACHE_SIZE;
+        o.use_hosts_file = ResolveHosts::Never;
         Self {
-            inner: builder.build(),
+            inner: Arc::new(builder.build()),
         }
     }
 
-    /// Uses the system configuration (/etc/resolv.conf).
-    pub fn system() -> Result<Self, ResolveError> {
-        let mut builder = TokioResolver::builder_tokio()
-            .map_err(|e| ResolveError::SystemConfig(e.to_string()))?;
-        builder.options_mut().cache_size = CACHE_SIZE;
+    /// Uses the system configuration (/etc/resolv.conf), with `opts`'s
+    /// timeout, attempts and cache size in place of the file's.
+    pub fn system(opts: &ResolverOptions) -> Result<Self, ConfigError> {
+        let mut builder =
+            TokioResolver::builder_tokio().map_err(|e| ConfigError::SystemConfig(e.into()))?;
+        let o = builder.options_mut();
+        o.timeout = opts.timeout;
+        o.attempts = opts.attempts.max(1);
+        o.cache_size = opts.cache_size;
         Ok(Self {
-            inner: builder.build(),
+            inner: Arc::new(builder.build()),
         })
+    }
+
+    /// `nameservers` if any are configured, else the system's: what the
+    /// `dns` section of the configuration means.
+    pub fn from_config(
+        nameservers: Vec<SocketAddr>,
+        opts: &ResolverOptions,
+    ) -> Result<Self, ConfigError> {
+        if nameservers.is_empty() {
+            Self::system(opts)
+        } else {
+            Ok(Self::with_options(nameservers, opts))
+        }
     }
 
     /// The hosts to try for mail to `domain`, most preferred first.
@@ -254,7 +287,8 @@ impl Resolver {
     }
 
     /// A and AAAA records of `name` (A first), or the address itself for an
-    /// IP literal (`192.0.2.1`, `[192.0.2.1]`, `[IPv6:2001:db8::1]`).
+    /// IP literal (`192.0.2.1`, `[192.0.2.1]`, `[IPv6:2001:db8::1]`). One
+    /// family answering is enough; the other's failure is then ignored.
     pub async fn resolve_host(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
         if let Some(ip) = ip_literal(name) {
             return Ok(vec![ip]);
@@ -278,7 +312,6 @@ impl Resolver {
         let mut seen = HashSet::new();
         addrs.retain(|a| seen.insert(*a));
         if !addrs.is_empty() {
-            // One family answering is enough to deliver.
             return Ok(addrs);
         }
         if let Some(reason) = misses.iter().find_map(|m| match m {
@@ -294,6 +327,62 @@ impl Resolver {
             return Err(ResolveError::NxDomain { name: shown });
         }
         Err(ResolveError::NoAddresses { name: shown })
+    }
+
+    /// The A records of `name` alone (SPF's `a` and `mx` mechanisms want
+    /// the client's address family only). No records: empty.
+    pub async fn ipv4(&self, name: &str) -> Result<Vec<Ipv4Addr>, ResolveError> {
+        let fq = fqdn(name)?;
+        match self.inner.ipv4_lookup(fq).await {
+            Ok(l) => Ok(l.iter().map(|a| a.0).collect()),
+            Err(e) => miss_or_empty(name, &e),
+        }
+    }
+
+    /// The AAAA records of `name` alone; see [`Resolver::ipv4`].
+    pub async fn ipv6(&self, name: &str) -> Result<Vec<Ipv6Addr>, ResolveError> {
+        let fq = fqdn(name)?;
+        match self.inner.ipv6_lookup(fq).await {
+            Ok(l) => Ok(l.iter().map(|a| a.0).collect()),
+            Err(e) => miss_or_empty(name, &e),
+        }
+    }
+
+    /// The TXT records of `name`, one entry per record, its
+    /// character-strings joined without separator (as SPF, RFC 7208 3.3,
+    /// and DKIM, RFC 6376 3.6.2.2, read them; a record over 255 octets
+    /// must be split into several strings). Bytes, not text: TXT data is
+    /// arbitrary, and the policy parsing it decides what is valid.
+    ///
+    /// A name without TXT records gives an empty list (for SPF and DMARC
+    /// "no record" is an answer, not a failure); a name that does not
+    /// exist gives [`ResolveError::NxDomain`], so callers that care can
+    /// tell the two apart.
+    pub async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, ResolveError> {
+        let fq = fqdn(name)?;
+        match self.inner.txt_lookup(fq).await {
+            Ok(l) => Ok(l
+                .iter()
+                .map(|txt| txt.iter().flatten().copied().collect())
+                .collect()),
+            Err(e) => miss_or_empty(name, &e),
+        }
+    }
+}
+
+/// A failed single-type lookup: empty for NODATA, else the error.
+fn miss_or_empty<T>(
+    name: &str,
+    e: &hickory_resolver::ResolveError,
+) -> Result<Vec<T>, ResolveError> {
+    let shown = name.trim_end_matches('.').to_owned();
+    match classify(e) {
+        Miss::NoData => Ok(Vec::new()),
+        Miss::NxDomain => Err(ResolveError::NxDomain { name: shown }),
+        Miss::Temporary(reason) => Err(ResolveError::Temporary {
+            name: shown,
+            reason,
+        }),
     }
 }
 
@@ -342,37 +431,6 @@ mod tests {
         assert_eq!(ip_literal("mx.example.com"), None);
     }
 
-    #[test]
-    fn responses() {
-        let r = ResolveError::NullMx {
-            domain: "x.test".into(),
-        }
-        .response();
-        assert_eq!(
-            r,
-            Response::new(
-                556,
-                "5.1.10 recipient domain does not accept mail (null MX)"
-            )
-        );
-        let r = ResolveError::NxDomain {
-            name: "x.test".into(),
-        }
-        .response();
-        assert_eq!(
-            r,
-            Response::new(550, "5.1.2 bad destination domain: x.test: no such domain")
-        );
-        assert!(
-            ResolveError::Temporary {
-                name: "x".into(),
-                reason: "y".into()
-            }
-            .response()
-            .is_temp()
-        );
-    }
-
     #[tokio::test]
     async fn address_literal_domains_need_no_dns() {
         let res = Resolver::new(vec![]);
@@ -383,6 +441,10 @@ mod tests {
                 addrs: vec!["192.0.2.1".parse().unwrap()],
             }]
         );
+        assert_eq!(
+            res.resolve_host("[IPv6:2001:db8::1]").await.unwrap(),
+            vec!["2001:db8::1".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -390,5 +452,30 @@ mod tests {
         assert!(matches!(fqdn(""), Err(ResolveError::InvalidName { .. })));
         assert!(matches!(fqdn("."), Err(ResolveError::InvalidName { .. })));
         assert!(fqdn("example.com").unwrap().is_fqdn());
+    }
+
+    #[test]
+    fn clones_share_one_resolver() {
+        let a = Resolver::new(vec![]);
+        let b = a.clone();
+        assert!(Arc::ptr_eq(&a.inner, &b.inner));
+    }
+
+    #[test]
+    fn options_reach_hickory() {
+        let opts = ResolverOptions {
+            timeout: Duration::from_millis(300),
+            attempts: 0,
+            cache_size: 7,
+        };
+        let res = Resolver::with_options(vec!["127.0.0.1:5353".parse().unwrap()], &opts);
+        let o = res.inner.options();
+        assert_eq!(o.timeout, Duration::from_millis(300));
+        // Zero attempts would never ask: at least one.
+        assert_eq!(o.attempts, 1);
+        assert_eq!(o.cache_size, 7);
+        assert_eq!(o.use_hosts_file, ResolveHosts::Never);
+        // UDP and TCP for the one server.
+        assert_eq!(res.inner.config().name_servers().len(), 2);
     }
 }

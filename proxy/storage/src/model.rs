@@ -57,6 +57,15 @@ pub struct StoredResponse {
     pub text: String,
 }
 
+impl StoredResponse {
+    /// Success, temporary or permanent failure, by the code alone: the same
+    /// classification the chain applies to a live reply, so a stored
+    /// attempt is judged as it was when it happened.
+    pub fn class(&self) -> koukan_chain::ReplyClass {
+        koukan_chain::ReplyClass::of(self.code)
+    }
+}
+
 /// Session facts kept for trace headers and DSNs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSession {
@@ -202,4 +211,28 @@ pub struct QueueCounts {
     pub inflight: u64,
     pub final_: u64,
     pub blobs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use koukan_chain::ReplyClass;
+
+    use super::*;
+
+    #[test]
+    fn stored_responses_are_classed_by_their_code() {
+        let class = |code| {
+            StoredResponse {
+                code,
+                text: "x".into(),
+            }
+            .class()
+        };
+        assert_eq!(class(250), ReplyClass::Ok);
+        assert_eq!(class(299), ReplyClass::Ok);
+        assert_eq!(class(451), ReplyClass::Temp);
+        assert_eq!(class(354), ReplyClass::Temp);
+        assert_eq!(class(550), ReplyClass::Perm);
+        assert_eq!(class(600), ReplyClass::Temp);
+    }
 }

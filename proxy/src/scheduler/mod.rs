@@ -25,8 +25,8 @@ use koukan_chain::{
 };
 use koukan_smtp_server::InternalErrors;
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, NewTransaction, NextStep, ReplicaId, Store, StoreError,
-    StoredMailbox, StoredResponse, StoredSession, TxRecord,
+    AttemptOutcome, AttemptResponses, FinalReason, NewTransaction, NextStep, ReplicaId, Store,
+    StoreError, StoredMailbox, StoredResponse, StoredSession, TxRecord,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
@@ -34,12 +34,6 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::chains::build_stack;
 use crate::endpoints::store_writer::stored_response;
 use crate::runtime::Runtime;
-
-pub const REASON_SUCCESS: &str = "upstream response success";
-pub const REASON_DATA_PERM: &str = "upstream response permfail";
-pub const REASON_MAIL_PERM: &str = "upstream mail_response permfail";
-pub const REASON_RCPT_PERM: &str = "upstream rcpt_response permfail";
-pub const REASON_TEMP_NO_RETRY: &str = "upstream temporary failure, retries disabled";
 
 /// Body chunk size when streaming a stored message into the chain.
 const READ_CHUNK: usize = 64 * 1024;
@@ -275,7 +269,7 @@ impl Scheduler {
         // recorded either, and the transaction comes back when its lease
         // expires.
         if let NextStep::Final { reason } = &next
-            && reason != REASON_SUCCESS
+            && !reason.is_success()
             && record.tx.notification
             && let Some(notification) = chain.and_then(|c| c.notification.as_ref())
             && let Err(e) = self.bounce(&record, &responses, notification, now).await
@@ -603,21 +597,19 @@ pub fn decide(
 ) -> NextStep {
     let is_perm = |x: &StoredResponse| (500..600).contains(&x.code);
     let is_ok = |x: &StoredResponse| (200..300).contains(&x.code);
-    let final_ = |reason: &str| NextStep::Final {
-        reason: reason.into(),
-    };
+    let final_ = |reason| NextStep::Final { reason };
     match (&r.mail, r.rcpt.first().cloned().flatten(), &r.data) {
-        (Some(m), _, _) if is_perm(m) => return final_(REASON_MAIL_PERM),
+        (Some(m), _, _) if is_perm(m) => return final_(FinalReason::UpstreamMailPermfail),
         (Some(m), _, _) if !is_ok(m) => {}
-        (_, Some(rc), _) if is_perm(&rc) => return final_(REASON_RCPT_PERM),
+        (_, Some(rc), _) if is_perm(&rc) => return final_(FinalReason::UpstreamRcptPermfail),
         (_, Some(rc), _) if !is_ok(&rc) => {}
-        (_, _, Some(d)) if is_ok(d) => return final_(REASON_SUCCESS),
-        (_, _, Some(d)) if is_perm(d) => return final_(REASON_DATA_PERM),
+        (_, _, Some(d)) if is_ok(d) => return final_(FinalReason::UpstreamSuccess),
+        (_, _, Some(d)) if is_perm(d) => return final_(FinalReason::UpstreamPermfail),
         _ => {}
     }
     match (policy, record.tx.retry) {
         (Some(p), true) => p.after_temp_failure(attempt, record.created, now, rand::random()),
-        _ => final_(REASON_TEMP_NO_RETRY),
+        _ => final_(FinalReason::UpstreamTempNoRetry),
     }
 }
 
@@ -712,8 +704,8 @@ static_resources:
         .await
         .expect("the next transaction is delivered");
         assert_eq!(
-            delivered.final_attempt_reason.as_deref(),
-            Some(REASON_SUCCESS)
+            delivered.final_attempt_reason,
+            Some(FinalReason::UpstreamSuccess)
         );
         assert_eq!(f.maildir("box").len(), 1);
         stop.send(true).unwrap();

@@ -10,10 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use koukan_storage::NextStep;
-
-pub const REASON_MAX_ATTEMPTS: &str = "retry policy max attempts";
-pub const REASON_DEADLINE: &str = "retry policy deadline";
+use koukan_storage::{FinalReason, NextStep};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -54,7 +51,7 @@ impl RetryPolicy {
     ) -> NextStep {
         if attempt >= self.max_attempts {
             return NextStep::Final {
-                reason: REASON_MAX_ATTEMPTS.into(),
+                reason: FinalReason::RetryMaxAttempts,
             };
         }
         let age = now.duration_since(created).unwrap_or_default();
@@ -67,7 +64,7 @@ impl RetryPolicy {
         let next = now + wait;
         if next.duration_since(created).unwrap_or_default() > self.deadline {
             return NextStep::Final {
-                reason: REASON_DEADLINE.into(),
+                reason: FinalReason::RetryDeadline,
             };
         }
         NextStep::RetryAt(next)
@@ -139,13 +136,13 @@ mod tests {
         assert_eq!(
             p.after_temp_failure(30, at(0), at(100), 0.5),
             NextStep::Final {
-                reason: REASON_MAX_ATTEMPTS.into()
+                reason: FinalReason::RetryMaxAttempts
             }
         );
         assert_eq!(
             p.after_temp_failure(5, at(0), at(84_000), 0.5),
             NextStep::Final {
-                reason: REASON_DEADLINE.into()
+                reason: FinalReason::RetryDeadline
             }
         );
     }

@@ -20,8 +20,8 @@ use koukan_chain::{
 };
 use koukan_smtp_server::InternalErrors;
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, NextStep, ReplicaId, Store, StoreError, StoredResponse,
-    TxRecord,
+    AttemptOutcome, AttemptResponses, FinalReason, NextStep, ReplicaId, Store, StoreError,
+    StoredResponse, TxRecord,
 };
 use tokio::sync::Semaphore;
 use tokio_util::task::AbortOnDropHandle;
@@ -36,12 +36,6 @@ use crate::queue::{Origin, Queue, Submission};
 /// The chains a delivery attempt runs on: the running snapshot's at the
 /// moment the attempt starts (a reload applies to the next attempt).
 pub type ChainSource = Arc<dyn Fn() -> Arc<dyn NewChain> + Send + Sync>;
-
-pub const REASON_SUCCESS: &str = "upstream response success";
-pub const REASON_DATA_PERM: &str = "upstream response permfail";
-pub const REASON_MAIL_PERM: &str = "upstream mail_response permfail";
-pub const REASON_RCPT_PERM: &str = "upstream rcpt_response permfail";
-pub const REASON_TEMP_NO_RETRY: &str = "upstream temporary failure, retries disabled";
 
 /// Body chunk size when streaming a stored message into the chain.
 const READ_CHUNK: usize = 64 * 1024;
@@ -228,7 +222,7 @@ impl Scheduler {
         // recorded either, and the transaction comes back when its lease
         // expires.
         if let NextStep::Final { reason } = &next
-            && reason != REASON_SUCCESS
+            && !reason.is_success()
             && record.tx.notification
             && let Some(notification) = &notification
             && let Err(e) = self
@@ -488,7 +482,7 @@ fn failure_reply(r: &AttemptResponses) -> String {
         .chain(r.rcpt.iter().map(Option::as_ref))
         .chain([r.data.as_ref()])
         .flatten()
-        .find(|x| ReplyClass::of(x.code) != ReplyClass::Ok);
+        .find(|x| x.class() != ReplyClass::Ok);
     match first_bad {
         Some(x) => format!("{} {}", x.code, x.text),
         None => "451 4.0.0 delivery failed".into(),
@@ -535,23 +529,21 @@ pub fn decide(
     policy: Option<&RetryPolicy>,
     now: SystemTime,
 ) -> NextStep {
-    let is_perm = |x: &StoredResponse| ReplyClass::of(x.code) == ReplyClass::Perm;
-    let is_ok = |x: &StoredResponse| ReplyClass::of(x.code) == ReplyClass::Ok;
-    let final_ = |reason: &str| NextStep::Final {
-        reason: reason.into(),
-    };
+    let is_perm = |x: &StoredResponse| x.class() == ReplyClass::Perm;
+    let is_ok = |x: &StoredResponse| x.class() == ReplyClass::Ok;
+    let final_ = |reason| NextStep::Final { reason };
     match (&r.mail, r.rcpt.first().cloned().flatten(), &r.data) {
-        (Some(m), _, _) if is_perm(m) => return final_(REASON_MAIL_PERM),
+        (Some(m), _, _) if is_perm(m) => return final_(FinalReason::UpstreamMailPermfail),
         (Some(m), _, _) if !is_ok(m) => {}
-        (_, Some(rc), _) if is_perm(&rc) => return final_(REASON_RCPT_PERM),
+        (_, Some(rc), _) if is_perm(&rc) => return final_(FinalReason::UpstreamRcptPermfail),
         (_, Some(rc), _) if !is_ok(&rc) => {}
-        (_, _, Some(d)) if is_ok(d) => return final_(REASON_SUCCESS),
-        (_, _, Some(d)) if is_perm(d) => return final_(REASON_DATA_PERM),
+        (_, _, Some(d)) if is_ok(d) => return final_(FinalReason::UpstreamSuccess),
+        (_, _, Some(d)) if is_perm(d) => return final_(FinalReason::UpstreamPermfail),
         _ => {}
     }
     match (policy, record.tx.retry) {
         (Some(p), true) => p.after_temp_failure(attempt, record.created, now, rand::random()),
-        _ => final_(REASON_TEMP_NO_RETRY),
+        _ => final_(FinalReason::UpstreamTempNoRetry),
     }
 }
 
@@ -646,8 +638,8 @@ static_resources:
         .await
         .expect("the next transaction is delivered");
         assert_eq!(
-            delivered.final_attempt_reason.as_deref(),
-            Some(REASON_SUCCESS)
+            delivered.final_attempt_reason,
+            Some(FinalReason::UpstreamSuccess)
         );
         assert_eq!(f.maildir("box").len(), 1);
         stop.send(true).unwrap();

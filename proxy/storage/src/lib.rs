@@ -12,6 +12,9 @@ pub mod embedded;
 pub mod model;
 pub mod redis_store;
 mod reserve;
+/// Test support, not for production code: only with the `test-util`
+/// feature (which the crate's own tests turn on) or in unit tests.
+#[cfg(any(test, feature = "test-util"))]
 pub mod suite;
 
 use std::time::{Duration, SystemTime};

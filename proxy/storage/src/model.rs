@@ -57,6 +57,15 @@ pub struct StoredResponse {
     pub text: String,
 }
 
+impl StoredResponse {
+    /// Success, temporary or permanent failure, by the code alone: the same
+    /// classification the chain applies to a live reply, so a stored
+    /// attempt is judged as it was when it happened.
+    pub fn class(&self) -> koukan_chain::ReplyClass {
+        koukan_chain::ReplyClass::of(self.code)
+    }
+}
+
 /// Session facts kept for trace headers and DSNs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSession {
@@ -133,7 +142,7 @@ pub struct TxRecord {
     /// Attempts started so far (the current one included).
     pub attempt_count: u32,
     pub next_attempt: Option<SystemTime>,
-    pub final_attempt_reason: Option<String>,
+    pub final_attempt_reason: Option<FinalReason>,
     pub lease_owner: Option<ReplicaId>,
     pub lease_expires: Option<SystemTime>,
     pub cancelled: bool,
@@ -178,14 +187,129 @@ pub enum NextStep {
     /// Try again at this time.
     RetryAt(SystemTime),
     /// Done for good.
-    Final { reason: String },
+    Final { reason: FinalReason },
+}
+
+/// Why a transaction is final. Stored, and shown by the admin API, as the
+/// strings of the original Koukan (`as_str`), so that records, logs and
+/// tools agree across the two implementations.
+///
+/// Strings earlier builds of this one wrote are still read: `cancelled`
+/// (what a cancellation recorded before it became
+/// [`FinalReason::DownstreamCancelled`], as in the original) reads as
+/// `DownstreamCancelled`. Any other unknown string is an error
+/// ([`UnknownFinalReason`]): no build wrote one, so it means a damaged
+/// record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FinalReason {
+    /// `upstream response success`: delivered.
+    UpstreamSuccess,
+    /// `upstream response permfail`: the data response was permanent.
+    UpstreamPermfail,
+    /// `upstream mail_response permfail`
+    UpstreamMailPermfail,
+    /// `upstream rcpt_response permfail`
+    UpstreamRcptPermfail,
+    /// `exploder/oneshot all rcpts failed`
+    AllRcptsFailed,
+    /// `downstream timeout`
+    DownstreamTimeout,
+    /// `downstream cancelled`: cancelled through the store (the admin API,
+    /// or a message whose storing was in doubt being withdrawn).
+    DownstreamCancelled,
+    /// `retry policy max attempts`
+    RetryMaxAttempts,
+    /// `retry policy deadline`
+    RetryDeadline,
+    /// `upstream temporary failure, retries disabled`: not in the original,
+    /// which has no per-transaction switch for retries.
+    UpstreamTempNoRetry,
+}
+
+/// A final reason string that is none of [`FinalReason`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown final reason {0:?}")]
+pub struct UnknownFinalReason(pub String);
+
+impl FinalReason {
+    /// Every reason, for tests and documentation.
+    pub const ALL: [FinalReason; 10] = [
+        FinalReason::UpstreamSuccess,
+        FinalReason::UpstreamPermfail,
+        FinalReason::UpstreamMailPermfail,
+        FinalReason::UpstreamRcptPermfail,
+        FinalReason::AllRcptsFailed,
+        FinalReason::DownstreamTimeout,
+        FinalReason::DownstreamCancelled,
+        FinalReason::RetryMaxAttempts,
+        FinalReason::RetryDeadline,
+        FinalReason::UpstreamTempNoRetry,
+    ];
+
+    /// What cancellation recorded before it wrote `downstream cancelled`.
+    const LEGACY_CANCELLED: &'static str = "cancelled";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinalReason::UpstreamSuccess => "upstream response success",
+            FinalReason::UpstreamPermfail => "upstream response permfail",
+            FinalReason::UpstreamMailPermfail => "upstream mail_response permfail",
+            FinalReason::UpstreamRcptPermfail => "upstream rcpt_response permfail",
+            FinalReason::AllRcptsFailed => "exploder/oneshot all rcpts failed",
+            FinalReason::DownstreamTimeout => "downstream timeout",
+            FinalReason::DownstreamCancelled => "downstream cancelled",
+            FinalReason::RetryMaxAttempts => "retry policy max attempts",
+            FinalReason::RetryDeadline => "retry policy deadline",
+            FinalReason::UpstreamTempNoRetry => "upstream temporary failure, retries disabled",
+        }
+    }
+
+    /// Delivered: the only final state that sends no bounce.
+    pub fn is_success(self) -> bool {
+        self == FinalReason::UpstreamSuccess
+    }
+}
+
+impl std::str::FromStr for FinalReason {
+    type Err = UnknownFinalReason;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == Self::LEGACY_CANCELLED {
+            return Ok(FinalReason::DownstreamCancelled);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownFinalReason(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for FinalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FinalReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FinalReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Owned: a reason inside an escaped JSON string cannot be borrowed.
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// What a cancel did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelOutcome {
-    /// Not under a lease: final now, with the reason `cancelled`.
+    /// Not under a lease: final now, with the reason
+    /// [`FinalReason::DownstreamCancelled`].
     Cancelled,
     /// Under a lease: flagged; the attempt in flight finishes (it may
     /// still deliver) and the holder records it as final.
@@ -202,4 +326,95 @@ pub struct QueueCounts {
     pub inflight: u64,
     pub final_: u64,
     pub blobs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use koukan_chain::ReplyClass;
+
+    use super::*;
+
+    #[test]
+    fn final_reasons_are_the_original_strings() {
+        let strings: Vec<&str> = FinalReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            strings,
+            [
+                "upstream response success",
+                "upstream response permfail",
+                "upstream mail_response permfail",
+                "upstream rcpt_response permfail",
+                "exploder/oneshot all rcpts failed",
+                "downstream timeout",
+                "downstream cancelled",
+                "retry policy max attempts",
+                "retry policy deadline",
+                "upstream temporary failure, retries disabled",
+            ]
+        );
+        for r in FinalReason::ALL {
+            assert_eq!(r.as_str().parse::<FinalReason>(), Ok(r));
+            assert_eq!(r.to_string(), r.as_str());
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<FinalReason>(&json).unwrap(), r);
+            assert_eq!(r.is_success(), r == FinalReason::UpstreamSuccess);
+        }
+    }
+
+    #[test]
+    fn legacy_cancelled_reads_as_downstream_cancelled() {
+        assert_eq!("cancelled".parse(), Ok(FinalReason::DownstreamCancelled));
+        assert_eq!(
+            serde_json::from_str::<FinalReason>("\"cancelled\"").unwrap(),
+            FinalReason::DownstreamCancelled
+        );
+        // Written back in the current form.
+        assert_eq!(
+            FinalReason::DownstreamCancelled.as_str(),
+            "downstream cancelled"
+        );
+    }
+
+    #[test]
+    fn unknown_final_reasons_are_refused() {
+        for s in ["", "delivered", "Upstream response success", "cancelled "] {
+            assert_eq!(
+                s.parse::<FinalReason>(),
+                Err(UnknownFinalReason(s.to_owned()))
+            );
+            let json = serde_json::to_string(s).unwrap();
+            let e = serde_json::from_str::<FinalReason>(&json).unwrap_err();
+            assert!(e.to_string().contains("unknown final reason"), "{e}");
+        }
+    }
+
+    /// The record as the admin API shows it: the reason as its string.
+    #[test]
+    fn a_record_serializes_its_reason_as_the_string() {
+        let next = NextStep::Final {
+            reason: FinalReason::RetryDeadline,
+        };
+        assert_eq!(
+            serde_json::to_value(&next).unwrap(),
+            serde_json::json!({"Final": {"reason": "retry policy deadline"}})
+        );
+    }
+
+    #[test]
+    fn stored_responses_are_classed_by_their_code() {
+        let class = |code| {
+            StoredResponse {
+                code,
+                text: "x".into(),
+            }
+            .class()
+        };
+        assert_eq!(class(250), ReplyClass::Ok);
+        assert_eq!(class(299), ReplyClass::Ok);
+        assert_eq!(class(451), ReplyClass::Temp);
+        assert_eq!(class(354), ReplyClass::Temp);
+        assert_eq!(class(550), ReplyClass::Perm);
+        assert_eq!(class(600), ReplyClass::Temp);
+    }
 }

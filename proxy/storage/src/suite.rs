@@ -43,12 +43,14 @@
 //!   `LeaseLost` and nothing changes; unknown id → `NotFound`.
 //! * `renew_lease` by a replica that does not hold the lease (never did,
 //!   taken over, already finished) → `LeaseLost`, nothing changes.
-//! * `cancel` of a non-leased transaction finalizes it (`cancelled`, some
-//!   final reason, `next_attempt` `None`). Of a leased one: `cancelled` is
+//! * Every [`FinalReason`] a finish gives is kept as given.
+//! * `cancel` of a non-leased transaction finalizes it (`cancelled`, final
+//!   reason [`FinalReason::DownstreamCancelled`], `next_attempt` `None`). Of a leased one: `cancelled` is
 //!   set and the lease kept; the holder's `renew_lease` then fails with
 //!   `LeaseLost` (stop working), its `finish_attempt` succeeds and leaves the
-//!   transaction final even with `RetryAt`; once the lease expires no claim
-//!   returns it. Of a final one: `Ok`, the reason is kept. Unknown:
+//!   transaction final even with `RetryAt` (reason `DownstreamCancelled`);
+//!   once the lease expires no claim returns it (the first claim after the
+//!   expiry finalizes it, `DownstreamCancelled`). Of a final one: `Ok`, the reason is kept. Unknown:
 //!   `NotFound`.
 //! * Every write (create, claim, renew, finish, cancel) increases
 //!   `version`.
@@ -78,7 +80,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
 
 use crate::{
-    AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome,
+    AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, FinalReason,
     NewTransaction, NextStep, PriorAttempt, QueueCounts, ReplicaId, Store, StoreError, StoreResult,
     StoredMailbox, StoredParam, StoredResponse, StoredSession, TxId, TxRecord, TxState,
 };
@@ -186,15 +188,17 @@ fn retry_at(at: SystemTime, tag: &str) -> AttemptOutcome {
     }
 }
 
-fn final_outcome(reason: &str) -> AttemptOutcome {
+fn final_outcome(reason: FinalReason) -> AttemptOutcome {
     AttemptOutcome {
-        responses: responses(reason),
-        next: NextStep::Final {
-            reason: reason.into(),
-        },
+        responses: responses(reason.as_str()),
+        next: NextStep::Final { reason },
         attempted: true,
     }
 }
+
+const DELIVERED: FinalReason = FinalReason::UpstreamSuccess;
+const BOUNCED: FinalReason = FinalReason::UpstreamPermfail;
+const CANCELLED: FinalReason = FinalReason::DownstreamCancelled;
 
 /// Deterministic pseudo-random bytes (xorshift), so a misplaced chunk
 /// cannot go unnoticed the way it could in a repeating pattern.
@@ -608,7 +612,7 @@ pub async fn prior_attempt_recorded(store: &dyn Store) {
         vec![batch[1].clone()]
     );
     store
-        .finish_attempt(&batch[1], &a, final_outcome("done"))
+        .finish_attempt(&batch[1], &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     assert_eq!(claim(store, &a, next - MS, 10).await, vec![]);
@@ -648,17 +652,14 @@ pub async fn settle_without_attempt(store: &dyn Store) {
             &a,
             AttemptOutcome {
                 attempted: false,
-                ..final_outcome("upstream response permfail")
+                ..final_outcome(BOUNCED)
             },
         )
         .await
         .unwrap();
     assert_eq!(rec, get(store, &id).await);
     assert_eq!(rec.attempt_count, 1);
-    assert_eq!(
-        rec.final_attempt_reason.as_deref(),
-        Some("upstream response permfail")
-    );
+    assert_eq!(rec.final_attempt_reason, Some(BOUNCED));
     assert_eq!(rec.last_responses, Some(responses("550 refused")));
     assert_eq!(rec.attempts.len(), 1);
     assert_eq!(rec.attempts[0].responses, responses("550 refused"));
@@ -806,7 +807,7 @@ pub async fn final_never_claimed(store: &dyn Store) {
     // all final is collected.
     let plain = create(store, sample_tx(&body)).await;
     store
-        .finish_attempt(&leased, &a, final_outcome("delivered"))
+        .finish_attempt(&leased, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     assert_eq!(
@@ -814,7 +815,7 @@ pub async fn final_never_claimed(store: &dyn Store) {
         vec![plain.clone()]
     );
     store
-        .finish_attempt(&plain, &b, final_outcome("bounced"))
+        .finish_attempt(&plain, &b, final_outcome(BOUNCED))
         .await
         .unwrap();
 
@@ -846,7 +847,9 @@ pub async fn lease_takeover(store: &dyn Store) {
 
     assert_lease_lost(store.renew_lease(&id, &a, LONG_TTL).await, &id);
     assert_lease_lost(
-        store.finish_attempt(&id, &a, final_outcome("late")).await,
+        store
+            .finish_attempt(&id, &a, final_outcome(FinalReason::RetryDeadline))
+            .await,
         &id,
     );
     assert_eq!(
@@ -859,10 +862,10 @@ pub async fn lease_takeover(store: &dyn Store) {
     assert_eq!(claim(store, &replica("c"), expires, 10).await, vec![]);
 
     let done = store
-        .finish_attempt(&id, &b, final_outcome("delivered"))
+        .finish_attempt(&id, &b, final_outcome(DELIVERED))
         .await
         .unwrap();
-    assert_eq!(done.final_attempt_reason.as_deref(), Some("delivered"));
+    assert_eq!(done.final_attempt_reason, Some(DELIVERED));
 }
 
 pub async fn renew_lease(store: &dyn Store) {
@@ -909,7 +912,9 @@ pub async fn finish_wrong_owner(store: &dyn Store) {
     let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     let before = get(store, &id).await;
     assert_lease_lost(
-        store.finish_attempt(&id, &b, final_outcome("nope")).await,
+        store
+            .finish_attempt(&id, &b, final_outcome(FinalReason::RetryMaxAttempts))
+            .await,
         &id,
     );
     assert_lease_lost(
@@ -924,7 +929,7 @@ pub async fn finish_wrong_owner(store: &dyn Store) {
     let plain_before = get(store, &plain).await;
     assert_lease_lost(
         store
-            .finish_attempt(&plain, &a, final_outcome("nope"))
+            .finish_attempt(&plain, &a, final_outcome(FinalReason::RetryMaxAttempts))
             .await,
         &plain,
     );
@@ -932,7 +937,7 @@ pub async fn finish_wrong_owner(store: &dyn Store) {
 
     assert_not_found(
         store
-            .finish_attempt(&TxId("no-such-tx".into()), &a, final_outcome("x"))
+            .finish_attempt(&TxId("no-such-tx".into()), &a, final_outcome(DELIVERED))
             .await,
     );
 }
@@ -1006,7 +1011,7 @@ pub async fn finish_final(store: &dyn Store) {
     let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     let created = get(store, &id).await;
     let rec = store
-        .finish_attempt(&id, &a, final_outcome("250 2.0.0 delivered"))
+        .finish_attempt(&id, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     let expected = TxRecord {
@@ -1014,14 +1019,14 @@ pub async fn finish_final(store: &dyn Store) {
         version: 2,
         attempt_count: 1,
         next_attempt: None,
-        final_attempt_reason: Some("250 2.0.0 delivered".into()),
+        final_attempt_reason: Some(DELIVERED),
         lease_owner: None,
         lease_expires: None,
-        last_responses: Some(responses("250 2.0.0 delivered")),
+        last_responses: Some(responses(DELIVERED.as_str())),
         attempts: vec![AttemptRecord {
             attempt: 1,
             finished: rec.last_update,
-            responses: responses("250 2.0.0 delivered"),
+            responses: responses(DELIVERED.as_str()),
         }],
         ..created
     };
@@ -1030,12 +1035,29 @@ pub async fn finish_final(store: &dyn Store) {
     assert_eq!(rec.state(now_ms()), TxState::Final);
 
     assert_lease_lost(
-        store.finish_attempt(&id, &a, final_outcome("again")).await,
+        store
+            .finish_attempt(&id, &a, final_outcome(FinalReason::RetryDeadline))
+            .await,
         &id,
     );
     assert_lease_lost(store.renew_lease(&id, &a, LONG_TTL).await, &id);
     assert_eq!(claim(store, &a, now_ms() + 1000 * HOUR, 10).await, vec![]);
     assert_eq!(get(store, &id).await, rec);
+}
+
+/// Every reason is kept as given, and reads back as itself.
+pub async fn every_final_reason_is_kept(store: &dyn Store) {
+    let a = replica("a");
+    for reason in FinalReason::ALL {
+        let body = finalized_blob(store, b"x").await;
+        let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+        let rec = store
+            .finish_attempt(&id, &a, final_outcome(reason))
+            .await
+            .unwrap();
+        assert_eq!(rec.final_attempt_reason, Some(reason));
+        assert_eq!(get(store, &id).await.final_attempt_reason, Some(reason));
+    }
 }
 
 pub async fn cancel(store: &dyn Store) {
@@ -1051,7 +1073,7 @@ pub async fn cancel(store: &dyn Store) {
     );
     let rec = get(store, &plain).await;
     assert!(rec.cancelled);
-    assert!(rec.final_attempt_reason.is_some());
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
     assert_eq!(rec.next_attempt, None);
     assert_eq!(rec.version, 2);
     assert_eq!(rec.state(now_ms()), TxState::Final);
@@ -1088,7 +1110,7 @@ pub async fn cancel(store: &dyn Store) {
         .await
         .unwrap();
     assert!(rec.cancelled);
-    assert!(rec.final_attempt_reason.is_some());
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
     assert_eq!(rec.next_attempt, None);
     assert_eq!(rec.last_responses, Some(responses("cut short")));
     assert_eq!(rec.state(now_ms()), TxState::Final);
@@ -1107,7 +1129,7 @@ pub async fn cancel(store: &dyn Store) {
     let body = finalized_blob(store, b"x").await;
     let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     store
-        .finish_attempt(&done, &a, final_outcome("delivered"))
+        .finish_attempt(&done, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     let before = get(store, &done).await;
@@ -1116,7 +1138,7 @@ pub async fn cancel(store: &dyn Store) {
         CancelOutcome::AlreadyFinal
     );
     let rec = get(store, &done).await;
-    assert_eq!(rec.final_attempt_reason.as_deref(), Some("delivered"));
+    assert_eq!(rec.final_attempt_reason, Some(DELIVERED));
     assert!(
         !rec.cancelled,
         "a delivered transaction is not marked cancelled"
@@ -1164,7 +1186,7 @@ pub async fn versions_increase(store: &dyn Store) {
     store.cancel(&id).await.unwrap();
     step(&mut version, get(store, &id).await.version, "cancel");
     let rec = store
-        .finish_attempt(&id, &b, final_outcome("cancelled"))
+        .finish_attempt(&id, &b, final_outcome(CANCELLED))
         .await
         .unwrap();
     step(&mut version, rec.version, "final finish");
@@ -1186,7 +1208,7 @@ pub async fn counts_by_state(store: &dyn Store) {
         .unwrap();
     let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     store
-        .finish_attempt(&done, &a, final_outcome("delivered"))
+        .finish_attempt(&done, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
 
@@ -1214,7 +1236,7 @@ pub async fn refcounts_and_gc(store: &dyn Store) {
     assert_eq!(info(store, &body).await.refcount, 2);
 
     store
-        .finish_attempt(&t1, &a, final_outcome("delivered"))
+        .finish_attempt(&t1, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 1);
@@ -1230,7 +1252,7 @@ pub async fn refcounts_and_gc(store: &dyn Store) {
     assert_eq!(store.read_blob(&body, 0, 100).await.unwrap(), "shared body");
 
     store
-        .finish_attempt(&t2, &a, final_outcome("delivered"))
+        .finish_attempt(&t2, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 1);
@@ -1272,7 +1294,7 @@ pub async fn gc_only_old_final(store: &dyn Store) {
     let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
     let cutoff = now_ms();
     store
-        .finish_attempt(&done, &a, final_outcome("delivered"))
+        .finish_attempt(&done, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
 
@@ -1322,12 +1344,12 @@ pub async fn body_collected_when_last_open_is_final(store: &dyn Store) {
     assert_eq!(store.counts().await.unwrap().blobs, 1);
 
     store
-        .finish_attempt(&delivered, &a, final_outcome("delivered"))
+        .finish_attempt(&delivered, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     assert_eq!(store.read_blob(&body, 0, 100).await.unwrap(), "shared body");
     store
-        .finish_attempt(&bounced, &a, final_outcome("upstream permfail"))
+        .finish_attempt(&bounced, &a, final_outcome(BOUNCED))
         .await
         .unwrap();
     // One still open (waiting, then in flight after a claim): kept.
@@ -1351,7 +1373,7 @@ pub async fn body_collected_when_last_open_is_final(store: &dyn Store) {
     assert_eq!(get(store, &bounced).await, kept[1]);
     let rec = get(store, &waiting).await;
     assert!(
-        rec.cancelled && rec.final_attempt_reason.is_some(),
+        rec.cancelled && rec.final_attempt_reason == Some(CANCELLED),
         "{rec:?}"
     );
     assert_eq!(rec.attempts.len(), 1);
@@ -1390,7 +1412,9 @@ pub async fn body_collected_on_cancel_paths(store: &dyn Store) {
     store.cancel(&t).await.unwrap();
     let expires = get(store, &t).await.lease_expires.unwrap();
     assert_eq!(claim(store, &b, expires, 10).await, vec![]);
-    assert_eq!(get(store, &t).await.state(now_ms()), TxState::Final);
+    let rec = get(store, &t).await;
+    assert_eq!(rec.state(now_ms()), TxState::Final);
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
     assert_collected(store, &abandoned, "cancelled, then finalized by a claim").await;
 
     let other = finalized_blob(store, b"other").await;
@@ -1565,6 +1589,7 @@ where
         finish_wrong_owner,
         finish_retry,
         finish_final,
+        every_final_reason_is_kept,
         cancel,
         versions_increase,
         counts_by_state,

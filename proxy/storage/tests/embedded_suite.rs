@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::future::join_all;
 use koukan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, ReplicaId,
-    Store, StoreError, StoredMailbox, StoredResponse, StoredSession, TxRecord, suite,
+    AttemptOutcome, AttemptResponses, BlobId, FinalReason, NewTransaction, NextStep, PriorAttempt,
+    ReplicaId, Store, StoreError, StoredMailbox, StoredResponse, StoredSession, TxRecord, suite,
 };
 
 fn open(path: &Path) -> EmbeddedStore {
@@ -149,7 +149,7 @@ async fn write_some(store: &dyn Store) -> Written {
             &done,
             &a,
             outcome(NextStep::Final {
-                reason: "delivered".into(),
+                reason: FinalReason::UpstreamSuccess,
             }),
         )
         .await
@@ -350,6 +350,55 @@ async fn newer_schema_is_refused() {
     );
 }
 
+/// A row finalized by a cancellation before the reason was
+/// `downstream cancelled` holds `cancelled`: it still reads, as
+/// `DownstreamCancelled`. A reason no build wrote is a damaged record.
+#[tokio::test]
+async fn stored_final_reasons_of_earlier_builds_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = open(&path);
+    let blob = body(&store, b"x").await;
+    let old = store.create_transaction(tx(&blob, None)).await.unwrap();
+    let bad = store.create_transaction(tx(&blob, None)).await.unwrap();
+    store.cancel(&old).await.unwrap();
+    store.cancel(&bad).await.unwrap();
+    let raw = |id: &koukan_storage::TxId| -> String {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row(
+            "SELECT final_reason FROM transactions WHERE id = ?1",
+            [&id.0],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(raw(&old), "downstream cancelled", "what is written now");
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for (id, reason) in [(&old, "cancelled"), (&bad, "delivered")] {
+        conn.execute(
+            "UPDATE transactions SET final_reason = ?2 WHERE id = ?1",
+            [&id.0, reason],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let store = open(&path);
+    let rec = store.get_transaction(&old).await.unwrap();
+    assert_eq!(
+        rec.final_attempt_reason,
+        Some(FinalReason::DownstreamCancelled)
+    );
+    assert!(rec.cancelled);
+    match store.get_transaction(&bad).await {
+        Err(StoreError::Internal(m)) => {
+            assert!(m.contains("final reason") && m.contains("delivered"), "{m}")
+        }
+        other => panic!("expected Internal, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------
 // The reserve.
 
@@ -436,7 +485,7 @@ async fn reserve_refuses_new_mail_and_delivery_reopens_it() {
                 id,
                 &owner,
                 outcome(NextStep::Final {
-                    reason: "delivered".into(),
+                    reason: FinalReason::UpstreamSuccess,
                 }),
             )
             .await

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use koukan_storage::redis_store::{Durability, RedisOptions, RedisStore};
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, BlobId, NewTransaction, NextStep, ReplicaId, Store,
-    StoreError, StoredMailbox, StoredResponse, StoredSession, TxId, TxState,
+    AttemptOutcome, AttemptResponses, BlobId, FinalReason, NewTransaction, NextStep, ReplicaId,
+    Store, StoreError, StoredMailbox, StoredResponse, StoredSession, TxId, TxState,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -257,15 +257,17 @@ fn retry_at(t: SystemTime) -> AttemptOutcome {
     }
 }
 
-fn final_outcome(reason: &str) -> AttemptOutcome {
+fn final_outcome(reason: FinalReason) -> AttemptOutcome {
     AttemptOutcome {
         responses: AttemptResponses::default(),
-        next: NextStep::Final {
-            reason: reason.into(),
-        },
+        next: NextStep::Final { reason },
         attempted: true,
     }
 }
+
+const DELIVERED: FinalReason = FinalReason::UpstreamSuccess;
+const BOUNCED: FinalReason = FinalReason::UpstreamPermfail;
+const CANCELLED: FinalReason = FinalReason::DownstreamCancelled;
 
 /// Truncated to milliseconds, as the store keeps times.
 fn ms(t: SystemTime) -> SystemTime {
@@ -506,11 +508,11 @@ async fn lifecycle_bumps_versions_and_publishes_them() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt_count, 2);
     let r = s
-        .finish_attempt(&id, &a, final_outcome("delivered"))
+        .finish_attempt(&id, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     assert_eq!(r.version, 6);
-    assert_eq!(r.final_attempt_reason.as_deref(), Some("delivered"));
+    assert_eq!(r.final_attempt_reason, Some(DELIVERED));
     assert_eq!(r.next_attempt, None);
     assert_eq!(r.state(SystemTime::now()), TxState::Final);
     // The lease is gone with the attempt.
@@ -562,7 +564,7 @@ async fn leased_at_creation_and_counts() {
     s.claim_due(&a, now, Duration::from_secs(60), 1)
         .await
         .unwrap();
-    s.finish_attempt(other, &a, final_outcome("bounced"))
+    s.finish_attempt(other, &a, final_outcome(BOUNCED))
         .await
         .unwrap();
     s.create_blob().await.unwrap();
@@ -591,7 +593,7 @@ async fn cancel_finalizes_waiting_and_stops_the_holder() {
     s.cancel(&w).await.unwrap();
     let r = s.get_transaction(&w).await.unwrap();
     assert!(r.cancelled);
-    assert_eq!(r.final_attempt_reason.as_deref(), Some("cancelled"));
+    assert_eq!(r.final_attempt_reason, Some(CANCELLED));
     let far = SystemTime::now() + Duration::from_secs(3600);
     assert!(
         s.claim_due(&a, far, Duration::from_secs(1), 10)
@@ -630,7 +632,7 @@ async fn cancel_finalizes_waiting_and_stops_the_holder() {
             .is_empty()
     );
     let r = s.get_transaction(&l).await.unwrap();
-    assert_eq!(r.final_attempt_reason.as_deref(), Some("cancelled"));
+    assert_eq!(r.final_attempt_reason, Some(CANCELLED));
     assert_eq!((r.lease_owner, r.lease_expires), (None, None));
     assert_eq!(s.counts().await.unwrap().inflight, 0);
 
@@ -643,7 +645,7 @@ async fn cancel_finalizes_waiting_and_stops_the_holder() {
         .unwrap();
     s.cancel(&l2).await.unwrap();
     let r = s.finish_attempt(&l2, &a, retry_at(far)).await.unwrap();
-    assert_eq!(r.final_attempt_reason.as_deref(), Some("cancelled"));
+    assert_eq!(r.final_attempt_reason, Some(CANCELLED));
     assert!(
         s.claim_due(&a, far, Duration::from_secs(1), 10)
             .await
@@ -655,6 +657,46 @@ async fn cancel_finalizes_waiting_and_stops_the_holder() {
         s.cancel(&TxId("nope".into())).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A record finalized by a cancellation before the reason was
+/// `downstream cancelled` holds `cancelled`: it still reads, as
+/// `DownstreamCancelled`. A reason no build wrote is a damaged record.
+#[tokio::test]
+async fn stored_final_reasons_of_earlier_builds_still_read() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = body(&s, b"x").await;
+    let old = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    let bad = s.create_transaction(new_tx(&b, None)).await.unwrap();
+    s.cancel(&old).await.unwrap();
+    s.cancel(&bad).await.unwrap();
+    let mut raw = server.raw().await;
+    let written: String = redis::cmd("HGET")
+        .arg(format!("t:tx:{}", old.0))
+        .arg("final")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(written, "downstream cancelled", "what is written now");
+    for (id, reason) in [(&old, "cancelled"), (&bad, "delivered")] {
+        let _: () = redis::cmd("HSET")
+            .arg(format!("t:tx:{}", id.0))
+            .arg("final")
+            .arg(reason)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    let rec = s.get_transaction(&old).await.unwrap();
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
+    assert!(rec.cancelled);
+    match s.get_transaction(&bad).await {
+        Err(StoreError::Internal(m)) => {
+            assert!(m.contains("final") && m.contains("delivered"), "{m}")
+        }
+        other => panic!("expected Internal, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -676,7 +718,7 @@ async fn gc_deletes_old_final_transactions_and_unreferenced_blobs() {
         .await
         .unwrap();
     let alive = s.create_transaction(new_tx(&shared, None)).await.unwrap();
-    s.finish_attempt(&done, &a, final_outcome("delivered"))
+    s.finish_attempt(&done, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     let own = body(&s, b"own body").await;
@@ -684,7 +726,7 @@ async fn gc_deletes_old_final_transactions_and_unreferenced_blobs() {
         .create_transaction(new_tx(&own, Some((a.clone(), Duration::from_secs(60)))))
         .await
         .unwrap();
-    s.finish_attempt(&gone, &a, final_outcome("bounced"))
+    s.finish_attempt(&gone, &a, final_outcome(BOUNCED))
         .await
         .unwrap();
     let upload = s.create_blob().await.unwrap();
@@ -847,7 +889,7 @@ async fn expired_lease_is_taken_over() {
         Err(StoreError::LeaseLost(x)) if x == id
     ));
     assert!(matches!(
-        s1.finish_attempt(&id, &a, final_outcome("delivered")).await,
+        s1.finish_attempt(&id, &a, final_outcome(DELIVERED)).await,
         Err(StoreError::LeaseLost(_))
     ));
     let r = s1.get_transaction(&id).await.unwrap();
@@ -855,10 +897,10 @@ async fn expired_lease_is_taken_over() {
     assert_eq!(r.lease_owner, Some(b.clone()));
     s2.renew_lease(&id, &b, ttl).await.unwrap();
     let r = s2
-        .finish_attempt(&id, &b, final_outcome("delivered"))
+        .finish_attempt(&id, &b, final_outcome(DELIVERED))
         .await
         .unwrap();
-    assert_eq!(r.final_attempt_reason.as_deref(), Some("delivered"));
+    assert_eq!(r.final_attempt_reason, Some(DELIVERED));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1343,7 +1385,7 @@ async fn a_store_refused_after_the_ack_window_is_withdrawn_once_redis_is_back() 
         }
     };
     assert!(rec.cancelled, "{rec:?}");
-    assert_eq!(rec.final_attempt_reason.as_deref(), Some("cancelled"));
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
     s.cancel(&warm).await.unwrap();
     let claimed = s
         .claim_due(
@@ -1477,7 +1519,7 @@ async fn memory_reserve_refuses_new_mail_and_delivery_reopens_it() {
         .unwrap();
     let bounce = body(&s, b"Subject: bounce\r\n\r\nx\r\n").await;
     let bounce_tx = s.create_transaction(new_tx(&bounce, None)).await.unwrap();
-    s.finish_attempt(&id, &a, final_outcome("delivered"))
+    s.finish_attempt(&id, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     // The body went with its only transaction: memory is back.
@@ -1580,10 +1622,10 @@ async fn delivery_runs_over_maxmemory_and_frees_it() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    s.finish_attempt(&id, &a, final_outcome("delivered"))
+    s.finish_attempt(&id, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
-    s.finish_attempt(&queued, &a, final_outcome("delivered"))
+    s.finish_attempt(&queued, &a, final_outcome(DELIVERED))
         .await
         .unwrap();
     assert!(matches!(

@@ -92,7 +92,6 @@ use crate::{
     ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
 };
 
-pub use self::ops::CANCELLED_REASON;
 pub use self::schema::{StoreFile, inspect};
 pub use self::space::DEFAULT_RESERVE_MAX;
 

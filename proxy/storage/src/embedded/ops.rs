@@ -9,12 +9,13 @@ use serde::Deserialize;
 use super::convert::{expiry, from_ms, new_id, sql_error, to_i64, to_ms, to_u64, ttl_ms};
 use super::schema::{CHUNK_MAX, CLAIMABLE_AT};
 use crate::{
-    AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, NewTransaction, QueueCounts,
-    ReplicaId, StoreError, StoreResult, TxId, TxRecord,
+    AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, FinalReason, NewTransaction,
+    QueueCounts, ReplicaId, StoreError, StoreResult, TxId, TxRecord,
 };
 
-/// Final reason recorded when a cancellation finalizes a transaction.
-pub const CANCELLED_REASON: &str = "cancelled";
+/// Recorded when a cancellation finalizes a transaction. Rows finalized
+/// before it was this hold `cancelled`, which reads as the same reason.
+const CANCELLED: FinalReason = FinalReason::DownstreamCancelled;
 
 const TX_COLUMNS: &str = "id, envelope, created_ms, last_update_ms, version, attempt_count, \
      next_attempt_ms, final_reason, lease_owner, lease_expires_ms, cancelled, last_responses, \
@@ -23,7 +24,7 @@ const TX_COLUMNS: &str = "id, envelope, created_ms, last_update_ms, version, att
 /// An attempt's end as stored: `RetryAt` already in milliseconds.
 pub(super) enum Next {
     RetryAt(i64),
-    Final(String),
+    Final(FinalReason),
 }
 
 fn blob_not_found(blob: &BlobId) -> StoreError {
@@ -413,7 +414,17 @@ impl TxRow {
                 StoreError::Internal(format!("attempt count {} out of range", self.attempt_count))
             })?,
             next_attempt: self.next_attempt_ms.map(from_ms),
-            final_attempt_reason: self.final_reason,
+            final_attempt_reason: self
+                .final_reason
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| {
+                    StoreError::Internal(format!(
+                        "transaction {}: stored final reason unreadable: {e}",
+                        self.id
+                    ))
+                })?,
             lease_owner: self.lease_owner.map(ReplicaId),
             lease_expires: self.lease_expires_ms.map(from_ms),
             cancelled: self.cancelled,
@@ -519,7 +530,7 @@ fn finalize_cancelled(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<()
              lease_expires_ms = NULL, version = version + 1, last_update_ms = ?3
          WHERE id = ?1",
     )
-    .and_then(|mut s| s.execute(params![id.0, CANCELLED_REASON, wall]))
+    .and_then(|mut s| s.execute(params![id.0, CANCELLED.as_str(), wall]))
     .map_err(|e| sql_error("cancel", e))?;
     release_body(conn, id, wall)
 }
@@ -570,7 +581,7 @@ pub(super) fn finish_attempt(
     let (final_reason, next_attempt) = match next {
         Next::Final(reason) => (Some(reason.as_str()), None),
         // Cancelled during the attempt: there is no next one.
-        Next::RetryAt(_) if cancelled => (Some(CANCELLED_REASON), None),
+        Next::RetryAt(_) if cancelled => (Some(CANCELLED.as_str()), None),
         Next::RetryAt(at) => (None, Some(*at)),
     };
     // The claim counted the attempt when it started, so that count is its

@@ -519,8 +519,8 @@ mod tests {
             )
             .unwrap();
             for (id, body, reason) in [
-                ("t1", "done", Some("delivered")),
-                ("t2", "open", Some("delivered")),
+                ("t1", "done", Some("upstream response success")),
+                ("t2", "open", Some("upstream response success")),
                 ("t3", "open", None),
             ] {
                 conn.execute(
@@ -557,7 +557,7 @@ mod tests {
             &owner,
             r#"{"mail":null,"rcpt":[],"data":null}"#,
             true,
-            &ops::Next::Final("delivered".into()),
+            &ops::Next::Final(crate::FinalReason::UpstreamSuccess),
             wall,
         )
         .unwrap();

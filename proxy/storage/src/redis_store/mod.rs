@@ -23,7 +23,8 @@
 //! Transaction hash fields: `id`; `tx` (the [`NewTransaction`] as JSON,
 //! as given, `lease` included); `body` (its blob id, for refcounting);
 //! `created`, `updated`; `version`; `attempts`; `next` (absent once
-//! final); `final` (the final reason, absent until final); `owner`,
+//! final); `final` (the [`FinalReason`](crate::FinalReason) as its
+//! string, absent until final; `cancelled` in records of earlier builds); `owner`,
 //! `expires` (absent when not leased); `cancelled` (present when
 //! cancelled); `responses` (JSON of the latest [`AttemptResponses`]);
 //! `history` (one JSON line per finished attempt: `attempt`,
@@ -849,7 +850,7 @@ impl RedisStore {
         let responses = serde_json::to_string::<AttemptResponses>(&outcome.responses)
             .map_err(|e| StoreError::Internal(format!("encoding responses: {e}")))?;
         let (kind, what) = match outcome.next {
-            NextStep::Final { reason } => ("final", reason),
+            NextStep::Final { reason } => ("final", reason.as_str().to_owned()),
             NextStep::RetryAt(t) => ("retry", record::ms(t).to_string()),
         };
         let mut conn = self.conn.clone();

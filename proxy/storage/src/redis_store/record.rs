@@ -163,7 +163,10 @@ pub(super) fn decode(mut f: HashMap<String, Vec<u8>>) -> StoreResult<TxRecord> {
         version: number(required(text(&mut f, "version")?, "version")?, "version")?,
         attempt_count: u32::try_from(attempts).map_err(|_| bad("attempts", "out of range"))?,
         next_attempt: time(&mut f, "next")?,
-        final_attempt_reason: text(&mut f, "final")?,
+        final_attempt_reason: text(&mut f, "final")?
+            .map(|r| r.parse())
+            .transpose()
+            .map_err(|e| bad("final", &format!("{e}")))?,
         lease_owner: text(&mut f, "owner")?.map(ReplicaId),
         lease_expires: time(&mut f, "expires")?,
         cancelled: f.contains_key("cancelled"),

@@ -15,11 +15,15 @@
 //! - Expected refusals are error replies with our own codes, mapped to
 //!   typed errors in Rust: `NOTFOUND <what>`, `LEASELOST <tx>`,
 //!   `BLOBCONFLICT <blob> <reason>`.
+//! - `CANCELLED` is the final reason a cancellation records
+//!   ([`FinalReason::DownstreamCancelled`]).
 //! - Every write to a transaction goes through `bump`, which increments
 //!   its version, stamps `updated` and PUBLISHes `<id> <version>` on
 //!   `{prefix}tx-version`.
 
 use redis::Script;
+
+use crate::FinalReason;
 
 /// Helpers prepended to every script.
 const PRELUDE: &str = r#"
@@ -246,7 +250,7 @@ for _, c in ipairs(cands) do
     elseif m[3] then
       -- Cancelled while leased, and the holder's lease ran out before it
       -- finished: nobody runs it again.
-      finalize(k, id, 'cancelled', now_ms)
+      finalize(k, id, CANCELLED, now_ms)
       bump(k, id, now_ms)
     else
       redis.call('HSET', k, 'owner', ARGV[3], 'expires', ARGV[4])
@@ -302,7 +306,7 @@ if ARGV[6] == 'final' then
   finalize(k, id, ARGV[7], now_ms)
 elseif m[4] then
   -- Cancelled during the attempt: no retry.
-  finalize(k, id, 'cancelled', now_ms)
+  finalize(k, id, CANCELLED, now_ms)
 else
   redis.call('HDEL', k, 'owner', 'expires')
   redis.call('ZREM', LEASES, id)
@@ -326,7 +330,7 @@ local leased = m[3] and m[4] and tonumber(m[4]) > tonumber(ARGV[3])
 if leased and m[5] then return 2 end
 redis.call('HSET', k, 'cancelled', '1')
 if not leased then
-  finalize(k, id, 'cancelled', ARGV[3])
+  finalize(k, id, CANCELLED, ARGV[3])
 end
 bump(k, id, ARGV[3])
 if leased then return 2 end
@@ -430,10 +434,14 @@ impl Scripts {
     /// transactions) keeps Redis's check at the first write, so it is
     /// refused with `-OOM` there and changes nothing.
     pub fn new(allow_oom: bool) -> Self {
-        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        // The reason a cancellation records, from the one definition of
+        // it (a Lua string literal: it holds no quote or backslash).
+        let cancelled = FinalReason::DownstreamCancelled.as_str();
+        let prelude = format!("{PRELUDE}local CANCELLED = '{cancelled}'\n");
+        let s = |body: &str| Script::new(&format!("{prelude}{body}"));
         let delivery = |body: &str| {
             if allow_oom {
-                Script::new(&format!("#!lua flags=allow-oom\n{PRELUDE}{body}"))
+                Script::new(&format!("#!lua flags=allow-oom\n{prelude}{body}"))
             } else {
                 s(body)
             }

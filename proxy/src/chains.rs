@@ -1,13 +1,11 @@
 //! Builds a transaction's stack from the snapshot current at MAIL time.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use koukan_chain::{
-    BoxTxService, Response, SessionInfo, Terminal, TerminalService, TxContext, TxUpdate,
-    UpdateResponse,
+    BoxTxService, Ingress, Response, Terminal, TerminalService, TxContext, TxUpdate, UpdateResponse,
 };
 use koukan_filters::received_header::ReceivedHeaderLayer;
 use koukan_filters::router::RouterLayer;
@@ -97,19 +95,13 @@ impl Terminal for Refuse {
 }
 
 impl TransactionFactory for ListenerTransactions {
-    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
+    fn new_transaction(&self, ingress: Ingress) -> (Arc<TxContext>, BoxTxService) {
         let runtime = self.runtime.load_full();
         let spec = runtime.listeners.iter().find(|l| l.address == self.address);
         let (sender, tag) = spec
             .map(|l| (l.sender.clone(), l.tag.clone()))
             .unwrap_or_default();
-        let ctx = Arc::new(TxContext {
-            id: new_tx_id(),
-            session,
-            sender: sender.clone(),
-            tag: tag.clone(),
-            started: SystemTime::now(),
-        });
+        let ctx = Arc::new(TxContext::new(new_tx_id(), ingress, &sender, &tag));
         let svc = match runtime.chain_for(&sender, &tag) {
             Some(chain) => build_stack(&runtime, chain, &ctx),
             None => koukan_chain::boxed(TerminalService::new(Refuse(Response::new(

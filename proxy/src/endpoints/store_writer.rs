@@ -10,10 +10,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::future::BoxFuture;
-use koukan_chain::{Mailbox, Response, Terminal, TxContext, TxUpdate, UpdateResponse};
+use koukan_chain::{
+    HttpInfo, Ingress, Mailbox, Response, SessionInfo, StoredInfo, Terminal, TlsInfo, TxContext,
+    TxUpdate, UpdateResponse,
+};
 use koukan_storage::{
     AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, ReplicaId, Store, StoreError,
-    StoredMailbox, StoredParam, StoredResponse, StoredSession,
+    StoredHttp, StoredIngress, StoredMailbox, StoredParam, StoredResponse, StoredSmtp, StoredTls,
+    TxRecord,
 };
 
 use crate::scheduler::retry::RetryPolicy;
@@ -72,6 +76,89 @@ pub fn stored_mailbox(m: &Mailbox) -> StoredMailbox {
             })
             .collect(),
     }
+}
+
+/// Where a transaction came from, as the store keeps it: the first ingress
+/// (a transaction the scheduler replays and an output chain stores again
+/// keeps the one it was first stored from).
+pub fn stored_ingress(ingress: &Ingress) -> StoredIngress {
+    let tls = |t: &Option<TlsInfo>| {
+        t.as_ref().map(|t| StoredTls {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+        })
+    };
+    match ingress.original() {
+        Some(Ingress::Smtp(s)) => StoredIngress::Smtp(StoredSmtp {
+            listener: s.listener.clone(),
+            peer: Some(s.peer),
+            local: Some(s.local),
+            ehlo_host: s.ehlo_host.clone(),
+            esmtp: s.esmtp,
+            tls: tls(&s.tls),
+            auth_user: s.auth_user.clone(),
+        }),
+        Some(Ingress::Http(h)) => StoredIngress::Http(StoredHttp {
+            listener: h.listener.clone(),
+            peer: Some(h.peer),
+            local: Some(h.local),
+            tls: tls(&h.tls),
+            principal: h.principal.clone(),
+        }),
+        // `original` is never a stored one; none is the proxy's own.
+        Some(Ingress::Stored(_)) | None => StoredIngress::Generated,
+    }
+}
+
+/// The ingress the scheduler replays a stored transaction with: the facts
+/// it was stored with, its id, the attempt, and its signals.
+pub fn replayed_ingress(record: &TxRecord) -> Ingress {
+    // A record written before addresses were kept may lack them.
+    let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let tls = |t: &Option<StoredTls>| {
+        t.as_ref().map(|t| TlsInfo {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+        })
+    };
+    let original = match &record.tx.ingress {
+        StoredIngress::Smtp(s) => Some(Ingress::Smtp(Arc::new(SessionInfo {
+            listener: s.listener.clone(),
+            peer: s.peer.unwrap_or(unspecified),
+            local: s.local.unwrap_or(unspecified),
+            ehlo_host: s.ehlo_host.clone(),
+            esmtp: s.esmtp,
+            tls: tls(&s.tls),
+            auth_user: s.auth_user.clone(),
+        }))),
+        StoredIngress::Http(h) => Some(Ingress::Http(Arc::new(HttpInfo {
+            listener: h.listener.clone(),
+            peer: h.peer.unwrap_or(unspecified),
+            local: h.local.unwrap_or(unspecified),
+            tls: tls(&h.tls),
+            principal: h.principal.clone(),
+        }))),
+        StoredIngress::Generated => None,
+    };
+    Ingress::Stored(Arc::new(StoredInfo::new(
+        record.id.0.clone(),
+        record.attempt_count,
+        original,
+        record.tx.signals.clone(),
+    )))
+}
+
+/// The signals a stored transaction keeps: those it was stored with, if
+/// it is being stored again, and what this chain's filters attached (which
+/// win over an older value of the same name).
+pub fn stored_signals(ctx: &TxContext) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut signals = ctx
+        .ingress
+        .stored()
+        .map(|s| s.signals.clone())
+        .unwrap_or_default();
+    signals.extend(ctx.signals.to_json());
+    signals
 }
 
 /// A reply as the store keeps it.
@@ -166,17 +253,8 @@ impl Spool {
         let Some((blob, _)) = &self.blob else {
             return Err(StoreError::Internal("no body".into()));
         };
-        let session = &ctx.session;
-        let stored_session = StoredSession {
-            listener: session.listener.clone(),
-            peer: Some(session.peer.to_string()),
-            ehlo_host: session.ehlo_host.clone(),
-            tls: session
-                .tls
-                .as_ref()
-                .map(|t| format!("{} {}", t.version, t.cipher)),
-            auth_user: session.auth_user.clone(),
-        };
+        let ingress = stored_ingress(&ctx.ingress);
+        let signals = stored_signals(ctx);
         let mail_from = mail_from.map(stored_mailbox).unwrap_or(StoredMailbox {
             address: String::new(),
             params: Vec::new(),
@@ -189,13 +267,14 @@ impl Spool {
                 chain: target.output_chain.clone(),
                 mail_from: mail_from.clone(),
                 rcpt_to: vec![stored_mailbox(rcpt)],
-                session: stored_session.clone(),
+                ingress: ingress.clone(),
                 body: blob.clone(),
                 retry: target.retry.is_some(),
                 // Never bounce a bounce.
                 notification: target.notification && !mail_from.address.is_empty(),
                 lease: None,
                 prior_attempt,
+                signals: signals.clone(),
             })
             .collect();
         target.store.admit().await?;

@@ -31,8 +31,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::config::v1::{
-    Bootstrap, Chain, Destination, Endpoint, HostPort, Listener, Sender, SmtpListener,
-    StaticResources, TlsMode, endpoint, filter, listener, routing_policy, storage,
+    Bootstrap, Chain, Destination, Endpoint, HostPort, Listener, MessageParseFilter, Sender,
+    SmtpListener, StaticResources, TlsMode, endpoint, filter, listener, routing_policy, storage,
 };
 
 /// Port used for a nameserver given as a bare IP.
@@ -102,6 +102,12 @@ pub enum Problem {
     /// A file that must be PEM has no `-----BEGIN` line.
     #[error("not a PEM file (no -----BEGIN line): {value}")]
     NotPem { value: String },
+    /// A directory the config refers to does not exist (or is a file).
+    #[error("not a directory: {value}{}", resolved_suffix(.value, .resolved))]
+    NotADirectory { value: String, resolved: PathBuf },
+    /// A reply a filter gives that is neither 4xx nor 5xx.
+    #[error("must be a 4xx or 5xx reply code, got {0}")]
+    BadReplyCode(u32),
     /// One of a pair of fields that go together is set without the other.
     #[error("must be set together with {0}")]
     RequiredWith(&'static str),
@@ -831,7 +837,13 @@ impl Validator<'_> {
                     }
                 }
                 Some(filter::Filter::ReceivedHeader(_)) => {}
-                None => self.err(fp, Problem::OneofMissing("router, received_header")),
+                Some(filter::Filter::MessageParse(m)) => {
+                    self.message_parse(&format!("{fp}.message_parse"), m)
+                }
+                None => self.err(
+                    fp,
+                    Problem::OneofMissing("router, received_header, message_parse"),
+                ),
             }
         }
         if !c.endpoint.is_empty() {
@@ -936,6 +948,26 @@ impl Validator<'_> {
             && (d.seconds < 0 || d.nanos < 0)
         {
             self.err(path, Problem::NegativeDuration);
+        }
+    }
+
+    fn message_parse(&mut self, path: &str, m: &MessageParseFilter) {
+        if let Some(r) = &m.reject
+            && !(400..=599).contains(&r.code)
+        {
+            self.err(format!("{path}.reject.code"), Problem::BadReplyCode(r.code));
+        }
+        if !m.spool_dir.is_empty() {
+            let resolved = resolve_path(self.file, &m.spool_dir);
+            if !resolved.is_dir() {
+                self.err(
+                    format!("{path}.spool_dir"),
+                    Problem::NotADirectory {
+                        value: m.spool_dir.clone(),
+                        resolved,
+                    },
+                );
+            }
         }
     }
 

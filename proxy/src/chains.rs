@@ -54,6 +54,7 @@ pub fn build_stack(
             FilterSpec::ReceivedHeader(cfg) => {
                 koukan_chain::boxed(ReceivedHeaderLayer::new(cfg.clone(), ctx.clone()).layer(svc))
             }
+            FilterSpec::MessageParse(cfg) => crate::message_parse::build(cfg, ctx, svc),
             #[cfg(test)]
             FilterSpec::Panic => koukan_chain::boxed(fault::Panics(svc)),
         };

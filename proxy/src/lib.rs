@@ -6,6 +6,7 @@ pub mod admin;
 pub mod chains;
 pub mod endpoints;
 pub mod listeners;
+pub mod message_parse;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;

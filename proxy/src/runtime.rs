@@ -30,6 +30,7 @@ use crate::scheduler::retry::RetryPolicy;
 pub enum FilterSpec {
     Router(Arc<RouterConfig>),
     ReceivedHeader(Arc<ReceivedHeaderConfig>),
+    MessageParse(Arc<koukan_filters::message_parse::MessageParseConfig>),
     /// A filter with a bug on purpose (test builds only): see
     /// [`crate::chains::fault`].
     #[cfg(test)]
@@ -416,6 +417,9 @@ impl Runtime {
                                 received_hostname: r.received_hostname.clone(),
                             }))
                         }
+                        pb::filter::Filter::MessageParse(m) => FilterSpec::MessageParse(Arc::new(
+                            crate::message_parse::config(config_path, m),
+                        )),
                     })
                     .collect();
                 let default_destination = (!c.endpoint.is_empty()).then(|| {

@@ -12,7 +12,7 @@ use futures::lock::Mutex;
 use tower::util::BoxService;
 use tower::{Service, ServiceExt};
 
-use crate::transaction::{Response, SessionInfo, TxContext, TxUpdate, UpdateResponse};
+use crate::transaction::{Ingress, Response, TxContext, TxUpdate, UpdateResponse};
 
 /// A per-transaction stack. Errors are answers, not `Err`: every filter and
 /// terminal maps its failures to SMTP responses, so the error type is
@@ -39,11 +39,13 @@ where
 }
 
 /// Builds the chain of each new transaction: what a listener is handed
-/// (never the whole config), at MAIL time.
+/// (never the whole config), at MAIL time. It takes the [`Ingress`] rather
+/// than an SMTP session so that every way in (SMTP, the REST API) shares
+/// one factory type and the chain sees where the message came from.
 pub trait TransactionFactory: Send + Sync + 'static {
     /// Returns the context and the per-transaction chain, already bound
     /// to the config current at that moment.
-    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService);
+    fn new_transaction(&self, ingress: Ingress) -> (Arc<TxContext>, BoxTxService);
 }
 
 /// A terminal (or stateful filter) that handles one update at a time with

@@ -13,16 +13,25 @@
 //! stack of each new transaction. No sockets live in this crate, and no
 //! filter: those are in `koukan-filters`, which the SMTP crates do not
 //! depend on.
+//!
+//! Each transaction's [`TxContext`] says where it came from ([`Ingress`]:
+//! an SMTP session, an HTTP request, or a replay from the store with the
+//! original facts), carries the typed [`Signals`] filters attach for later
+//! filters and the stored record, and the spools of whole-message filters
+//! ([`body`]), which read the whole message from a file, not memory.
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod chain;
+pub mod signals;
 pub mod transaction;
 
 pub use chain::{
     BoxTxService, ChainPanicked, Split, Terminal, TerminalService, TransactionFactory, TxService,
     boxed, call_caught,
 };
+pub use signals::{Signal, SignalError, Signals};
 pub use transaction::{
-    BodyChunk, Destination, EsmtpParam, HostPort, Hosts, Mailbox, Recipient, ReplyClass, Response,
-    SessionInfo, TlsInfo, TxContext, TxUpdate, UpdateResponse,
+    BodyChunk, Destination, EsmtpParam, HostPort, Hosts, HttpInfo, Ingress, Mailbox, Recipient,
+    ReplyClass, Response, SessionInfo, StoredInfo, TlsInfo, TxContext, TxUpdate, UpdateResponse,
 };

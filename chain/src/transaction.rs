@@ -1,11 +1,15 @@
 //! Transaction, update and response types shared by every filter.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+
+use crate::body::BodySpools;
+use crate::signals::Signals;
 
 /// What a reply means for the transaction, by its first digit: the one
 /// classification every terminal, the exploder, the scheduler and the
@@ -330,14 +334,184 @@ pub struct SessionInfo {
     pub auth_user: Option<String>,
 }
 
-/// Per-transaction facts fixed when the chain is built.
+/// Facts about the HTTP request a transaction arrived on (the REST API).
 #[derive(Clone, Debug)]
+pub struct HttpInfo {
+    pub listener: String,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<TlsInfo>,
+    /// Who the request authenticated as, if it did.
+    pub principal: Option<String>,
+}
+
+/// A transaction the scheduler replays from the store: the facts of the
+/// ingress it was stored from, and which stored transaction and attempt
+/// this is.
+#[derive(Clone, Debug)]
+pub struct StoredInfo {
+    /// The stored transaction's id.
+    pub id: String,
+    /// 1-based: attempts started so far, this one included.
+    pub attempt: u32,
+    /// Where the message first arrived. `None` for a message the proxy
+    /// generated itself (a bounce). Never itself `Stored`: a message stored
+    /// again on its way out keeps its first ingress (see
+    /// [`StoredInfo::new`]).
+    pub original: Option<Ingress>,
+    /// The signals recorded with the stored transaction, by name, as JSON:
+    /// the typed values stayed with the process that received it.
+    pub signals: BTreeMap<String, serde_json::Value>,
+}
+
+impl StoredInfo {
+    /// Flattens a stored `original` to its own original, so that filters
+    /// find the first ingress one step away however often the message was
+    /// stored.
+    pub fn new(
+        id: String,
+        attempt: u32,
+        original: Option<Ingress>,
+        signals: BTreeMap<String, serde_json::Value>,
+    ) -> Self {
+        Self {
+            id,
+            attempt,
+            original: original.and_then(|o| o.original().cloned()),
+            signals,
+        }
+    }
+}
+
+/// Where a transaction came from: what policy filters and trace headers
+/// need to know about the client, whichever way the message arrived.
+#[derive(Clone, Debug)]
+pub enum Ingress {
+    /// An SMTP session, with its TLS and AUTH facts.
+    Smtp(Arc<SessionInfo>),
+    /// An HTTP request (the REST API).
+    Http(Arc<HttpInfo>),
+    /// Replayed from the store by the scheduler.
+    Stored(Arc<StoredInfo>),
+}
+
+impl Ingress {
+    /// The ingress the message first arrived on: this one, or for a stored
+    /// transaction the one it was stored from (`None`: the proxy generated
+    /// the message). The facts below are all read from it.
+    pub fn original(&self) -> Option<&Ingress> {
+        match self {
+            Ingress::Stored(s) => s.original.as_ref().and_then(Ingress::original),
+            other => Some(other),
+        }
+    }
+
+    /// The stored transaction this is an attempt of, if it is one.
+    pub fn stored(&self) -> Option<&StoredInfo> {
+        match self {
+            Ingress::Stored(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The SMTP session the message first arrived on, if it did over SMTP.
+    pub fn smtp(&self) -> Option<&SessionInfo> {
+        match self.original()? {
+            Ingress::Smtp(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The HTTP request the message first arrived on, if it did over HTTP.
+    pub fn http(&self) -> Option<&HttpInfo> {
+        match self.original()? {
+            Ingress::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The listener the message first arrived on.
+    pub fn listener(&self) -> Option<&str> {
+        match self.original()? {
+            Ingress::Smtp(s) => Some(&s.listener),
+            Ingress::Http(h) => Some(&h.listener),
+            Ingress::Stored(_) => None,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self.original()? {
+            Ingress::Smtp(s) => Some(s.peer),
+            Ingress::Http(h) => Some(h.peer),
+            Ingress::Stored(_) => None,
+        }
+    }
+
+    /// Our address the client connected to.
+    pub fn local(&self) -> Option<SocketAddr> {
+        match self.original()? {
+            Ingress::Smtp(s) => Some(s.local),
+            Ingress::Http(h) => Some(h.local),
+            Ingress::Stored(_) => None,
+        }
+    }
+
+    /// The TLS the client used, if it did.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        match self.original()? {
+            Ingress::Smtp(s) => s.tls.as_ref(),
+            Ingress::Http(h) => h.tls.as_ref(),
+            Ingress::Stored(_) => None,
+        }
+    }
+
+    /// Who the client authenticated as: the SMTP AUTH identity or the HTTP
+    /// principal.
+    pub fn auth_user(&self) -> Option<&str> {
+        match self.original()? {
+            Ingress::Smtp(s) => s.auth_user.as_deref(),
+            Ingress::Http(h) => h.principal.as_deref(),
+            Ingress::Stored(_) => None,
+        }
+    }
+}
+
+/// Per-transaction facts fixed when the chain is built, and what filters
+/// share while it runs (signals, the spooled message).
+#[derive(Debug)]
 pub struct TxContext {
     pub id: String,
-    pub session: Arc<SessionInfo>,
+    pub ingress: Ingress,
     pub sender: String,
     pub tag: String,
     pub started: SystemTime,
+    /// Typed results filters attach for later filters and the stored
+    /// record.
+    pub signals: Signals,
+    /// The spools of whole-message filters, so that two of them in one
+    /// chain spool the message once.
+    pub body: BodySpools,
+}
+
+impl TxContext {
+    /// A context started now, with no signals yet.
+    pub fn new(
+        id: impl Into<String>,
+        ingress: Ingress,
+        sender: impl Into<String>,
+        tag: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            ingress,
+            sender: sender.into(),
+            tag: tag.into(),
+            started: SystemTime::now(),
+            signals: Signals::default(),
+            body: BodySpools::default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +541,75 @@ mod tests {
         out.clear();
         Response::new(421, "4.3.2 bye").write_wire(&mut out);
         assert_eq!(out, b"421 4.3.2 bye\r\n");
+    }
+
+    fn smtp(tls: bool, auth: bool) -> Ingress {
+        Ingress::Smtp(Arc::new(SessionInfo {
+            listener: "submission".into(),
+            peer: "198.51.100.7:50123".parse().unwrap(),
+            local: "192.0.2.10:587".parse().unwrap(),
+            ehlo_host: Some("client.example".into()),
+            esmtp: true,
+            tls: tls.then(|| TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            }),
+            auth_user: auth.then(|| "app".into()),
+        }))
+    }
+
+    #[test]
+    fn ingress_facts_of_each_kind() {
+        let s = smtp(true, true);
+        assert_eq!(s.peer(), Some("198.51.100.7:50123".parse().unwrap()));
+        assert_eq!(s.local(), Some("192.0.2.10:587".parse().unwrap()));
+        assert_eq!(s.listener(), Some("submission"));
+        assert_eq!(s.tls().unwrap().version, "TLSv1.3");
+        assert_eq!(s.auth_user(), Some("app"));
+        assert!(s.smtp().is_some() && s.http().is_none() && s.stored().is_none());
+        assert!(smtp(false, false).tls().is_none());
+        assert!(smtp(false, false).auth_user().is_none());
+
+        let h = Ingress::Http(Arc::new(HttpInfo {
+            listener: "api".into(),
+            peer: "203.0.113.5:40000".parse().unwrap(),
+            local: "192.0.2.10:443".parse().unwrap(),
+            tls: None,
+            principal: Some("svc-billing".into()),
+        }));
+        assert_eq!(h.auth_user(), Some("svc-billing"));
+        assert_eq!(h.listener(), Some("api"));
+        assert!(h.http().is_some() && h.smtp().is_none());
+    }
+
+    #[test]
+    fn a_stored_ingress_answers_with_its_original() {
+        let stored = Ingress::Stored(Arc::new(StoredInfo::new(
+            "t1".into(),
+            2,
+            Some(smtp(true, true)),
+            BTreeMap::new(),
+        )));
+        assert_eq!(stored.stored().unwrap().attempt, 2);
+        assert_eq!(stored.tls().unwrap().cipher, "TLS13_AES_128_GCM_SHA256");
+        assert_eq!(stored.auth_user(), Some("app"));
+        assert_eq!(
+            stored.smtp().unwrap().ehlo_host.as_deref(),
+            Some("client.example")
+        );
+        // Stored again: still one step from the first ingress.
+        let again = StoredInfo::new("t2".into(), 1, Some(stored), BTreeMap::new());
+        assert!(matches!(again.original, Some(Ingress::Smtp(_))));
+        // Generated by the proxy: no facts.
+        let bounce = Ingress::Stored(Arc::new(StoredInfo::new(
+            "t3".into(),
+            1,
+            None,
+            BTreeMap::new(),
+        )));
+        assert!(bounce.original().is_none());
+        assert!(bounce.peer().is_none() && bounce.listener().is_none());
+        assert!(bounce.stored().is_some());
     }
 
     #[test]

@@ -3,5 +3,6 @@
 //! filter needs from outside (DNS, a spooled body) comes in as a handle.
 #![forbid(unsafe_code)]
 
+pub mod message_parse;
 pub mod received_header;
 pub mod router;

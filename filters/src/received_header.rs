@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tower::{Layer, Service};
 
-use koukan_chain::transaction::{TxContext, TxUpdate, UpdateResponse};
+use koukan_chain::transaction::{Ingress, TxContext, TxUpdate, UpdateResponse};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReceivedHeaderConfig {
@@ -53,50 +53,54 @@ pub struct ReceivedHeader<S> {
 }
 
 impl<S> ReceivedHeader<S> {
-    /// RFC 3848 protocol name.
+    /// RFC 3848 protocol name, of the ingress the message first arrived
+    /// on (for a stored transaction, the one it was stored from).
     fn protocol(&self) -> String {
-        let s = &self.ctx.session;
-        let mut proto = String::from(if self.smtputf8 {
-            "UTF8SMTP"
-        } else if s.esmtp {
-            "ESMTP"
-        } else {
-            "SMTP"
+        let ingress = &self.ctx.ingress;
+        let mut proto = String::from(match ingress.original() {
+            Some(Ingress::Http(_)) => "HTTP",
+            _ if self.smtputf8 => "UTF8SMTP",
+            Some(Ingress::Smtp(s)) if !s.esmtp => "SMTP",
+            _ => "ESMTP",
         });
-        if s.tls.is_some() {
+        if ingress.tls().is_some() {
             proto.push('S');
         }
-        if s.auth_user.is_some() {
+        if ingress.auth_user().is_some() {
             proto.push('A');
         }
         proto
     }
 
     fn header(&self, now: chrono::DateTime<chrono::Local>) -> String {
-        let s = &self.ctx.session;
+        let ingress = &self.ctx.ingress;
         let mut clauses = Vec::new();
-        let ip = s.peer.ip();
-        let ip_literal = if ip.is_ipv6() {
-            format!("[IPv6:{ip}]")
-        } else {
-            format!("[{ip}]")
-        };
-        let from = match &s.ehlo_host {
-            Some(ehlo) => format!("from {ehlo} ({ip_literal})"),
-            None => format!("from {ip_literal}"),
-        };
-        clauses.push(from);
+        // A message the proxy generated (a bounce) came from no client.
+        if let Some(ip) = ingress.peer().map(|p| p.ip()) {
+            let ip_literal = if ip.is_ipv6() {
+                format!("[IPv6:{ip}]")
+            } else {
+                format!("[{ip}]")
+            };
+            let from = match ingress.smtp().and_then(|s| s.ehlo_host.as_ref()) {
+                Some(ehlo) => format!("from {ehlo} ({ip_literal})"),
+                None => format!("from {ip_literal}"),
+            };
+            clauses.push(from);
+        }
         if !self.config.received_hostname.is_empty() {
             clauses.push(format!("by {}", self.config.received_hostname));
         }
-        let mut with = format!("with {}", self.protocol());
-        if let Some(tls) = &s.tls {
-            with.push_str(&format!(
-                " (using {} with cipher {})",
-                tls.version, tls.cipher
-            ));
+        if ingress.original().is_some() {
+            let mut with = format!("with {}", self.protocol());
+            if let Some(tls) = ingress.tls() {
+                with.push_str(&format!(
+                    " (using {} with cipher {})",
+                    tls.version, tls.cipher
+                ));
+            }
+            clauses.push(with);
         }
-        clauses.push(with);
         clauses.push(format!("id {}", self.ctx.id));
         if let [rcpt] = self.rcpts.as_slice() {
             clauses.push(format!("for <{rcpt}>"));
@@ -142,9 +146,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use koukan_chain::transaction::{Mailbox, SessionInfo, TlsInfo};
+    use koukan_chain::transaction::{HttpInfo, Mailbox, SessionInfo, StoredInfo, TlsInfo};
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
-    use std::time::SystemTime;
 
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -164,25 +168,23 @@ mod tests {
         }
     }
 
-    fn ctx(tls: bool, auth: bool) -> Arc<TxContext> {
-        Arc::new(TxContext {
-            id: "tx1".into(),
-            session: Arc::new(SessionInfo {
-                listener: "mx".into(),
-                peer: "198.51.100.7:50123".parse().unwrap(),
-                local: "192.0.2.10:25".parse().unwrap(),
-                ehlo_host: Some("mx1.example.org".into()),
-                esmtp: true,
-                tls: tls.then(|| TlsInfo {
-                    version: "TLSv1.3".into(),
-                    cipher: "TLS13_AES_128_GCM_SHA256".into(),
-                }),
-                auth_user: auth.then(|| "app".into()),
+    fn smtp(tls: bool, auth: bool) -> Ingress {
+        Ingress::Smtp(Arc::new(SessionInfo {
+            listener: "mx".into(),
+            peer: "198.51.100.7:50123".parse().unwrap(),
+            local: "192.0.2.10:25".parse().unwrap(),
+            ehlo_host: Some("mx1.example.org".into()),
+            esmtp: true,
+            tls: tls.then(|| TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
             }),
-            sender: "s".into(),
-            tag: "t".into(),
-            started: SystemTime::now(),
-        })
+            auth_user: auth.then(|| "app".into()),
+        }))
+    }
+
+    fn ctx(tls: bool, auth: bool) -> Arc<TxContext> {
+        Arc::new(TxContext::new("tx1", smtp(tls, auth), "s", "t"))
     }
 
     async fn run(ctx: Arc<TxContext>, rcpts: &[&str], smtputf8: bool) -> String {
@@ -225,5 +227,68 @@ mod tests {
         assert!(!plain.contains("for <"), "no for clause with two rcpts");
         let utf8 = run(ctx(true, false), &["a@x"], true).await;
         assert!(utf8.contains("with UTF8SMTPS "));
+    }
+
+    /// Delivered from the store: the trace line describes the ingress it
+    /// was stored from, TLS and AUTH included.
+    #[tokio::test]
+    async fn a_stored_transaction_keeps_its_original_facts() {
+        let stored = Ingress::Stored(Arc::new(StoredInfo::new(
+            "st1".into(),
+            3,
+            Some(smtp(true, true)),
+            BTreeMap::new(),
+        )));
+        let msg = run(
+            Arc::new(TxContext::new("st1", stored, "s", "t")),
+            &["a@x"],
+            false,
+        )
+        .await;
+        assert!(
+            msg.starts_with("Received: from mx1.example.org ([198.51.100.7])\r\n\tby relay1.example.net\r\n\twith ESMTPSA (using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tid st1\r\n"),
+            "{msg}"
+        );
+        // A bounce the proxy generated names no client and no protocol.
+        let bounce = Ingress::Stored(Arc::new(StoredInfo::new(
+            "b1".into(),
+            1,
+            None,
+            BTreeMap::new(),
+        )));
+        let msg = run(
+            Arc::new(TxContext::new("b1", bounce, "s", "t")),
+            &["a@x"],
+            false,
+        )
+        .await;
+        assert!(
+            msg.starts_with("Received: by relay1.example.net\r\n\tid b1\r\n\tfor <a@x>;\r\n"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_ingress_protocol() {
+        let http = Ingress::Http(Arc::new(HttpInfo {
+            listener: "api".into(),
+            peer: "[2001:db8::1]:443".parse().unwrap(),
+            local: "[2001:db8::2]:443".parse().unwrap(),
+            tls: Some(TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "X".into(),
+            }),
+            principal: Some("svc".into()),
+        }));
+        let msg = run(
+            Arc::new(TxContext::new("h1", http, "s", "t")),
+            &["a@x"],
+            false,
+        )
+        .await;
+        assert!(
+            msg.starts_with("Received: from [IPv6:2001:db8::1]\r\n\tby relay1.example.net\r\n\twith HTTPSA (using TLSv1.3 with cipher X)\r\n"),
+            "{msg}"
+        );
     }
 }

@@ -3,8 +3,9 @@
 //! exactly one chunk, one chunk plus one byte, 300 KiB, 5 MiB), sent with
 //! DATA, with one BDAT
 //! and with several BDATs (a pause before LAST), to one and to three
-//! recipients, through a relay chain, the exploder (msa and mx) and
-//! store-and-forward. Each cell checks the client's reply and the bytes
+//! recipients, through a relay chain, a relay chain behind two
+//! whole-message filters (`message_parse`: the body held back, spooled,
+//! then streamed on), the exploder (msa and mx) and store-and-forward. Each cell checks the client's reply and the bytes
 //! Postfix's smtp-sink received (smtp-sink writes its dumps with LF line
 //! ends, so the expected content is compared with CRLF turned into LF).
 
@@ -20,14 +21,17 @@ const SIZES: [usize; 7] = [0, 1, 1024, CHUNK, CHUNK + 1, 300 * 1024, 5 * 1024 * 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Terminal {
     Relay,
+    /// The relay behind two whole-message filters.
+    WholeMessage,
     ExploderMsa,
     ExploderMx,
     StoreForward,
 }
 
 impl Terminal {
-    const ALL: [Terminal; 4] = [
+    const ALL: [Terminal; 5] = [
         Terminal::Relay,
+        Terminal::WholeMessage,
         Terminal::ExploderMsa,
         Terminal::ExploderMx,
         Terminal::StoreForward,
@@ -36,6 +40,7 @@ impl Terminal {
     fn chain(self) -> &'static str {
         match self {
             Terminal::Relay => "relay",
+            Terminal::WholeMessage => "whole",
             Terminal::ExploderMsa => "xmsa",
             Terminal::ExploderMx => "xmx",
             Terminal::StoreForward => "sf",
@@ -45,7 +50,7 @@ impl Terminal {
     /// Upstream transactions per inbound one: the relay keeps the
     /// recipients together, the others deliver each on its own.
     fn splits(self) -> bool {
-        self != Terminal::Relay
+        !matches!(self, Terminal::Relay | Terminal::WholeMessage)
     }
 }
 
@@ -81,6 +86,11 @@ static_resources:
   chains:
   - name: relay
     filters:
+    - router: {{destination: {{endpoint: sink, host_list: [{{host: "{sh}", port: {sp}}}]}}}}
+  - name: whole
+    filters:
+    - message_parse: {{}}
+    - message_parse: {{max_header_bytes: 100}}
     - router: {{destination: {{endpoint: sink, host_list: [{{host: "{sh}", port: {sp}}}]}}}}
   - name: xmsa
     exploder: {{output_chain: out, msa: true, rcpt_timeout: 20s, data_timeout: 60s}}
@@ -244,7 +254,7 @@ fn send(addr: SocketAddr, cell: &Cell, body: &[u8]) -> String {
 fn check_reply(cell: &Cell, reply: &str) {
     let who = cell.sender();
     match cell.terminal {
-        Terminal::Relay => assert_eq!(reply, "250 2.0.0 Ok", "{who}"),
+        Terminal::Relay | Terminal::WholeMessage => assert_eq!(reply, "250 2.0.0 Ok", "{who}"),
         Terminal::ExploderMsa | Terminal::ExploderMx if cell.rcpts == 1 => {
             assert_eq!(reply, "250 2.0.0 Ok", "{who}")
         }

@@ -503,3 +503,84 @@ fn user_lockout_spares_the_known_good_address() {
         lines[0]
     );
 }
+
+/// A message submitted over STARTTLS with AUTH into store-and-forward is
+/// delivered by the scheduler with those facts intact: the output chain's
+/// received_header, which runs at delivery, writes TLS and AUTH (ESMTPSA,
+/// version and cipher) from the stored ingress, and the stored record
+/// keeps them typed.
+#[test]
+fn stored_and_forwarded_keeps_the_tls_and_auth_facts() {
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(&sink_dir.path().join("sink"), &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_cert, _key) = write_test_cert(dir.path());
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        format!(r#"{{"app": "{}"}}"#, hash_secret("s3cret-token")),
+    )
+    .unwrap();
+    let starttls = loopback(free_port());
+    let yaml = format!(
+        r#"
+node: {{id: tls-stored}}
+admin: {{address: "{{admin}}"}}
+storage: {{embedded: {{path: data/koukan.db}}}}
+scheduler: {{poll_interval: 0.2s}}
+static_resources:
+  listeners:
+  - name: submission
+    address: "{starttls}"
+    smtp:
+      hostname: koukan.test
+      sender: inbound
+      tls: {{cert: cert.pem, key: key.pem}}
+      auth: {{secrets: secrets.json, require: true}}
+  senders:
+  - name: inbound
+    chain: store
+  chains:
+  - name: store
+    store_and_forward: {{output_chain: out}}
+  - name: out
+    filters:
+    - received_header: {{received_hostname: out.koukan.test}}
+    - router:
+        destination:
+          endpoint: upstream
+          host_list: [{{host: "127.0.0.1", port: {sink_port}}}]
+    retry: {{max_attempts: 3, min_attempt_time: 1s, max_attempt_time: 1s}}
+  endpoints:
+  - name: upstream
+    smtp: {{ehlo_hostname: koukan.test}}
+"#,
+        sink_port = sink.addr.port()
+    );
+    let koukan = Koukan::start_in(dir, &yaml).unwrap();
+    let cert = koukan.path("cert.pem");
+    let extra = format!(
+        "{}\ns.starttls(context=ctx)\ns.ehlo()\ns.login('app', 's3cret-token')",
+        tls_ctx(&cert)
+    );
+    let out = smtplib_send(
+        starttls,
+        "app@example.com",
+        &["bob@example.net"],
+        "Subject: stored tls\r\n\r\nover tls, via the store\r\n",
+        &[],
+        &extra,
+    );
+    assert_eq!(out, "OK {}");
+    let msgs = sink.wait_messages(1, Duration::from_secs(20));
+    assert_eq!(msgs.len(), 1, "{}", koukan.log());
+    let ours = msgs[0]
+        .split("Received: ")
+        .find(|h| h.contains("by out.koukan.test"))
+        .unwrap_or_else(|| panic!("no Received of the output chain: {}", msgs[0]));
+    assert!(ours.contains("([127.0.0.1])"), "{ours}");
+    assert!(
+        ours.contains("with ESMTPSA (using TLSv1."),
+        "the TLS and AUTH facts reached the output chain: {ours}"
+    );
+    assert!(ours.contains(" with cipher "), "{ours}");
+}

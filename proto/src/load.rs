@@ -58,8 +58,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::config::v1::{
-    Bootstrap, Chain, Destination, Endpoint, HostPort, Listener, Sender, SmtpListener,
-    StaticResources, TlsMode, chain, endpoint, filter, listener, routing_policy, storage,
+    Bootstrap, Chain, Destination, Endpoint, HostPort, Listener, MessageParseFilter, Sender,
+    SmtpListener, StaticResources, TlsMode, chain, endpoint, filter, listener, routing_policy,
+    storage,
 };
 
 /// Port used for a nameserver given as a bare IP.
@@ -129,6 +130,12 @@ pub enum Problem {
     /// A file that must be PEM has no `-----BEGIN` line.
     #[error("not a PEM file (no -----BEGIN line): {value}")]
     NotPem { value: String },
+    /// A directory the config refers to does not exist (or is a file).
+    #[error("not a directory: {value}{}", resolved_suffix(.value, .resolved))]
+    NotADirectory { value: String, resolved: PathBuf },
+    /// A reply a filter gives that is neither 4xx nor 5xx.
+    #[error("must be a 4xx or 5xx reply code, got {0}")]
+    BadReplyCode(u32),
     /// One of a pair of fields that go together is set without the other.
     #[error("must be set together with {0}")]
     RequiredWith(&'static str),
@@ -487,11 +494,25 @@ struct FileCheck {
     value: String,
     /// Must it look like PEM?
     pem: bool,
+    /// A directory rather than a file.
+    dir: bool,
 }
 
 impl FileCheck {
     /// Runs the check against the file as resolved from `config_file`.
     fn run(self, config_file: &Path) -> Option<ConfigError> {
+        if self.dir {
+            let resolved = resolve_path(config_file, &self.value);
+            return (!resolved.is_dir()).then(|| {
+                ConfigError::new(
+                    self.path,
+                    Problem::NotADirectory {
+                        value: self.value,
+                        resolved,
+                    },
+                )
+            });
+        }
         let problem = match sniff_file(config_file, &self.value) {
             Err(p) => p,
             // A cheap PEM check: full parsing is the TLS layer's job, but a
@@ -1052,7 +1073,13 @@ impl Validator {
                     }
                 }
                 Some(filter::Filter::ReceivedHeader(_)) => {}
-                None => self.err(fp, Problem::OneofMissing("router, received_header")),
+                Some(filter::Filter::MessageParse(m)) => {
+                    self.message_parse(&format!("{fp}.message_parse"), m)
+                }
+                None => self.err(
+                    fp,
+                    Problem::OneofMissing("router, received_header, message_parse"),
+                ),
             }
         }
         // The relay's endpoint for unrouted recipients, as `relay.endpoint`
@@ -1170,6 +1197,22 @@ impl Validator {
         }
     }
 
+    fn message_parse(&mut self, path: &str, m: &MessageParseFilter) {
+        if let Some(r) = &m.reject
+            && !(400..=599).contains(&r.code)
+        {
+            self.err(format!("{path}.reject.code"), Problem::BadReplyCode(r.code));
+        }
+        if !m.spool_dir.is_empty() {
+            self.findings.push(Finding::File(FileCheck {
+                path: format!("{path}.spool_dir"),
+                value: m.spool_dir.clone(),
+                pem: false,
+                dir: true,
+            }));
+        }
+    }
+
     /// A file that must exist and be readable, checked by [`check_local`].
     fn readable_file(&mut self, path: &str, value: &str) {
         self.file_check(path, value, false);
@@ -1185,6 +1228,7 @@ impl Validator {
             path: path.to_owned(),
             value: value.to_owned(),
             pem,
+            dir: false,
         }));
     }
 }

@@ -1762,3 +1762,40 @@ fn listener_without_protocol_from_yaml() {
         );
     }
 }
+
+#[test]
+fn message_parse_filter_is_checked() {
+    let dir = Dir::new();
+    dir.file("spool/.keep", "");
+    let with = |extra: &str| {
+        QUICKSTART.replace(
+            "    - received_header:\n",
+            &format!("    - message_parse: {extra}\n    - received_header:\n"),
+        )
+    };
+    let b = parse(&with(
+        r#"{max_header_bytes: 1000, reject: {code: 550, text: "5.6.0 bad header"}, spool_dir: spool}"#,
+    ))
+    .unwrap();
+    let Some(filter::Filter::MessageParse(m)) =
+        &b.static_resources.as_ref().unwrap().chains[0].filters[0].filter
+    else {
+        panic!("not message_parse");
+    };
+    assert_eq!(m.max_header_bytes, 1000);
+    assert_eq!(m.reject.as_ref().unwrap().code, 550);
+    assert_eq!(check_in(&dir, &b), vec![]);
+    // `{}` is a valid filter: record only, the system temp dir.
+    assert_eq!(check(&parse(&with("{}")).unwrap()), vec![]);
+
+    let b = parse(&with("{reject: {code: 250}, spool_dir: nowhere}")).unwrap();
+    let errs = check_in(&dir, &b);
+    let p = "static_resources.chains[0].filters[0].message_parse";
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(
+        errs[0],
+        (format!("{p}.reject.code"), Problem::BadReplyCode(250))
+    );
+    assert_eq!(errs[1].0, format!("{p}.spool_dir"));
+    assert!(matches!(&errs[1].1, Problem::NotADirectory { value, .. } if value == "nowhere"));
+}

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use koukan_chain::{BoxTxService, Response, SessionInfo, TerminalService, TxContext};
+use koukan_chain::{BoxTxService, Ingress, Response, TerminalService, TxContext};
 use koukan_smtp_server::TransactionFactory;
 
 use crate::config::listener::ListenerKind;
@@ -37,7 +37,7 @@ pub struct ListenerTransactions {
 }
 
 impl TransactionFactory for ListenerTransactions {
-    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
+    fn new_transaction(&self, ingress: Ingress) -> (Arc<TxContext>, BoxTxService) {
         let snapshot = self.snapshot.load_full();
         let spec = snapshot
             .listeners
@@ -47,13 +47,7 @@ impl TransactionFactory for ListenerTransactions {
             .map(|l| l.sender_and_tag())
             .map(|(s, t)| (s.to_owned(), t.to_owned()))
             .unwrap_or_default();
-        let ctx = Arc::new(TxContext {
-            id: new_tx_id(),
-            session,
-            sender: sender.clone(),
-            tag: tag.clone(),
-            started: std::time::SystemTime::now(),
-        });
+        let ctx = Arc::new(TxContext::new(new_tx_id(), ingress, &sender, &tag));
         let svc = match snapshot.chain_for(&sender, &tag) {
             Some(chain) => snapshot.chains.stack(chain, &ctx),
             None => koukan_chain::boxed(TerminalService::new(Refuse(Response::new(

@@ -81,16 +81,17 @@ impl Snapshot {
         let mut specs = HashMap::new();
         for (i, c) in res.chains.iter().enumerate() {
             let path = format!("static_resources.chains[{i}]");
-            let spec = ChainSpec::from_pb(c, &res.chains, &path).map_err(|errors| {
-                anyhow::anyhow!(
-                    "{}",
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?;
+            let spec =
+                ChainSpec::from_pb(c, &res.chains, &path, config_path).map_err(|errors| {
+                    anyhow::anyhow!(
+                        "{}",
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })?;
             specs.insert(c.name.clone(), Arc::new(spec));
         }
 

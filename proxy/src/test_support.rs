@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use koukan_chain::{
-    BoxTxService, Mailbox, Recipient, SessionInfo, TxContext, TxUpdate, UpdateResponse, call_caught,
+    BoxTxService, Ingress, Mailbox, Recipient, SessionInfo, TxContext, TxUpdate, UpdateResponse,
+    call_caught,
 };
 use koukan_smtp_server::{InternalErrors, TransactionFactory};
 use koukan_storage::ReplicaId;
@@ -85,12 +86,8 @@ impl Fixture {
     /// A transaction opened on the fixture's listener, as an SMTP session
     /// would open it at MAIL.
     pub fn transaction(&self) -> (Arc<TxContext>, BoxTxService) {
-        let factory = ListenerTransactions {
-            address: LISTENER.parse().unwrap(),
-            snapshot: self.snapshot.clone(),
-        };
         let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
-        factory.new_transaction(Arc::new(SessionInfo {
+        self.transaction_from(SessionInfo {
             listener: "in".into(),
             peer: unspecified,
             local: unspecified,
@@ -98,7 +95,16 @@ impl Fixture {
             esmtp: true,
             tls: None,
             auth_user: None,
-        }))
+        })
+    }
+
+    /// A transaction opened on the fixture's listener by `session`.
+    pub fn transaction_from(&self, session: SessionInfo) -> (Arc<TxContext>, BoxTxService) {
+        let factory = ListenerTransactions {
+            address: LISTENER.parse().unwrap(),
+            snapshot: self.snapshot.clone(),
+        };
+        factory.new_transaction(Ingress::Smtp(Arc::new(session)))
     }
 
     /// Panics counted for `component`.

@@ -95,8 +95,10 @@ fn too_big(tx: &mut Transaction) {
 /// delivered) and the rest of the message is only read and discarded, so
 /// this happens once per message; it is counted as a rejection too.
 fn line_too_long(tx: &mut Transaction, e: LineTooLong) {
-    tx.metrics
-        .rejected(&tx.ctx.session.listener, "data_line_too_long");
+    tx.metrics.rejected(
+        tx.ctx.ingress.listener().unwrap_or_default(),
+        "data_line_too_long",
+    );
     tx.fail(reply::data_line_too_long(e.max), Outcome::LineTooLong);
 }
 

@@ -13,11 +13,9 @@ use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use koukan_chain::{
-    BoxTxService, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse, boxed,
-};
+use koukan_chain::{BoxTxService, Ingress, Response, TxContext, TxUpdate, UpdateResponse, boxed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -60,14 +58,8 @@ impl tower::Service<TxUpdate> for AcceptAll {
 pub struct AcceptAllFactory;
 
 impl TransactionFactory for AcceptAllFactory {
-    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
-        let ctx = TxContext {
-            id: "fuzz".to_owned(),
-            session,
-            sender: String::new(),
-            tag: String::new(),
-            started: SystemTime::now(),
-        };
+    fn new_transaction(&self, ingress: Ingress) -> (Arc<TxContext>, BoxTxService) {
+        let ctx = TxContext::new("fuzz", ingress, "", "");
         (Arc::new(ctx), boxed(AcceptAll))
     }
 }

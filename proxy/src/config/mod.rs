@@ -113,12 +113,17 @@ impl SenderSpec {
 impl ChainSpec {
     /// `all` is every chain of the snapshot (a notification names a chain
     /// whose own output chain delivers the bounces). `path` is the chain's
-    /// field path, for errors.
-    pub fn from_pb(c: &pb::Chain, all: &[pb::Chain], path: &str) -> Result<Self, Vec<ConfigError>> {
+    /// field path, for errors; `config_file` anchors relative paths.
+    pub fn from_pb(
+        c: &pb::Chain,
+        all: &[pb::Chain],
+        path: &str,
+        config_file: &std::path::Path,
+    ) -> Result<Self, Vec<ConfigError>> {
         let mut filters = Vec::new();
         let mut errors = Vec::new();
         for (i, f) in c.filters.iter().enumerate() {
-            match filters::build(f, &format!("{path}.filters[{i}]")) {
+            match filters::build(f, &format!("{path}.filters[{i}]"), config_file) {
                 Ok(f) => filters.push(f),
                 Err(e) => errors.extend(e),
             }

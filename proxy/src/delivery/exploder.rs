@@ -698,4 +698,36 @@ static_resources:
         assert!(f.maildir("box").is_empty());
         assert_eq!(f.internal_errors("exploder"), 2);
     }
+
+    /// The exploder's stored transactions (they share the store writer's
+    /// commit) keep the signals of the filters before it.
+    #[tokio::test]
+    async fn stored_recipients_keep_the_signals() {
+        let yaml = yaml(true).replace(
+            "  - name: in\n    exploder:",
+            "  - name: in\n    filters:\n    - message_parse: {}\n    exploder:",
+        );
+        let f = fixture(&yaml, &["out"]);
+        let (ctx, mut svc) = f.transaction();
+        let r = call(&mut svc, envelope("a@example.org", &["panic@example.com"])).await;
+        assert!(r.rcpts[0].is_ok(), "{:?}", r.rcpts);
+        let d = call(&mut svc, TxUpdate::body("Subject: t\r\n\r\nhi\r\n", true))
+            .await
+            .data
+            .unwrap();
+        let id = d
+            .text
+            .split_once("queued as ")
+            .unwrap_or_else(|| panic!("{d}"))
+            .1;
+        let stored = f
+            .queue
+            .store
+            .get_transaction(&koukan_storage::TxId(id.to_owned()))
+            .await
+            .unwrap();
+        let parse = &stored.tx.signals["message_parse"];
+        assert_eq!(parse["count"], 3, "{parse}");
+        assert_eq!(parse, &ctx.signals.to_json()["message_parse"]);
+    }
 }

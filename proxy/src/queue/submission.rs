@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use koukan_chain::{ReplyClass, TxContext};
+use std::collections::BTreeMap;
+
 use koukan_storage::{
-    AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, StoredMailbox, StoredSession,
+    AttemptResponses, BlobId, NewTransaction, NextStep, PriorAttempt, StoredIngress, StoredMailbox,
 };
 
 use super::Queue;
-use super::convert::stored_session;
+use super::convert::{stored_ingress, stored_signals};
 use crate::config::retry::RetryPolicy;
 
 /// Where new transactions go: the queue, and the output chain that
@@ -25,12 +27,15 @@ pub struct Submission {
     pub notification: bool,
 }
 
-/// Where a new transaction came from, as it is stored with it.
-#[derive(Clone, Debug, Default)]
+/// Where a new transaction came from, as it is stored with it: its
+/// sender and tag, the first ingress, and the signals its filters
+/// attached.
+#[derive(Clone, Debug)]
 pub struct Origin {
     pub sender: String,
     pub tag: String,
-    pub session: StoredSession,
+    pub ingress: StoredIngress,
+    pub signals: BTreeMap<String, serde_json::Value>,
 }
 
 impl Origin {
@@ -38,7 +43,8 @@ impl Origin {
         Self {
             sender: ctx.sender.clone(),
             tag: ctx.tag.clone(),
-            session: stored_session(&ctx.session),
+            ingress: stored_ingress(&ctx.ingress),
+            signals: stored_signals(ctx),
         }
     }
 }
@@ -60,13 +66,14 @@ impl Submission {
             chain: self.output_chain.clone(),
             mail_from: mail_from.clone(),
             rcpt_to: vec![rcpt],
-            session: origin.session.clone(),
+            ingress: origin.ingress.clone(),
             body: body.clone(),
             retry: self.retry.is_some(),
             // Never bounce a bounce.
             notification: self.notification && !mail_from.address.is_empty(),
             lease: None,
             prior_attempt,
+            signals: origin.signals.clone(),
         }
     }
 

@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::config::NotificationSpec;
 use crate::config::retry::RetryPolicy;
 use crate::delivery::{ChainPolicy, NewChain};
-use crate::queue::convert::{mailbox, null_mailbox, replayed_session, stored_response};
+use crate::queue::convert::{mailbox, null_mailbox, replayed_ingress, stored_response};
 use crate::queue::{Origin, Queue, Submission};
 
 /// The chains a delivery attempt runs on: the running snapshot's at the
@@ -423,10 +423,12 @@ impl Scheduler {
                 .and_then(|p| p.retry),
             notification: false,
         };
+        // A message of the proxy's own: no ingress, no signals.
         let origin = Origin {
             sender: record.tx.sender.clone(),
             tag: record.tx.tag.clone(),
-            ..Origin::default()
+            ingress: koukan_storage::StoredIngress::Generated,
+            signals: Default::default(),
         };
         let rcpt = koukan_storage::StoredMailbox {
             address: record.tx.mail_from.address.clone(),
@@ -466,13 +468,12 @@ impl Scheduler {
 }
 
 fn context(record: &TxRecord) -> TxContext {
-    TxContext {
-        id: record.id.0.clone(),
-        session: replayed_session(&record.tx.session),
-        sender: record.tx.sender.clone(),
-        tag: record.tx.tag.clone(),
-        started: SystemTime::now(),
-    }
+    TxContext::new(
+        record.id.0.clone(),
+        replayed_ingress(record),
+        record.tx.sender.clone(),
+        record.tx.tag.clone(),
+    )
 }
 
 /// The reply that failed the attempt, as "code text".
@@ -642,6 +643,86 @@ static_resources:
             Some(FinalReason::UpstreamSuccess)
         );
         assert_eq!(f.maildir("box").len(), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// A message received over STARTTLS with AUTH and stored is delivered
+    /// by the scheduler with those facts: the record keeps them typed, and
+    /// the output chain's received_header (which runs at delivery, on the
+    /// replayed ingress) writes them.
+    #[tokio::test]
+    async fn stored_and_forwarded_with_its_tls_and_auth_facts() {
+        let yaml = YAML.replace(
+            "  - name: out\n    filters:\n",
+            "  - name: out\n    filters:\n    - received_header: {received_hostname: out.koukan.test}\n",
+        );
+        assert_ne!(yaml, YAML);
+        let f = fixture(&yaml, &[]);
+        let scheduler = Arc::new(Scheduler::new(
+            &f.queue,
+            f.chains(),
+            SchedulerConfig {
+                poll_interval: Duration::from_millis(50),
+                ..SchedulerConfig::default()
+            },
+        ));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(scheduler.run(stop_rx));
+
+        let (_ctx, mut svc) = f.transaction_from(koukan_chain::SessionInfo {
+            listener: "in".into(),
+            peer: "198.51.100.7:50123".parse().unwrap(),
+            local: "192.0.2.10:587".parse().unwrap(),
+            ehlo_host: Some("client.example".into()),
+            esmtp: true,
+            tls: Some(koukan_chain::TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            }),
+            auth_user: Some("app".into()),
+        });
+        assert!(
+            call(&mut svc, envelope("a@example.org", &["b@example.com"]))
+                .await
+                .rcpts[0]
+                .is_ok()
+        );
+        let d = call(&mut svc, TxUpdate::body("Subject: s\r\n\r\nhi\r\n", true))
+            .await
+            .data
+            .unwrap();
+        let id = koukan_storage::TxId(d.text.split_once("queued as ").unwrap().1.to_owned());
+        let store = f.queue.store.clone();
+        let record = eventually(Duration::from_secs(10), || {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                let r = store.get_transaction(&id).await.ok()?;
+                r.final_attempt_reason.is_some().then_some(r)
+            }
+        })
+        .await
+        .expect("delivered");
+        assert_eq!(
+            record.final_attempt_reason,
+            Some(FinalReason::UpstreamSuccess)
+        );
+        let koukan_storage::StoredIngress::Smtp(s) = &record.tx.ingress else {
+            panic!("{:?}", record.tx.ingress);
+        };
+        assert_eq!(s.tls.as_ref().unwrap().cipher, "TLS13_AES_256_GCM_SHA384");
+        assert_eq!(s.auth_user.as_deref(), Some("app"));
+        assert_eq!(s.local, Some("192.0.2.10:587".parse().unwrap()));
+
+        let delivered = f.maildir("box");
+        assert_eq!(delivered.len(), 1);
+        let msg = String::from_utf8_lossy(&delivered[0]);
+        assert!(
+            msg.starts_with(&format!(
+                "Received: from client.example ([198.51.100.7])\r\n\tby out.koukan.test\r\n\twith ESMTPSA (using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tid {id}\r\n"
+            )),
+            "{msg}"
+        );
         stop.send(true).unwrap();
         task.await.unwrap();
     }

@@ -1,6 +1,8 @@
 //! What the store keeps. Plain data with serde, independent of the
 //! in-memory transaction model of the filter chain.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -66,14 +68,105 @@ impl StoredResponse {
     }
 }
 
-/// Session facts kept for trace headers and DSNs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredSession {
+/// TLS facts as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTls {
+    pub version: String,
+    pub cipher: String,
+}
+
+/// The SMTP session a stored transaction arrived on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSmtp {
     pub listener: String,
-    pub peer: Option<String>,
+    pub peer: Option<SocketAddr>,
+    #[serde(default)]
+    pub local: Option<SocketAddr>,
     pub ehlo_host: Option<String>,
-    pub tls: Option<String>,
+    #[serde(default = "yes")]
+    pub esmtp: bool,
+    pub tls: Option<StoredTls>,
     pub auth_user: Option<String>,
+}
+
+/// The HTTP request a stored transaction arrived on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredHttp {
+    pub listener: String,
+    pub peer: Option<SocketAddr>,
+    #[serde(default)]
+    pub local: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls: Option<StoredTls>,
+    #[serde(default)]
+    pub principal: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where a stored transaction came from: what the scheduler replays to its
+/// output chain (trace headers, policy) and what a DSN may report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredIngress {
+    Smtp(StoredSmtp),
+    Http(StoredHttp),
+    /// Made by the proxy itself (a bounce): no client.
+    Generated,
+}
+
+/// The flat `session` object of records written before [`StoredIngress`]:
+/// always SMTP, TLS as one "version cipher" string, and (bounces) an empty
+/// listener with no peer.
+#[derive(Deserialize)]
+struct LegacySession {
+    listener: String,
+    peer: Option<String>,
+    ehlo_host: Option<String>,
+    tls: Option<String>,
+    auth_user: Option<String>,
+}
+
+impl From<LegacySession> for StoredIngress {
+    fn from(s: LegacySession) -> Self {
+        if s.listener.is_empty() && s.peer.is_none() {
+            return StoredIngress::Generated;
+        }
+        StoredIngress::Smtp(StoredSmtp {
+            listener: s.listener,
+            peer: s.peer.and_then(|p| p.parse().ok()),
+            local: None,
+            ehlo_host: s.ehlo_host,
+            esmtp: true,
+            tls: s.tls.map(|t| match t.split_once(' ') {
+                Some((version, cipher)) => StoredTls {
+                    version: version.to_owned(),
+                    cipher: cipher.to_owned(),
+                },
+                None => StoredTls {
+                    version: t,
+                    cipher: String::new(),
+                },
+            }),
+            auth_user: s.auth_user,
+        })
+    }
+}
+
+/// Reads [`NewTransaction::ingress`] in either form.
+fn ingress_any_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StoredIngress, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Typed(StoredIngress),
+        Legacy(LegacySession),
+    }
+    Ok(match Wire::deserialize(d)? {
+        Wire::Typed(i) => i,
+        Wire::Legacy(l) => l.into(),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +177,9 @@ pub struct NewTransaction {
     pub chain: String,
     pub mail_from: StoredMailbox,
     pub rcpt_to: Vec<StoredMailbox>,
-    pub session: StoredSession,
+    /// Records written before it have `session` (see [`LegacySession`]).
+    #[serde(alias = "session", deserialize_with = "ingress_any_version")]
+    pub ingress: StoredIngress,
     pub body: BlobId,
     /// Retries enabled (otherwise one attempt).
     pub retry: bool,
@@ -97,6 +192,10 @@ pub struct NewTransaction {
     /// it as attempt 1 and schedules the next one at its `next_attempt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior_attempt: Option<PriorAttempt>,
+    /// What the filters that received it found (`koukan_chain::Signal`s),
+    /// by signal name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub signals: BTreeMap<String, serde_json::Value>,
 }
 
 /// See [`NewTransaction::prior_attempt`].
@@ -416,5 +515,94 @@ mod tests {
         assert_eq!(class(354), ReplyClass::Temp);
         assert_eq!(class(550), ReplyClass::Perm);
         assert_eq!(class(600), ReplyClass::Temp);
+    }
+
+    /// A record as the build before typed ingress wrote it (JSON, both
+    /// stores): it still reads, its TLS string split into version and
+    /// cipher, and a bounce's empty session read as generated.
+    #[test]
+    fn a_record_with_the_old_session_reads() {
+        let old = r#"{"sender":"s","tag":"t","chain":"out",
+            "mail_from":{"address":"a@example.com"},"rcpt_to":[{"address":"b@example.com"}],
+            "session":{"listener":"submission","peer":"198.51.100.7:50123",
+                "ehlo_host":"client.example","tls":"TLSv1.3 TLS13_AES_128_GCM_SHA256",
+                "auth_user":"app"},
+            "body":"b","retry":true,"notification":false,"lease":null}"#;
+        let tx: NewTransaction = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            tx.ingress,
+            StoredIngress::Smtp(StoredSmtp {
+                listener: "submission".into(),
+                peer: Some("198.51.100.7:50123".parse().unwrap()),
+                local: None,
+                ehlo_host: Some("client.example".into()),
+                esmtp: true,
+                tls: Some(StoredTls {
+                    version: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                }),
+                auth_user: Some("app".into()),
+            })
+        );
+        assert!(tx.signals.is_empty());
+
+        let bounce = old.replace(
+            r#""session":{"listener":"submission","peer":"198.51.100.7:50123",
+                "ehlo_host":"client.example","tls":"TLSv1.3 TLS13_AES_128_GCM_SHA256",
+                "auth_user":"app"}"#,
+            r#""session":{"listener":"","peer":null,"ehlo_host":null,"tls":null,"auth_user":null}"#,
+        );
+        assert_ne!(bounce, old);
+        let tx: NewTransaction = serde_json::from_str(&bounce).unwrap();
+        assert_eq!(tx.ingress, StoredIngress::Generated);
+    }
+
+    #[test]
+    fn typed_ingress_and_signals_round_trip() {
+        let tx = NewTransaction {
+            sender: "s".into(),
+            tag: "t".into(),
+            chain: "out".into(),
+            mail_from: StoredMailbox {
+                address: "a@example.com".into(),
+                params: vec![],
+            },
+            rcpt_to: vec![],
+            ingress: StoredIngress::Http(StoredHttp {
+                listener: "api".into(),
+                peer: Some("[2001:db8::1]:4000".parse().unwrap()),
+                local: Some("[2001:db8::2]:443".parse().unwrap()),
+                tls: None,
+                principal: Some("svc".into()),
+            }),
+            body: BlobId("b".into()),
+            retry: false,
+            notification: false,
+            lease: None,
+            prior_attempt: None,
+            signals: [(
+                "message_parse".to_owned(),
+                serde_json::json!({"defects": []}),
+            )]
+            .into(),
+        };
+        let json = serde_json::to_string(&tx).unwrap();
+        assert!(
+            json.contains(r#""ingress":{"http":{"listener":"api""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<NewTransaction>(&json).unwrap(), tx);
+        let generated = NewTransaction {
+            ingress: StoredIngress::Generated,
+            signals: BTreeMap::new(),
+            ..tx
+        };
+        let json = serde_json::to_string(&generated).unwrap();
+        assert!(json.contains(r#""ingress":"generated""#), "{json}");
+        assert!(!json.contains("signals"), "empty signals are left out");
+        assert_eq!(
+            serde_json::from_str::<NewTransaction>(&json).unwrap(),
+            generated
+        );
     }
 }

@@ -82,7 +82,8 @@ use futures::future::{BoxFuture, join_all};
 use crate::{
     AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, FinalReason,
     NewTransaction, NextStep, PriorAttempt, QueueCounts, ReplicaId, Store, StoreError, StoreResult,
-    StoredMailbox, StoredParam, StoredResponse, StoredSession, TxId, TxRecord, TxState,
+    StoredIngress, StoredMailbox, StoredParam, StoredResponse, StoredSmtp, StoredTls, TxId,
+    TxRecord, TxState,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -138,18 +139,29 @@ fn sample_tx(body: &BlobId) -> NewTransaction {
                 params: vec![],
             },
         ],
-        session: StoredSession {
+        ingress: StoredIngress::Smtp(StoredSmtp {
             listener: "msa".into(),
-            peer: Some("192.0.2.7:53211".into()),
+            peer: Some("192.0.2.7:53211".parse().unwrap()),
+            local: Some("192.0.2.1:587".parse().unwrap()),
             ehlo_host: Some("client.example.com".into()),
-            tls: Some("TLSv1.3 TLS_AES_128_GCM_SHA256".into()),
+            esmtp: true,
+            tls: Some(StoredTls {
+                version: "TLSv1.3".into(),
+                cipher: "TLS_AES_128_GCM_SHA256".into(),
+            }),
             auth_user: Some("alice".into()),
-        },
+        }),
         body: body.clone(),
         retry: true,
         notification: true,
         lease: None,
         prior_attempt: None,
+        // Kept as given, by both stores.
+        signals: [(
+            "message_parse".to_owned(),
+            serde_json::json!({"defects": [{"kind": "missing_header", "header": "Date"}]}),
+        )]
+        .into(),
     }
 }
 

@@ -12,7 +12,7 @@ use futures::future::join_all;
 use koukan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use koukan_storage::{
     AttemptOutcome, AttemptResponses, BlobId, FinalReason, NewTransaction, NextStep, PriorAttempt,
-    ReplicaId, Store, StoreError, StoredMailbox, StoredResponse, StoredSession, TxRecord, suite,
+    ReplicaId, Store, StoreError, StoredIngress, StoredMailbox, StoredResponse, TxRecord, suite,
 };
 
 fn open(path: &Path) -> EmbeddedStore {
@@ -49,12 +49,13 @@ fn tx(body: &BlobId, lease: Option<&ReplicaId>) -> NewTransaction {
             address: "b@example.com".into(),
             params: vec![],
         }],
-        session: StoredSession::default(),
+        ingress: StoredIngress::Generated,
         body: body.clone(),
         retry: true,
         notification: false,
         lease: lease.map(|owner| (owner.clone(), Duration::from_secs(60))),
         prior_attempt: None,
+        signals: Default::default(),
     }
 }
 

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use koukan_storage::redis_store::{Durability, RedisOptions, RedisStore};
 use koukan_storage::{
     AttemptOutcome, AttemptResponses, BlobId, FinalReason, NewTransaction, NextStep, ReplicaId,
-    Store, StoreError, StoredMailbox, StoredResponse, StoredSession, TxId, TxState,
+    Store, StoreError, StoredIngress, StoredMailbox, StoredResponse, StoredSmtp, TxId, TxState,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -214,16 +214,21 @@ fn new_tx(body: &BlobId, lease: Option<(ReplicaId, Duration)>) -> NewTransaction
             address: "bob@example.org".into(),
             params: vec![],
         }],
-        session: StoredSession {
+        ingress: StoredIngress::Smtp(StoredSmtp {
             listener: "msa".into(),
-            peer: Some("192.0.2.1:4567".into()),
-            ..StoredSession::default()
-        },
+            peer: Some("192.0.2.1:4567".parse().unwrap()),
+            local: None,
+            ehlo_host: None,
+            esmtp: true,
+            tls: None,
+            auth_user: None,
+        }),
         body: body.clone(),
         retry: true,
         notification: false,
         lease,
         prior_attempt: None,
+        signals: Default::default(),
     }
 }
 

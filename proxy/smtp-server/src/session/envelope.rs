@@ -1,6 +1,6 @@
 //! MAIL and RCPT, and PIPELINING batches of them.
 
-use koukan_chain::{Mailbox, Recipient, Response, TxUpdate};
+use koukan_chain::{Ingress, Mailbox, Recipient, Response, TxUpdate};
 use smtp_proto::{MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -187,7 +187,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if smtputf8 {
             mailbox = mailbox.with_param("SMTPUTF8", None);
         }
-        let (ctx, svc) = self.factory.new_transaction(self.session_info());
+        let (ctx, svc) = self
+            .factory
+            .new_transaction(Ingress::Smtp(self.session_info()));
         update.mail_from = Some(mailbox.clone());
         *opened = Some(Transaction::new(
             ctx,

@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use koukan_chain::{
-    BoxTxService, Mailbox, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse, boxed,
+    BoxTxService, Ingress, Mailbox, Response, SessionInfo, TxContext, TxUpdate, UpdateResponse,
+    boxed,
 };
 use koukan_smtp_server::{
     Listener, ListenerHandle, Secrets, SessionConfig, SmtpMetrics, TransactionFactory,
@@ -92,16 +93,13 @@ impl TestFactory {
 }
 
 impl TransactionFactory for TestFactory {
-    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
+    fn new_transaction(&self, ingress: Ingress) -> (Arc<TxContext>, BoxTxService) {
         let n = self.next_id.fetch_add(1, Ordering::SeqCst);
-        self.record.sessions.lock().unwrap().push(session.clone());
-        let ctx = TxContext {
-            id: format!("tx{n}"),
-            session,
-            sender: String::new(),
-            tag: String::new(),
-            started: SystemTime::now(),
+        let Ingress::Smtp(session) = &ingress else {
+            panic!("the SMTP server opens SMTP transactions: {ingress:?}");
         };
+        self.record.sessions.lock().unwrap().push(session.clone());
+        let ctx = TxContext::new(format!("tx{n}"), ingress, "", "");
         let svc = TestService {
             tx: n,
             record: self.record.clone(),

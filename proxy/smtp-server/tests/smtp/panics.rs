@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use koukan_chain::{BoxTxService, SessionInfo, TxContext};
+use koukan_chain::{BoxTxService, Ingress, TxContext};
 use koukan_smtp_server::TransactionFactory;
 
 use crate::common::*;
@@ -206,11 +206,11 @@ struct PanicsOnSecondMail {
 }
 
 impl TransactionFactory for PanicsOnSecondMail {
-    fn new_transaction(&self, session: Arc<SessionInfo>) -> (Arc<TxContext>, BoxTxService) {
+    fn new_transaction(&self, ingress: Ingress) -> (Arc<TxContext>, BoxTxService) {
         if self.calls.fetch_add(1, Ordering::SeqCst) == 1 {
             panic!("factory bug (on purpose)");
         }
-        self.inner.new_transaction(session)
+        self.inner.new_transaction(ingress)
     }
 }
 

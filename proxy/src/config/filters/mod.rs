@@ -4,6 +4,7 @@
 //! one file here that turns it into a [`FilterFactory`]. Adding a filter
 //! is adding that file and its line in [`KINDS`].
 
+mod message_parse;
 mod received_header;
 mod router;
 
@@ -11,6 +12,7 @@ mod router;
 pub(crate) mod fault;
 
 use std::fmt::Debug;
+use std::path::Path;
 use std::sync::Arc;
 
 use koukan_chain::{BoxTxService, TxContext};
@@ -25,21 +27,23 @@ pub trait FilterFactory: Send + Sync + Debug + 'static {
 }
 
 /// One kind of filter: the name of its `Filter.filter` member and its
-/// builder, which answers `None` for another kind's config.
+/// builder, which answers `None` for another kind's config. It gets the
+/// filter's field path (for errors) and the config file (which anchors
+/// relative paths).
 pub struct FilterKind {
     pub name: &'static str,
-    pub build: fn(&pb::filter::Filter, &str) -> Option<Built>,
+    pub build: fn(&pb::filter::Filter, &str, &Path) -> Option<Built>,
 }
 
 /// A filter's factory, or what is wrong with its config (field paths).
 pub type Built = Result<Arc<dyn FilterFactory>, Vec<ConfigError>>;
 
 /// Every filter kind the proxy knows.
-pub const KINDS: &[FilterKind] = &[router::KIND, received_header::KIND];
+pub const KINDS: &[FilterKind] = &[router::KIND, received_header::KIND, message_parse::KIND];
 
 /// The factory of one configured filter; `path` is its field path, for
 /// errors.
-pub fn build(f: &pb::Filter, path: &str) -> Result<Arc<dyn FilterFactory>, Vec<ConfigError>> {
+pub fn build(f: &pb::Filter, path: &str, config_file: &Path) -> Built {
     let Some(filter) = &f.filter else {
         return Err(vec![ConfigError {
             path: path.to_owned(),
@@ -48,7 +52,7 @@ pub fn build(f: &pb::Filter, path: &str) -> Result<Arc<dyn FilterFactory>, Vec<C
     };
     KINDS
         .iter()
-        .find_map(|k| (k.build)(filter, path))
+        .find_map(|k| (k.build)(filter, path, config_file))
         // The registry is exhaustive over the oneof: a member without a
         // kind is a bug caught by the test below.
         .unwrap_or_else(|| {
@@ -73,17 +77,21 @@ mod tests {
                 "received_header",
                 pb::filter::Filter::ReceivedHeader(Default::default()),
             ),
+            (
+                "message_parse",
+                pb::filter::Filter::MessageParse(Default::default()),
+            ),
         ];
         for (name, f) in examples {
             let kind = KINDS
                 .iter()
-                .find(|k| (k.build)(&f, "x").is_some())
+                .find(|k| (k.build)(&f, "x", Path::new("k.yaml")).is_some())
                 .unwrap_or_else(|| panic!("no kind builds {name}"));
             assert_eq!(kind.name, name);
             assert_eq!(
                 KINDS
                     .iter()
-                    .filter(|k| (k.build)(&f, "x").is_some())
+                    .filter(|k| (k.build)(&f, "x", Path::new("k.yaml")).is_some())
                     .count(),
                 1
             );

@@ -11,7 +11,7 @@ use super::{FilterFactory, FilterKind};
 
 pub const KIND: FilterKind = FilterKind {
     name: "received_header",
-    build: |f, _path| match f {
+    build: |f, _path, _config_file| match f {
         pb::filter::Filter::ReceivedHeader(r) => Some(Ok(Arc::new(ReceivedHeader(Arc::new(
             ReceivedHeaderConfig {
                 received_hostname: r.received_hostname.clone(),

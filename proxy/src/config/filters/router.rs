@@ -12,7 +12,7 @@ use crate::config::{destination, nonzero};
 
 pub const KIND: FilterKind = FilterKind {
     name: "router",
-    build: |f, _path| match f {
+    build: |f, _path, _config_file| match f {
         pb::filter::Filter::Router(r) => Some(Ok(Arc::new(Router(Arc::new(config(r)))))),
         _ => None,
     },

@@ -7,10 +7,11 @@
 //! whatever its `appendfsync` gives, checked at start-up). A transaction is
 //! delivered by at most one replica at a time: the one holding its lease.
 //! A change to a transaction can be waited for ([`Store::wait_version`]),
-//! across replicas.
+//! across replicas. [`Metered`] wraps any store with latency histograms.
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod metered;
 pub mod model;
 pub mod redis_store;
 mod reserve;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+pub use metered::Metered;
 pub use model::*;
 
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,9 @@
 //!
 //! [`Metered`] wraps any [`Store`] and times every call it passes on:
 //! `store_operation_duration_seconds{op, result}`, `op` the method's name,
-//! `result` `ok` or `error` (any [`StoreError`], a lost lease or an
-//! unknown id as much as an outage: the latency is what it is; the reason
-//! is in the logs of whoever got it).
+//! `result` `ok` or `error` (any [`StoreError`](crate::StoreError), a lost
+//! lease or an unknown id as much as an outage: the latency is what it is;
+//! the reason is in the logs of whoever got it).
 //!
 //! [`Store::wait_version`] is passed on untimed: a hanging wait lasts as
 //! long as the transaction stays unchanged, up to the caller's deadline,

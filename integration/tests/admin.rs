@@ -186,5 +186,5 @@ fn cancelling_a_final_transaction_is_a_conflict() {
     let (status, body) = http_post(k.admin, &format!("/transactions/{id}/cancel")).unwrap();
     assert_eq!(status, 409, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["final_attempt_reason"], "cancelled", "{body}");
+    assert_eq!(v["final_attempt_reason"], "downstream cancelled", "{body}");
 }

@@ -220,10 +220,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // process's state.
     let bootstrap =
         koukan_proto::load::load_bootstrap_file(&config_path).map_err(|e| anyhow!("{e}"))?;
-    let store = open_store(&config_path, &bootstrap).await?;
+    // Every store operation's latency is measured (the histogram is
+    // registered below).
+    let store = open_store(&config_path, &bootstrap)
+        .await?
+        .map(|s| Arc::new(koukan_storage::Metered::new(s)));
+    let metered = store.clone();
     let scheduler_config = scheduler_config(bootstrap.scheduler.as_ref());
     let smtp_metrics = Arc::new(koukan_smtp_server::SmtpMetrics::new());
     let queue = store.map(|store| {
+        let store: Arc<dyn Store> = store;
         let node = bootstrap
             .node
             .as_ref()
@@ -251,6 +257,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     smtp_metrics.register(&mut registry);
     process.delivery_metrics.register(&mut registry);
     process.pool_metrics.register(&mut registry);
+    if let Some(m) = &metered {
+        m.register(&mut registry);
+    }
     let reload_metrics = ReloadMetrics::default();
     reload_metrics.register(&mut registry);
     reload_metrics.generation.set(1);

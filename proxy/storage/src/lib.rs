@@ -1,14 +1,17 @@
 //! Durable transaction storage: one trait, two implementations (embedded
 //! SQLite for a single sidecar, Redis for replicas that share work), one
-//! test suite both must pass ([`suite`]).
+//! test suite both must pass (`suite`, with the `test-util` feature).
 //!
 //! What the store guarantees: when a write method returns `Ok`, the write
 //! is durable to the degree the backend promises (embedded: fsynced; Redis:
 //! whatever its `appendfsync` gives, checked at start-up). A transaction is
 //! delivered by at most one replica at a time: the one holding its lease.
+//! A change to a transaction can be waited for ([`Store::wait_version`]),
+//! across replicas. [`Metered`] wraps any store with latency histograms.
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod metered;
 pub mod model;
 pub mod redis_store;
 mod reserve;
@@ -16,12 +19,14 @@ mod reserve;
 /// feature (which the crate's own tests turn on) or in unit tests.
 #[cfg(any(test, feature = "test-util"))]
 pub mod suite;
+mod watch;
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+pub use metered::Metered;
 pub use model::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +150,37 @@ pub trait Store: Send + Sync + 'static {
     }
 
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>>;
+
+    /// Waits until transaction `id` changes: returns its record as soon as
+    /// its `version` is greater than `after` (at once if it already is),
+    /// or `Ok(None)` at `deadline` if it did not change by then (also for
+    /// a deadline already past). `NotFound` for an unknown id, and for one
+    /// that gc deletes during the wait. For hanging GETs: a caller passes
+    /// the version it last saw and gets the next state, or `None` to
+    /// answer "not modified".
+    ///
+    /// `version` is bumped, and waiters woken, by every write that changes
+    /// the record: its creation (version 1), a claim (including one that
+    /// finalizes a cancelled transaction instead of leasing it), a lease
+    /// renewal (the lease's expiry moves), a finish, and a cancel that
+    /// changes something (finalizing, or flagging a leased transaction the
+    /// first time; a cancel of a final or already flagged one changes
+    /// nothing and bumps nothing). Writes to blobs (appends, finalizing,
+    /// collection) are not writes of the transaction and wake nobody.
+    ///
+    /// Writes by any process on the same store wake the waiter (Redis:
+    /// other replicas' too). A waiter costs no polling: it is woken by the
+    /// write, reads the record once, and sleeps again if the change was not
+    /// one it waits for. While the store is unreachable during the wait
+    /// (Redis restarting) the wait goes on and catches up once it is back;
+    /// the first read, though, fails at once. Dropping the future ends the
+    /// wait and forgets the waiter.
+    fn wait_version<'a>(
+        &'a self,
+        id: &'a TxId,
+        after: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'a, StoreResult<Option<TxRecord>>>;
 
     /// Atomically leases up to `limit` transactions that are due
     /// (`next_attempt <= now`, not final, not leased or lease expired) to

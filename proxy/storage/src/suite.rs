@@ -53,7 +53,18 @@
 //!   expiry finalizes it, `DownstreamCancelled`). Of a final one: `Ok`, the reason is kept. Unknown:
 //!   `NotFound`.
 //! * Every write (create, claim, renew, finish, cancel) increases
-//!   `version`.
+//!   `version`; a cancel that changes nothing (final already, or leased and
+//!   flagged already) leaves it as it is.
+//! * `wait_version(id, after, deadline)` returns `Some(record)`, the record
+//!   as stored, once `version > after`: at once if it already is, and
+//!   otherwise woken by each of those writes (a claim finalizing a
+//!   cancelled transaction included), promptly (well within a second),
+//!   however many wait on the same or other transactions. It returns
+//!   `None` at the deadline (not before, and not much later; at once for a
+//!   deadline already past) when nothing changed the record, and writes
+//!   that change nothing do not end it. A write racing the start of a wait
+//!   is not missed. Unknown id: `NotFound` at once; a transaction deleted
+//!   by gc during the wait: `NotFound`, promptly.
 //! * `gc(t)` deletes final transactions with `last_update < t`, then blobs
 //!   that no transaction references and that were last written before `t`
 //!   (a body still being uploaded is younger than any sane cutoff).
@@ -73,8 +84,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
@@ -101,7 +113,11 @@ fn now_ms() -> SystemTime {
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const LONG_TTL: Duration = Duration::from_secs(60);
-const SHORT_TTL: Duration = Duration::from_millis(200);
+/// Shorter than `LONG_TTL`; tests pass it and then claim at its expiry
+/// (the `now` a claim is given), never sleep through it. Long enough
+/// that a loaded machine does not expire it between a create and the
+/// cancel that expects it leased.
+const SHORT_TTL: Duration = Duration::from_secs(5);
 
 fn replica(name: &str) -> ReplicaId {
     ReplicaId(name.to_string())
@@ -1510,6 +1526,336 @@ pub async fn ids_unique(store: &dyn Store) {
     );
 }
 
+// ------------------------------------------------------------ waiting
+
+/// How long the suite gives a waiter to be parked before it writes.
+const PARK: Duration = Duration::from_millis(150);
+/// A wait the suite expects to be woken gets this deadline; being woken
+/// means returning well before it.
+const LONG_WAIT: Duration = Duration::from_secs(30);
+/// Within this of the write returning (or of being called, for one that
+/// has nothing to wait for) a wait must have returned: far below
+/// `LONG_WAIT`, far above a notification's latency, with room for a
+/// loaded machine (whose fsyncs may take seconds: they are not counted).
+const WAKE_WITHIN: Duration = Duration::from_secs(3);
+/// How far past its deadline a timed-out wait may return, on a loaded
+/// machine, and still count as returning at the deadline.
+const DEADLINE_SLACK: Duration = Duration::from_millis(1500);
+
+/// `fut`, and when it finished.
+async fn stamped<T>(fut: impl Future<Output = T>) -> (T, Instant) {
+    let out = fut.await;
+    (out, Instant::now())
+}
+
+/// Waits on `id` for a version above the current one while `write` runs
+/// once the wait is parked; asserts the wait was woken (promptly, with a
+/// newer record, the one stored) and returns that record.
+async fn woken_by(
+    store: &dyn Store,
+    id: &TxId,
+    what: &str,
+    write: impl Future<Output = ()>,
+) -> TxRecord {
+    let after = get(store, id).await.version;
+    let start = Instant::now();
+    let ((got, returned), ((), written)) = futures::join!(
+        stamped(store.wait_version(id, after, start + LONG_WAIT)),
+        stamped(async {
+            tokio::time::sleep(PARK).await;
+            write.await;
+        })
+    );
+    let rec = got
+        .unwrap_or_else(|e| panic!("{what}: wait failed: {e}"))
+        .unwrap_or_else(|| panic!("{what}: the wait timed out: the write woke nobody"));
+    let late = returned.saturating_duration_since(written);
+    assert!(late < WAKE_WITHIN, "{what}: woken {late:?} after the write");
+    assert!(
+        rec.version > after,
+        "{what}: version {} after {after}",
+        rec.version
+    );
+    assert_eq!(rec, get(store, id).await, "{what}: the record as stored");
+    rec
+}
+
+/// A record already past `after` comes back at once, whatever the
+/// deadline; a deadline already past gives `None` at once.
+pub async fn wait_returns_at_once(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let id = create(store, sample_tx(&body)).await;
+    let start = Instant::now();
+    let got = store.wait_version(&id, 0, start + LONG_WAIT).await.unwrap();
+    assert_eq!(got, Some(get(store, &id).await));
+    assert!(start.elapsed() < WAKE_WITHIN, "{:?}", start.elapsed());
+
+    let got = store.wait_version(&id, 1, Instant::now()).await.unwrap();
+    assert_eq!(got, None, "a deadline already past, no change");
+    assert!(start.elapsed() < WAKE_WITHIN, "{:?}", start.elapsed());
+
+    let claimed = claim(store, &replica("a"), now_ms(), 1).await;
+    let start = Instant::now();
+    let got = store.wait_version(&id, 1, start + LONG_WAIT).await.unwrap();
+    assert_eq!(got.as_ref(), claimed.first(), "the claimed record");
+    // A deadline already past still gives a changed record.
+    let got = store.wait_version(&id, 1, Instant::now()).await.unwrap();
+    assert_eq!(got.as_ref(), claimed.first());
+    assert!(start.elapsed() < WAKE_WITHIN, "{:?}", start.elapsed());
+}
+
+/// Every write that bumps the version wakes a parked waiter.
+pub async fn wait_woken_by_every_write(store: &dyn Store) {
+    let (a, b) = (replica("a"), replica("b"));
+    let body = finalized_blob(store, b"x").await;
+    let id = create(store, sample_tx(&body)).await;
+    let rec = woken_by(store, &id, "claim", async {
+        assert_eq!(claim(store, &a, now_ms(), 1).await.len(), 1);
+    })
+    .await;
+    assert_eq!(rec.lease_owner, Some(a.clone()));
+    woken_by(store, &id, "renew", async {
+        store.renew_lease(&id, &a, 2 * LONG_TTL).await.unwrap();
+    })
+    .await;
+    let rec = woken_by(store, &id, "finish with a retry", async {
+        store
+            .finish_attempt(&id, &a, retry_at(now_ms(), "again"))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(rec.lease_owner, None);
+    woken_by(store, &id, "second claim", async {
+        assert_eq!(claim(store, &b, now_ms(), 1).await.len(), 1);
+    })
+    .await;
+    let rec = woken_by(store, &id, "cancel of a leased one", async {
+        assert_eq!(store.cancel(&id).await.unwrap(), CancelOutcome::Requested);
+    })
+    .await;
+    assert!(rec.cancelled && rec.final_attempt_reason.is_none());
+    let rec = woken_by(store, &id, "finish after a cancel", async {
+        store
+            .finish_attempt(&id, &b, retry_at(now_ms() + HOUR, "cut short"))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
+
+    let body = finalized_blob(store, b"x").await;
+    let waiting = create(store, sample_tx(&body)).await;
+    let rec = woken_by(store, &waiting, "cancel of a waiting one", async {
+        assert_eq!(
+            store.cancel(&waiting).await.unwrap(),
+            CancelOutcome::Cancelled
+        );
+    })
+    .await;
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
+
+    let body = finalized_blob(store, b"x").await;
+    let abandoned = create(store, leased_tx(&body, &a, SHORT_TTL)).await;
+    assert_eq!(
+        store.cancel(&abandoned).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    let expires = get(store, &abandoned).await.lease_expires.unwrap();
+    let rec = woken_by(
+        store,
+        &abandoned,
+        "claim finalizing a cancelled one",
+        async {
+            assert_eq!(claim(store, &b, expires, 10).await, vec![]);
+        },
+    )
+    .await;
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
+
+    let body = finalized_blob(store, b"x").await;
+    let done = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let rec = woken_by(store, &done, "final finish", async {
+        store
+            .finish_attempt(&done, &a, final_outcome(DELIVERED))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(rec.final_attempt_reason, Some(DELIVERED));
+}
+
+/// A record nothing changes: `None` at the deadline, not before and not
+/// much later, through writes that change nothing of it.
+pub async fn wait_times_out(store: &dyn Store) {
+    const WAIT: Duration = Duration::from_millis(400);
+    let a = replica("a");
+    let body = finalized_blob(store, b"x").await;
+    let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    assert_eq!(store.cancel(&id).await.unwrap(), CancelOutcome::Requested);
+    let other = create(store, sample_tx(&body)).await;
+    let blob = store.create_blob().await.unwrap();
+    let before = get(store, &id).await;
+
+    let start = Instant::now();
+    let deadline = start + WAIT;
+    let ((got, returned), ()) = futures::join!(
+        stamped(store.wait_version(&id, before.version, deadline)),
+        async {
+            tokio::time::sleep(PARK).await;
+            // Asked again: changes nothing.
+            assert_eq!(store.cancel(&id).await.unwrap(), CancelOutcome::Requested);
+            store
+                .append_blob(&blob, 0, Bytes::from_static(b"unrelated"), true)
+                .await
+                .unwrap();
+            // Another transaction's write.
+            assert_eq!(
+                ids(&claim(store, &a, now_ms(), 10).await),
+                vec![other.clone()]
+            );
+        }
+    );
+    assert_eq!(got.unwrap(), None);
+    assert!(
+        returned >= deadline,
+        "returned {:?} before its deadline",
+        deadline - returned
+    );
+    assert!(
+        returned - start < WAIT + DEADLINE_SLACK,
+        "returned {:?} after its deadline",
+        returned - deadline
+    );
+    assert_eq!(get(store, &id).await, before, "nothing changed it");
+}
+
+/// Unknown id: `NotFound` at once, not at the deadline.
+pub async fn wait_unknown_id(store: &dyn Store) {
+    let start = Instant::now();
+    let r = store
+        .wait_version(&TxId("no-such-tx".into()), 0, start + LONG_WAIT)
+        .await;
+    assert_not_found(r);
+    assert!(start.elapsed() < WAKE_WITHIN, "{:?}", start.elapsed());
+}
+
+/// gc deleting the transaction ends its wait with `NotFound`.
+pub async fn wait_ends_when_gc_deletes(store: &dyn Store) {
+    let a = replica("a");
+    let body = finalized_blob(store, b"x").await;
+    let id = create(store, leased_tx(&body, &a, LONG_TTL)).await;
+    let rec = store
+        .finish_attempt(&id, &a, final_outcome(DELIVERED))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let ((got, returned), ((), deleted)) = futures::join!(
+        stamped(store.wait_version(&id, rec.version, start + LONG_WAIT)),
+        stamped(async {
+            tokio::time::sleep(PARK).await;
+            assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 1);
+        })
+    );
+    assert_not_found(got);
+    let late = returned.saturating_duration_since(deleted);
+    assert!(late < WAKE_WITHIN, "{late:?} after gc");
+}
+
+/// Waits started together with a write (no pause between): each returns
+/// the new record, none misses the write and sits out its deadline.
+pub async fn wait_never_misses_a_racing_write(store: &dyn Store) {
+    for round in 0..20 {
+        // A body each: the cancel collects it.
+        let body = finalized_blob(store, b"x").await;
+        let id = create(store, sample_tx(&body)).await;
+        let start = Instant::now();
+        let ((got, returned), (cancelled, written)) = futures::join!(
+            stamped(store.wait_version(&id, 1, start + LONG_WAIT)),
+            stamped(store.cancel(&id))
+        );
+        assert_eq!(cancelled.unwrap(), CancelOutcome::Cancelled);
+        let rec = got
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: missed"));
+        assert_eq!(rec.final_attempt_reason, Some(CANCELLED), "round {round}");
+        let late = returned.saturating_duration_since(written);
+        assert!(
+            late < WAKE_WITHIN,
+            "round {round}: {late:?} after the write"
+        );
+    }
+}
+
+/// Many waiters at once, in tasks of their own, on three transactions: a
+/// write wakes the waiters of its transaction and no other; those of the
+/// transaction nobody writes time out together.
+pub async fn many_concurrent_waiters(store: Arc<dyn Store>) {
+    const PER_TX: usize = 25;
+    const WAIT: Duration = Duration::from_secs(2);
+    let body = finalized_blob(&*store, b"x").await;
+    let mut txs = Vec::new();
+    for _ in 0..3 {
+        txs.push(create(&*store, sample_tx(&body)).await);
+    }
+    let start = Instant::now();
+    let deadline = start + WAIT;
+    let waiters: Vec<_> = (0..3 * PER_TX)
+        .map(|i| {
+            let (store, id) = (store.clone(), txs[i % 3].clone());
+            // Those of the two written transactions wait long: a slow
+            // write must not make them time out.
+            let deadline = if i % 3 == 2 {
+                deadline
+            } else {
+                start + LONG_WAIT
+            };
+            tokio::spawn(async move {
+                let got = store.wait_version(&id, 1, deadline).await;
+                (i % 3, got, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(PARK).await;
+    let mut writes = Vec::new();
+    for tx in &txs[..2] {
+        let before = Instant::now();
+        store.cancel(tx).await.unwrap();
+        writes.push((before, Instant::now()));
+        tokio::time::sleep(PARK).await;
+    }
+    let mut woken = [0; 3];
+    for waiter in waiters {
+        let (tx, got, at) = waiter.await.expect("waiter panicked");
+        let got = got.expect("wait failed");
+        match tx {
+            0 | 1 => {
+                let rec = got.unwrap_or_else(|| panic!("a waiter of tx {tx} timed out"));
+                assert_eq!(rec.id, txs[tx]);
+                assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
+                let (writing, written) = writes[tx];
+                assert!(at >= writing, "tx {tx}: returned before the write");
+                let late = at.saturating_duration_since(written);
+                assert!(
+                    late < WAKE_WITHIN,
+                    "tx {tx}: woken {late:?} after the write"
+                );
+                woken[tx] += 1;
+            }
+            _ => {
+                assert_eq!(got, None, "tx 2 was not written");
+                assert!(at >= deadline, "tx 2: returned before its deadline");
+                assert!(
+                    at - start < WAIT + DEADLINE_SLACK,
+                    "tx 2: {:?} late",
+                    at - deadline
+                );
+            }
+        }
+    }
+    assert_eq!(woken, [PER_TX, PER_TX, 0]);
+}
+
 // ------------------------------------------------------------ concurrency
 
 /// Eight replicas race to claim 200 due transactions: every transaction is
@@ -1612,7 +1958,15 @@ where
         delete_unreferenced_blob,
         fresh_store_admits,
         ids_unique,
+        wait_returns_at_once,
+        wait_woken_by_every_write,
+        wait_times_out,
+        wait_unknown_id,
+        wait_ends_when_gc_deletes,
+        wait_never_misses_a_racing_write,
     );
     eprintln!("store suite: concurrent_claims");
     concurrent_claims(make().await).await;
+    eprintln!("store suite: many_concurrent_waiters");
+    many_concurrent_waiters(make().await).await;
 }

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::join_all;
 use koukan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use koukan_storage::{
@@ -397,6 +398,94 @@ async fn stored_final_reasons_of_earlier_builds_still_read() {
             assert!(m.contains("final reason") && m.contains("delivered"), "{m}")
         }
         other => panic!("expected Internal, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------
+// Waiting for changes.
+
+/// A write whose caller stopped waiting for it still commits; its waiters
+/// hear of it all the same (the writer thread wakes them, not the caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_caller_gave_up_still_wakes_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("store.db")));
+    let blob = body(&*store, b"x").await;
+    let id = store.create_transaction(tx(&blob, None)).await.unwrap();
+    let waiter = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            store
+                .wait_version(&id, 1, Instant::now() + Duration::from_secs(20))
+                .await
+        })
+    };
+    wait_until(|| store.watched_transactions() == 1).await;
+    // Polled once: queued to the writer, then dropped before the answer.
+    let cancel = store.cancel(&id);
+    assert!(
+        cancel.now_or_never().is_none(),
+        "the cancel was answered within its first poll"
+    );
+    let rec = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter was not woken")
+        .unwrap()
+        .unwrap()
+        .expect("the wait timed out");
+    assert_eq!(
+        rec.final_attempt_reason,
+        Some(FinalReason::DownstreamCancelled)
+    );
+    assert_eq!(store.watched_transactions(), 0);
+}
+
+/// Waits that end any way (woken, timed out, dropped, unknown id) leave
+/// nothing behind, and writes to transactions nobody waits on register
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("store.db")));
+    let blob = body(&*store, b"x").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(store.create_transaction(tx(&blob, None)).await.unwrap());
+    }
+    let wait = |id: &koukan_storage::TxId, deadline: Instant| {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move { store.wait_version(&id, 1, deadline).await })
+    };
+    let far = Instant::now() + Duration::from_secs(60);
+    let woken: Vec<_> = (0..10).map(|_| wait(&ids[0], far)).collect();
+    let timed_out = wait(&ids[1], Instant::now() + Duration::from_millis(300));
+    let dropped = wait(&ids[2], far);
+    wait_until(|| store.watched_transactions() == 3).await;
+    store.cancel(&ids[0]).await.unwrap();
+    for w in woken {
+        assert!(w.await.unwrap().unwrap().is_some());
+    }
+    dropped.abort();
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    assert_eq!(timed_out.await.unwrap().unwrap(), None);
+    assert!(matches!(
+        store
+            .wait_version(&koukan_storage::TxId("nope".into()), 0, far)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.watched_transactions(), 0);
+    store.cancel(&ids[1]).await.unwrap();
+    store.cancel(&ids[2]).await.unwrap();
+    assert_eq!(store.watched_transactions(), 0);
+}
+
+/// Polls (this is a test) until `cond` holds, for at most 5 s.
+async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached in 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -14,8 +14,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use koukan_storage::redis_store::{Durability, RedisOptions, RedisStore};
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, BlobId, FinalReason, NewTransaction, NextStep, ReplicaId,
-    Store, StoreError, StoredIngress, StoredMailbox, StoredResponse, StoredSmtp, TxId, TxState,
+    AttemptOutcome, AttemptResponses, BlobId, CancelOutcome, FinalReason, NewTransaction, NextStep,
+    ReplicaId, Store, StoreError, StoredIngress, StoredMailbox, StoredResponse, StoredSmtp, TxId,
+    TxState,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -955,6 +956,192 @@ async fn concurrent_claims_never_hand_out_a_transaction_twice() {
         // sign the race was real).
         eprintln!("round {round}: a {} b {}", got1.len(), got2.len());
     }
+}
+
+// ---------------------------------------------------------------------
+// Waiting for changes across replicas.
+
+/// Polls (this is a test) until `s` has `n` parked waiters and a live
+/// subscription, for at most 5 s.
+async fn parked(s: &RedisStore, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(s.watched_transactions() == n && s.subscribed()) {
+        assert!(
+            Instant::now() < deadline,
+            "waiters {} (want {n}), subscribed {}",
+            s.watched_transactions(),
+            s.subscribed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A waiter parked on one replica (subscribed, nothing left to read) is
+/// woken by a write another replica makes: only the published version can
+/// have reached it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_by_another_replica_wakes_a_waiter() {
+    let server = RedisServer::start().await;
+    let (waiter, writer) = (Arc::new(store(&server).await), store(&server).await);
+    let b = body(&writer, b"x").await;
+    let id = writer.create_transaction(new_tx(&b, None)).await.unwrap();
+    for (round, write) in ["claim", "renew", "cancel"].into_iter().enumerate() {
+        let after = writer.get_transaction(&id).await.unwrap().version;
+        let task = {
+            let (waiter, id) = (waiter.clone(), id.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = waiter
+                    .wait_version(&id, after, started + Duration::from_secs(20))
+                    .await;
+                (got, started.elapsed())
+            })
+        };
+        parked(&waiter, 1).await;
+        let a = replica("a");
+        match write {
+            "claim" => {
+                let got = writer
+                    .claim_due(&a, SystemTime::now(), Duration::from_secs(60), 1)
+                    .await
+                    .unwrap();
+                assert_eq!(got.len(), 1);
+            }
+            "renew" => writer
+                .renew_lease(&id, &a, Duration::from_secs(60))
+                .await
+                .unwrap(),
+            _ => {
+                writer.cancel(&id).await.unwrap();
+            }
+        }
+        let (got, took) = task.await.unwrap();
+        let rec = got.unwrap().unwrap_or_else(|| panic!("{write}: not woken"));
+        assert!(
+            took < Duration::from_secs(5),
+            "{write}: woken after {took:?}"
+        );
+        assert_eq!(rec.version, after + 1, "round {round}: {write}");
+        assert_eq!(rec, writer.get_transaction(&id).await.unwrap());
+        assert_eq!(waiter.watched_transactions(), 0, "the waiter is gone");
+    }
+}
+
+/// A replica's first wait starts its subscription; a write made by
+/// another replica while it does (between the waiter's first read and
+/// the subscription) is seen, not lost with the message nobody heard.
+/// Every round a new replica, so every round has that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_the_subscription_is_not_missed() {
+    let server = RedisServer::start().await;
+    let writer = store(&server).await;
+    for round in 0..10 {
+        let waiter = store(&server).await;
+        let b = body(&writer, b"x").await;
+        let id = writer.create_transaction(new_tx(&b, None)).await.unwrap();
+        let started = Instant::now();
+        let (got, cancelled) = tokio::join!(
+            waiter.wait_version(&id, 1, started + Duration::from_secs(20)),
+            writer.cancel(&id)
+        );
+        cancelled.unwrap();
+        let rec = got
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: missed the write"));
+        assert_eq!(rec.final_attempt_reason, Some(CANCELLED), "round {round}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Redis restarts under a parked waiter: the subscription comes back by
+/// itself and the waiter sees the first write made afterwards (made before
+/// the waiter's replica has resubscribed, as likely as not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_survives_a_redis_restart() {
+    let mut server = RedisServer::start().await;
+    let (waiter, writer) = (Arc::new(store(&server).await), store(&server).await);
+    let b = body(&writer, b"x").await;
+    let id = writer.create_transaction(new_tx(&b, None)).await.unwrap();
+    let task = {
+        let (waiter, id) = (waiter.clone(), id.clone());
+        tokio::spawn(async move {
+            waiter
+                .wait_version(&id, 1, Instant::now() + Duration::from_secs(30))
+                .await
+        })
+    };
+    parked(&waiter, 1).await;
+
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while waiter.subscribed() {
+        assert!(Instant::now() < deadline, "the subscriber did not notice");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.restart().await;
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(10);
+    loop {
+        match writer.cancel(&id).await {
+            Ok(outcome) => break assert_eq!(outcome, CancelOutcome::Cancelled),
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("the writer did not recover: {e}"),
+        }
+    }
+    let rec = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the waiter was not woken after the restart")
+        .unwrap()
+        .unwrap()
+        .expect("the wait timed out");
+    assert!(rec.cancelled, "{rec:?}");
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
+    assert!(waiter.subscribed(), "subscribed again");
+    assert_eq!(waiter.watched_transactions(), 0);
+    eprintln!("woken {:?} after the restart", restarted.elapsed());
+}
+
+/// Waits that end any way (woken, timed out, dropped) leave nothing
+/// behind, and messages about transactions nobody waits on register
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_leave_nothing_behind() {
+    let server = RedisServer::start().await;
+    let s = Arc::new(store(&server).await);
+    let b = body(&*s, b"x").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(s.create_transaction(new_tx(&b, None)).await.unwrap());
+    }
+    let soon = Instant::now() + Duration::from_millis(300);
+    let timed_out = {
+        let (s, id) = (s.clone(), ids[0].clone());
+        tokio::spawn(async move { s.wait_version(&id, 1, soon).await })
+    };
+    let dropped = {
+        let (s, id) = (s.clone(), ids[1].clone());
+        tokio::spawn(async move {
+            s.wait_version(&id, 1, Instant::now() + Duration::from_secs(60))
+                .await
+        })
+    };
+    parked(&s, 2).await;
+    dropped.abort();
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    assert_eq!(timed_out.await.unwrap().unwrap(), None);
+    assert_eq!(s.watched_transactions(), 0);
+    // Writes to ids nobody waits on (published all the same).
+    for id in &ids {
+        s.cancel(id).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.watched_transactions(), 0);
 }
 
 // ---------------------------------------------------------------------

@@ -43,6 +43,14 @@
 //! dropped) still takes effect if it was queued. One machine only: this is
 //! the single-sidecar store; replicas that share work use Redis.
 //!
+//! # Waiting for changes
+//!
+//! [`Store::wait_version`] needs no polling: every write runs on the
+//! writer thread, which, once a commit is done, wakes the waiters of each
+//! transaction the commit changed (the shared `watch` module keeps them,
+//! per id, only while someone waits). One process owns the file, so no
+//! write can come from elsewhere.
+//!
 //! # The file
 //!
 //! A new store is created only where no file exists (built under a
@@ -76,8 +84,9 @@ mod space;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -87,6 +96,7 @@ use self::ops::{NewRow, Next};
 use self::readers::Readers;
 use self::space::{Pages, Space};
 use self::writer::Writer;
+use crate::watch::{self, Watchers};
 use crate::{
     AttemptOutcome, BlobId, BlobInfo, CancelOutcome, NewTransaction, NextStep, QueueCounts,
     ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
@@ -152,6 +162,8 @@ pub struct EmbeddedStore {
     readers: Readers,
     path: PathBuf,
     space: Space,
+    /// Waiters of [`Store::wait_version`], woken by the writer thread.
+    watchers: Arc<Watchers>,
 }
 
 /// What [`init`] did.
@@ -224,12 +236,14 @@ impl EmbeddedStore {
             (wal * page_size * 2).min(64 << 20)
         ))
         .map_err(|e| convert::sql_error("size the WAL", e))?;
-        let writer = Writer::start(conn, opts.queue_capacity, opts.max_batch)?;
+        let watchers = Arc::new(Watchers::default());
+        let writer = Writer::start(conn, opts.queue_capacity, opts.max_batch, watchers.clone())?;
         Ok(EmbeddedStore {
             writer,
             readers: Readers::new(path.to_path_buf(), opts),
             path: path.to_path_buf(),
             space,
+            watchers,
         })
     }
 
@@ -248,6 +262,13 @@ impl EmbeddedStore {
         self.space.start_measuring();
         let pages = self.readers.run(read_pages).await?;
         self.space.measure(pages)
+    }
+
+    /// How many transactions somebody waits on now
+    /// ([`Store::wait_version`]); an id is forgotten when its last waiter
+    /// leaves.
+    pub fn watched_transactions(&self) -> usize {
+        self.watchers.len()
     }
 
     pub fn stats(&self) -> EmbeddedStats {
@@ -410,6 +431,24 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn wait_version<'a>(
+        &'a self,
+        id: &'a TxId,
+        after: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'a, StoreResult<Option<TxRecord>>> {
+        // Every write goes through this process's writer, which wakes the
+        // waiters itself: no subscription to wait for.
+        Box::pin(watch::wait_version(
+            &self.watchers,
+            id,
+            after,
+            deadline,
+            || self.get_transaction(id),
+            || None,
+        ))
+    }
+
     fn claim_due<'a>(
         &'a self,
         owner: &'a ReplicaId,
@@ -427,8 +466,8 @@ impl Store for EmbeddedStore {
             // in one batch run one after the other, the second seeing the
             // first's leases.
             self.writer
-                .run(true, move |conn| {
-                    ops::claim_due(conn, &owner, now, ttl, limit, wall_ms())
+                .run_changing(true, move |conn, changed| {
+                    ops::claim_due(conn, &owner, now, ttl, limit, wall_ms(), changed)
                 })
                 .await
         })
@@ -443,8 +482,10 @@ impl Store for EmbeddedStore {
         Box::pin(async move {
             let (id, owner, ttl) = (id.clone(), owner.clone(), ttl_ms(ttl));
             self.writer
-                .run(true, move |conn| {
-                    ops::renew_lease(conn, &id, &owner, ttl, wall_ms())
+                .run_changing(true, move |conn, changed| {
+                    ops::renew_lease(conn, &id, &owner, ttl, wall_ms())?;
+                    changed.push(id.clone());
+                    Ok(())
                 })
                 .await
         })
@@ -465,8 +506,18 @@ impl Store for EmbeddedStore {
             };
             let (id, owner, attempted) = (id.clone(), owner.clone(), outcome.attempted);
             self.writer
-                .run(true, move |conn| {
-                    ops::finish_attempt(conn, &id, &owner, &responses, attempted, &next, wall_ms())
+                .run_changing(true, move |conn, changed| {
+                    let record = ops::finish_attempt(
+                        conn,
+                        &id,
+                        &owner,
+                        &responses,
+                        attempted,
+                        &next,
+                        wall_ms(),
+                    )?;
+                    changed.push(id.clone());
+                    Ok(record)
                 })
                 .await
         })
@@ -476,7 +527,13 @@ impl Store for EmbeddedStore {
         Box::pin(async move {
             let id = id.clone();
             self.writer
-                .run(true, move |conn| ops::cancel(conn, &id, wall_ms()))
+                .run_changing(true, move |conn, changed| {
+                    let outcome = ops::cancel(conn, &id, wall_ms())?;
+                    if outcome != CancelOutcome::AlreadyFinal {
+                        changed.push(id.clone());
+                    }
+                    Ok(outcome)
+                })
                 .await
         })
     }
@@ -488,10 +545,11 @@ impl Store for EmbeddedStore {
             // Transactions first: they release the bodies the blob pass
             // then finds unreferenced.
             loop {
+                // The deleted ones' waiters read again and find them gone.
                 let n = self
                     .writer
-                    .run(false, move |conn| {
-                        ops::gc_transactions(conn, cutoff, GC_TX_STEP)
+                    .run_changing(false, move |conn, deleted| {
+                        ops::gc_transactions(conn, cutoff, GC_TX_STEP, deleted)
                     })
                     .await?;
                 deleted += n;

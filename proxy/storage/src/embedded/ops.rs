@@ -481,6 +481,7 @@ pub(super) fn claim_due(
     ttl: i64,
     limit: usize,
     wall: i64,
+    changed: &mut Vec<TxId>,
 ) -> StoreResult<Vec<TxRecord>> {
     let mut claimed = Vec::new();
     let mut select = conn
@@ -512,11 +513,13 @@ pub(super) fn claim_due(
                 // Cancelled while leased, and the lease ran out without a
                 // finish: nobody will run it again, so it ends here.
                 finalize_cancelled(conn, &id, wall)?;
+                changed.push(id);
                 continue;
             }
             let row = lease
                 .query_row(params![id.0, owner.0, expiry(now, ttl), wall], tx_row)
                 .map_err(|e| sql_error("claim", e))?;
+            changed.push(id);
             claimed.push(row.into_record()?);
         }
     }
@@ -638,18 +641,34 @@ pub(super) fn cancel(conn: &Connection, id: &TxId, wall: i64) -> StoreResult<Can
 }
 
 /// Deletes up to `limit` final transactions last updated before `cutoff`
-/// and releases their bodies. Returns how many it deleted.
-pub(super) fn gc_transactions(conn: &Connection, cutoff: i64, limit: i64) -> StoreResult<usize> {
-    let bodies: Vec<String> = conn
+/// and releases their bodies. Returns how many it deleted; lists them in
+/// `deleted` (their waiters learn they are gone).
+pub(super) fn gc_transactions(
+    conn: &Connection,
+    cutoff: i64,
+    limit: i64,
+    deleted: &mut Vec<TxId>,
+) -> StoreResult<usize> {
+    let rows: Vec<(String, String)> = conn
         .prepare_cached(
             "DELETE FROM transactions WHERE id IN (
                  SELECT id FROM transactions
                  WHERE final_reason IS NOT NULL AND last_update_ms < ?1
                  LIMIT ?2)
-             RETURNING body",
+             RETURNING id, body",
         )
-        .and_then(|mut s| s.query_map(params![cutoff, limit], |r| r.get(0))?.collect())
+        .and_then(|mut s| {
+            s.query_map(params![cutoff, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
         .map_err(|e| sql_error("gc transactions", e))?;
+    let bodies: Vec<String> = rows
+        .into_iter()
+        .map(|(id, body)| {
+            deleted.push(TxId(id));
+            body
+        })
+        .collect();
     let mut release = conn
         .prepare_cached("UPDATE blobs SET refcount = refcount - 1 WHERE id = ?1")
         .map_err(|e| sql_error("gc transactions", e))?;

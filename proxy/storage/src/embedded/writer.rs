@@ -21,6 +21,12 @@
 //! appends costs no fsync until the append that finalizes it, and the
 //! `create_transaction` that references it cannot be acknowledged before
 //! all of it is on disk.
+//!
+//! Waiters ([`Store::wait_version`](crate::Store::wait_version)): a job
+//! lists the transactions it changed, and once its commit has succeeded the
+//! writer wakes their waiters, here, before answering the job. Here rather
+//! than in the caller because a write whose caller stopped waiting still
+//! commits, and its waiters must hear of it all the same.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -31,7 +37,8 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::convert::{duplicate, sql_error};
-use crate::{StoreError, StoreResult};
+use crate::watch::Watchers;
+use crate::{StoreError, StoreResult, TxId};
 
 /// Counters kept by the writer (for tests and metrics).
 #[derive(Debug, Default)]
@@ -52,6 +59,8 @@ trait Job: Send {
     /// Replaces a success (or a missing result) with `err`: the commit
     /// that would have carried it failed.
     fn fail(&mut self, err: &StoreError);
+    /// The transactions the committed job changed (none if it failed).
+    fn changed(&self) -> &[TxId];
     fn respond(self: Box<Self>);
 }
 
@@ -59,13 +68,15 @@ struct TypedJob<T, F> {
     op: F,
     durable: bool,
     result: Option<StoreResult<T>>,
+    /// Filled by the operation, cleared before each run.
+    changed: Vec<TxId>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
 
 impl<T, F> Job for TypedJob<T, F>
 where
     T: Send + 'static,
-    F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
+    F: FnMut(&Connection, &mut Vec<TxId>) -> StoreResult<T> + Send + 'static,
 {
     fn durable(&self) -> bool {
         self.durable
@@ -75,7 +86,8 @@ where
         // A panicking operation must not take the writer thread (and so
         // every later write) down with it: it fails alone, and its savepoint
         // is rolled back like any failed job's.
-        let result = panic::catch_unwind(AssertUnwindSafe(|| (self.op)(conn)))
+        self.changed.clear();
+        let result = panic::catch_unwind(AssertUnwindSafe(|| (self.op)(conn, &mut self.changed)))
             .unwrap_or_else(|_| Err(StoreError::Internal("write operation panicked".into())));
         let ok = result.is_ok();
         self.result = Some(result);
@@ -85,6 +97,13 @@ where
     fn fail(&mut self, err: &StoreError) {
         if !matches!(self.result, Some(Err(_))) {
             self.result = Some(Err(duplicate(err)));
+        }
+    }
+
+    fn changed(&self) -> &[TxId] {
+        match self.result {
+            Some(Ok(_)) => &self.changed,
+            _ => &[],
         }
     }
 
@@ -138,13 +157,14 @@ impl Writer {
         conn: Connection,
         queue_capacity: usize,
         max_batch: usize,
+        watchers: Arc<Watchers>,
     ) -> Result<Self, StoreError> {
         let (queue, rx) = mpsc::channel(queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         let thread = thread::Builder::new()
             .name("koukan-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch.max(1), &thread_counters))
+            .spawn(move || writer_loop(conn, rx, max_batch.max(1), &thread_counters, &watchers))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
             queue,
@@ -155,16 +175,28 @@ impl Writer {
 
     /// Queues `op` and waits for the commit that carries it. With
     /// `durable`, that commit is fsynced before the answer.
-    pub(super) async fn run<T, F>(&self, durable: bool, op: F) -> StoreResult<T>
+    pub(super) async fn run<T, F>(&self, durable: bool, mut op: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.run_changing(durable, move |conn, _| op(conn)).await
+    }
+
+    /// [`run`](Self::run) for an operation that writes transactions: it
+    /// lists the ids it changed, whose waiters are woken once it is
+    /// committed.
+    pub(super) async fn run_changing<T, F>(&self, durable: bool, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection, &mut Vec<TxId>) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(TypedJob {
             op,
             durable,
             result: None,
+            changed: Vec::new(),
             reply,
         });
         self.queue
@@ -182,6 +214,7 @@ fn writer_loop(
     mut queue: mpsc::Receiver<Box<dyn Job>>,
     max_batch: usize,
     counters: &Counters,
+    watchers: &Watchers,
 ) {
     // The connection was opened with synchronous = FULL.
     let mut sync_full = true;
@@ -193,6 +226,11 @@ fn writer_loop(
             Err(e) => batch.iter_mut().for_each(|j| j.fail(&e)),
         }
         for job in batch.drain(..) {
+            // Committed (or failed, and then it lists nothing): readers see
+            // the write now, so the woken waiters' reads find it.
+            for id in job.changed() {
+                watchers.notify(id);
+            }
             job.respond();
         }
     }
@@ -314,7 +352,7 @@ mod tests {
         let conn = schema::open_writer(&dir.path().join("w.db"), opts).unwrap();
         conn.execute_batch("CREATE TABLE t (k INTEGER NOT NULL, v BLOB)")
             .unwrap();
-        Arc::new(Writer::start(conn, 1024, 256).unwrap())
+        Arc::new(Writer::start(conn, 1024, 256, Arc::default()).unwrap())
     }
 
     impl Writer {

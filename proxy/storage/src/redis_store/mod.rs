@@ -18,7 +18,7 @@
 //! | `P schedule` | zset | waiting transactions, by next attempt (ms) |
 //! | `P leases` | zset | leased transactions, by lease expiry (ms) |
 //! | `P final` | zset | final transactions, by last update (ms), for gc |
-//! | `P tx-version` | pub/sub channel | `"{id} {version}"` after every transaction write |
+//! | `P tx-version` | pub/sub channel | `"{id} {version}"` after every transaction write, `"{id} deleted"` when gc deletes it |
 //!
 //! Transaction hash fields: `id`; `tx` (the [`NewTransaction`] as JSON,
 //! as given, `lease` included); `body` (its blob id, for refcounting);
@@ -48,6 +48,20 @@
 //! it cancelled) its body's `open` count drops, and at zero the chunks are
 //! unlinked in the same script and the blob marked `collected`: delivered
 //! mail frees Redis memory at once, not after `gc`.
+//!
+//! # Waiting for changes
+//!
+//! [`Store::wait_version`] rides on the version channel: every script
+//! that writes a transaction bumps its version and PUBLISHes it in the
+//! same atomic step, whichever replica ran it. Each store has one
+//! subscriber connection (the `subscriber` module), started by the first
+//! wait that has to wait, that wakes the waiters of the ids it hears
+//! about. A waiter registers, makes sure the subscription is live, and
+//! only then reads the record again, so a write made between its first
+//! read and the subscription is seen by that read rather than lost; after
+//! a reconnection every waiter reads again for the same reason. Pub/sub is
+//! fire-and-forget (nothing is stored), so that re-read is what makes a
+//! wait reliable, not the message.
 //!
 //! Bodies are split into chunk keys of at most [`MAX_CHUNK_SIZE`] so that
 //! no single Redis value is huge and reads by offset touch only the
@@ -107,10 +121,12 @@
 
 mod record;
 mod scripts;
+mod subscriber;
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -122,8 +138,10 @@ use crate::{
     QueueCounts, ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
 };
 use scripts::Scripts;
+use subscriber::Subscriber;
 
 use crate::reserve::Gauge;
+use crate::watch::{self, Watchers};
 
 /// The largest chunk key a blob is split into.
 pub const MAX_CHUNK_SIZE: usize = 1 << 20;
@@ -229,6 +247,12 @@ pub struct RedisStore {
     durability: Durability,
     scripts: Scripts,
     memory: MemoryGate,
+    /// For the subscriber's own connection.
+    client: redis::Client,
+    /// Waiters of [`Store::wait_version`], woken by the subscriber.
+    watchers: Arc<Watchers>,
+    /// Started by the first wait that has to wait.
+    subscriber: OnceLock<Subscriber>,
 }
 
 /// `(used_memory, maxmemory)`, or `None` when `INFO` is refused.
@@ -284,7 +308,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = match tokio::time::timeout(
             opts.connect_timeout,
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
         {
@@ -310,6 +334,9 @@ impl RedisStore {
             },
             scripts: Scripts::new(false),
             memory: MemoryGate::default(),
+            client,
+            watchers: Arc::default(),
+            subscriber: OnceLock::new(),
         };
         store.durability = store.detect_durability().await?;
         if store.script_flags_supported().await {
@@ -339,9 +366,37 @@ impl RedisStore {
     }
 
     /// The pub/sub channel carrying `"{id} {version}"` after every
-    /// transaction write.
+    /// transaction write, and `"{id} deleted"` when gc deletes one.
     pub fn version_channel(&self) -> String {
         format!("{}tx-version", self.opts.key_prefix)
+    }
+
+    /// How many transactions somebody in this process waits on now
+    /// ([`Store::wait_version`]); an id is forgotten when its last waiter
+    /// leaves.
+    pub fn watched_transactions(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// Whether the version subscription is live: started (by a wait) and
+    /// connected.
+    pub fn subscribed(&self) -> bool {
+        self.subscriber.get().is_some_and(|s| *s.live().borrow())
+    }
+
+    fn subscriber(&self) -> &Subscriber {
+        self.subscriber.get_or_init(|| {
+            Subscriber::start(
+                subscriber::Config {
+                    client: self.client.clone(),
+                    channel: self.version_channel(),
+                    addr: self.addr.clone(),
+                    connect_timeout: self.opts.connect_timeout,
+                    op_timeout: self.opts.op_timeout,
+                },
+                self.watchers.clone(),
+            )
+        })
     }
 
     /// Whether the server understands script flags (`#!lua flags=…`,
@@ -1073,6 +1128,23 @@ impl Store for RedisStore {
 
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {
         Box::pin(self.get_transaction_impl(id))
+    }
+
+    fn wait_version<'a>(
+        &'a self,
+        id: &'a TxId,
+        after: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'a, StoreResult<Option<TxRecord>>> {
+        Box::pin(watch::wait_version(
+            &self.watchers,
+            id,
+            after,
+            deadline,
+            || self.get_transaction_impl(id),
+            // Only a wait that has to wait starts the subscriber.
+            || Some(self.subscriber().live()),
+        ))
     }
 
     fn claim_due<'a>(

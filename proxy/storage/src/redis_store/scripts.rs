@@ -19,7 +19,8 @@
 //!   ([`FinalReason::DownstreamCancelled`]).
 //! - Every write to a transaction goes through `bump`, which increments
 //!   its version, stamps `updated` and PUBLISHes `<id> <version>` on
-//!   `{prefix}tx-version`.
+//!   `{prefix}tx-version` (what wakes `wait_version` waiters, in every
+//!   replica); gc's deletion of one publishes `<id> deleted` there.
 
 use redis::Script;
 
@@ -346,6 +347,8 @@ for _, id in ipairs(ids) do
   local body = redis.call('HGET', k, 'body')
   redis.call('UNLINK', k)
   redis.call('ZREM', FINAL, id)
+  -- Its waiters read again and learn that it is gone.
+  redis.call('PUBLISH', P .. 'tx-version', id .. ' deleted')
   if body then
     local bk = blobkey(body)
     if redis.call('EXISTS', bk) == 1 then

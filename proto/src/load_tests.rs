@@ -1070,7 +1070,7 @@ fn filter_needs_a_type_and_unique_names() {
             ),
             (
                 "static_resources.chains[0].filters[3]".into(),
-                Problem::OneofMissing("router, received_header")
+                Problem::OneofMissing("router, received_header, message_parse")
             ),
         ]
     );

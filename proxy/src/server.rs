@@ -71,8 +71,7 @@ fn load_with(
     process: &Process,
 ) -> anyhow::Result<(Snapshot, koukan_proto::config::v1::Bootstrap)> {
     let bootstrap = koukan_proto::load::load_bootstrap_file(path).map_err(|e| anyhow!("{e}"))?;
-    let snapshot =
-        Snapshot::build(path, &bootstrap, process).with_context(|| path.display().to_string())?;
+    let snapshot = Snapshot::build(path, &bootstrap, process).map_err(|e| anyhow!("{e}"))?;
     Ok((snapshot, bootstrap))
 }
 
@@ -249,8 +248,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Arc::new(AuthFailureTracker::new()),
         smtp_metrics.clone(),
     );
-    let snapshot = Snapshot::build(&config_path, &bootstrap, &process)
-        .with_context(|| config_path.display().to_string())?;
+    let snapshot =
+        Snapshot::build(&config_path, &bootstrap, &process).map_err(|e| anyhow!("{e}"))?;
     process.keep(&snapshot);
 
     let mut registry = Registry::with_prefix("koukan");

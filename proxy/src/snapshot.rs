@@ -14,13 +14,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Weak};
 
-use anyhow::Context;
 use futures::future::BoxFuture;
 use koukan_chain::{
     BoxTxService, Destination, ReplyClass, Response, Terminal, TerminalService, TxContext,
     TxUpdate, UpdateResponse,
 };
 use koukan_proto::config::v1 as pb;
+use koukan_proto::load::{ConfigError, ConfigErrors, Problem};
 use koukan_smtp_client::{
     ClientConfig, ConnectionPool, PoolMetrics, Resolver, ResolverOptions, SmtpClient,
 };
@@ -57,42 +57,38 @@ impl Snapshot {
     /// Builds a snapshot from a bootstrap that passed validation, taking
     /// from `process` the state of every endpoint (and the resolver) whose
     /// config is unchanged. What validation cannot see (a certificate
-    /// that does not parse, a secrets file with bad JSON) fails here,
-    /// naming the resource. Changes nothing in `process`: the caller
+    /// that does not parse, a secrets file with bad JSON) fails here, in
+    /// the same structured errors as validation's (field path and
+    /// problem), so that a control plane's NACK can carry them. Changes nothing in `process`: the caller
     /// keeps the snapshot's state there once it applies it
     /// ([`Process::keep`]).
-    pub fn build(config_path: &Path, b: &pb::Bootstrap, process: &Process) -> anyhow::Result<Self> {
+    pub fn build(
+        config_path: &Path,
+        b: &pb::Bootstrap,
+        process: &Process,
+    ) -> Result<Self, ConfigErrors> {
         let res = b.static_resources.clone().unwrap_or_default();
+        // Every problem is reported, each with its field path.
+        let mut errors = Vec::new();
 
-        let listeners = res
-            .listeners
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                ListenerSpec::from_pb(
-                    config_path,
-                    &format!("static_resources.listeners[{i}]"),
-                    l,
-                    &process.auth_tracker,
-                )
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut listeners = Vec::new();
+        for (i, l) in res.listeners.iter().enumerate() {
+            let path = format!("static_resources.listeners[{i}]");
+            match ListenerSpec::from_pb(config_path, &path, l, &process.auth_tracker) {
+                Ok(l) => listeners.push(l),
+                Err(e) => errors.push(e),
+            }
+        }
 
         let mut specs = HashMap::new();
         for (i, c) in res.chains.iter().enumerate() {
             let path = format!("static_resources.chains[{i}]");
-            let spec =
-                ChainSpec::from_pb(c, &res.chains, &path, config_path).map_err(|errors| {
-                    anyhow::anyhow!(
-                        "{}",
-                        errors
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )
-                })?;
-            specs.insert(c.name.clone(), Arc::new(spec));
+            match ChainSpec::from_pb(c, &res.chains, &path, config_path) {
+                Ok(spec) => {
+                    specs.insert(c.name.clone(), Arc::new(spec));
+                }
+                Err(e) => errors.extend(e),
+            }
         }
 
         let senders = res
@@ -105,30 +101,61 @@ impl Snapshot {
         for (i, e) in res.endpoints.iter().enumerate() {
             let state = match process.endpoint(&e.name, e, config_path) {
                 Some(kept) => kept,
-                None => match EndpointState::new(config_path, e, &process.pool_metrics)
-                    .with_context(|| format!("static_resources.endpoints[{i}] ({})", e.name))?
-                {
-                    Some(state) => Arc::new(state),
-                    None => continue,
+                None => match EndpointState::new(config_path, e, &process.pool_metrics) {
+                    Ok(Some(state)) => Arc::new(state),
+                    Ok(None) => continue,
+                    Err(reason) => {
+                        errors.push(ConfigError::new(
+                            format!("static_resources.endpoints[{i}].smtp"),
+                            Problem::Load {
+                                what: "TLS settings of endpoint",
+                                value: e.name.clone(),
+                                reason,
+                            },
+                        ));
+                        continue;
+                    }
                 },
             };
             kinds.insert(e.name.clone(), state);
         }
 
         let resolver = match process.resolver(&b.dns) {
-            Some(kept) => kept,
-            None => new_resolver(b.dns.as_ref())?,
+            Some(kept) => Some(kept),
+            None => match new_resolver(b.dns.as_ref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
         };
 
-        let admin = b
+        let address = b
             .admin
             .as_ref()
             .map(|a| a.address.as_str())
             .filter(|a| !a.is_empty())
-            .unwrap_or("127.0.0.1:9901")
-            .parse()
-            .context("admin.address")?;
+            .unwrap_or("127.0.0.1:9901");
+        let admin = address.parse().map_err(|_| {
+            ConfigError::new(
+                "admin.address",
+                Problem::BadSocketAddr {
+                    value: address.to_owned(),
+                },
+            )
+        });
+        let admin = match admin {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
 
+        let (Some(resolver), Some(admin), true) = (resolver, admin, errors.is_empty()) else {
+            return Err(ConfigErrors::new(config_path, errors));
+        };
         Ok(Self {
             node_id: b.node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
             admin,
@@ -153,15 +180,18 @@ impl Snapshot {
     }
 }
 
-fn new_resolver(dns: Option<&pb::Dns>) -> anyhow::Result<Resolver> {
+fn new_resolver(dns: Option<&pb::Dns>) -> Result<Resolver, ConfigError> {
     let mut nameservers = Vec::new();
     for (i, n) in dns.iter().flat_map(|d| d.nameservers.iter()).enumerate() {
-        nameservers
-            .push(koukan_proto::load::parse_nameserver(n).ok_or_else(|| {
-                anyhow::anyhow!("dns.nameservers[{i}]: invalid nameserver {n:?}")
-            })?);
+        nameservers.push(koukan_proto::load::parse_nameserver(n).ok_or_else(|| {
+            ConfigError::new(
+                format!("dns.nameservers[{i}]"),
+                Problem::BadNameserver { value: n.clone() },
+            )
+        })?);
     }
-    Resolver::from_config(nameservers, &ResolverOptions::default()).context("system DNS resolver")
+    Resolver::from_config(nameservers, &ResolverOptions::default())
+        .map_err(|e| ConfigError::new("dns", Problem::Invalid(format!("system DNS resolver: {e}"))))
 }
 
 /// The chains of one snapshot and what their terminals need: the one
@@ -302,11 +332,11 @@ impl EndpointState {
         config_file: &Path,
         e: &pb::Endpoint,
         pool_metrics: &PoolMetrics,
-    ) -> anyhow::Result<Option<Self>> {
+    ) -> Result<Option<Self>, String> {
         let kind = match &e.endpoint {
             Some(pb::endpoint::Endpoint::Smtp(s)) => {
                 let client = client_config(config_file, s);
-                let tls = client.build_tls().context("smtp")?;
+                let tls = client.build_tls().map_err(|e| e.to_string())?;
                 EndpointKind::Smtp {
                     pool: ConnectionPool::new(&client, pool_metrics, &e.name),
                     client: Arc::new(client),
@@ -376,5 +406,63 @@ impl EndpointFactory for Endpoints {
 
     fn finished(&self, endpoint: &str, class: ReplyClass) {
         self.metrics.attempt(endpoint, class);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What validation cannot see fails the build with the field path of
+    /// the file, every problem reported, in validation's error type.
+    #[test]
+    fn files_that_do_not_load_are_reported_with_their_field_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("cert.pem"), garbage).unwrap();
+        std::fs::write(dir.path().join("key.pem"), garbage).unwrap();
+        std::fs::write(dir.path().join("secrets.json"), "{not json").unwrap();
+        let yaml = r#"
+node: {id: snapshot-unit}
+admin: {address: "127.0.0.1:9"}
+static_resources:
+  listeners:
+  - name: a
+    address: "127.0.0.1:1"
+    smtp:
+      sender: s
+      tls: {cert: cert.pem, key: key.pem}
+  - name: b
+    address: "127.0.0.1:2"
+    smtp:
+      sender: s
+      auth: {secrets: secrets.json, allow_plaintext_on_loopback: true}
+  senders: [{name: s, chain: c}]
+  chains: [{name: c, endpoint: box}]
+  endpoints: [{name: box, maildir: {path: box}}]
+"#;
+        let path = dir.path().join("koukan.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let b = koukan_proto::load::load_bootstrap_file(&path).expect("passes validation");
+        let process = Process::new(None, Arc::default(), Arc::default());
+        let Err(e) = Snapshot::build(&path, &b, &process) else {
+            panic!("built with unloadable files");
+        };
+        let paths: Vec<&str> = e.paths().collect();
+        assert_eq!(
+            paths,
+            [
+                "static_resources.listeners[0].smtp.tls",
+                "static_resources.listeners[1].smtp.auth.secrets",
+            ],
+            "{e}"
+        );
+        assert!(
+            e.errors
+                .iter()
+                .all(|e| matches!(e.problem, Problem::Load { .. })),
+            "{e:?}"
+        );
+        assert_eq!(e.file, path);
     }
 }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
 use koukan_proto::config::v1 as pb;
+use koukan_proto::load::{ConfigError, Problem};
 use koukan_smtp_server::{
     AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker, Limits, Secrets, SessionConfig,
 };
@@ -40,29 +40,51 @@ impl ListenerSpec {
     }
 
     /// Builds listener `l` at field path `path`; `config_file` anchors
-    /// the relative paths of its files.
+    /// the relative paths of its files. What cannot be loaded (a
+    /// certificate that does not parse, secrets with bad JSON) is reported
+    /// with the field path of its file.
     pub fn from_pb(
         config_file: &Path,
         path: &str,
         l: &pb::Listener,
         auth_tracker: &Arc<AuthFailureTracker>,
-    ) -> anyhow::Result<Self> {
-        let address = l
-            .address
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{path}.address: {e}"))?;
+    ) -> Result<Self, ConfigError> {
+        let address = l.address.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{path}.address"),
+                Problem::BadSocketAddr {
+                    value: l.address.clone(),
+                },
+            )
+        })?;
         let kind = match &l.protocol {
             Some(pb::listener::Protocol::Smtp(s)) => ListenerKind::Smtp(SmtpListenerSpec {
-                session: session_config(config_file, &l.name, s, auth_tracker)
-                    .with_context(|| format!("{path}.smtp ({})", l.name))?,
+                session: session_config(
+                    config_file,
+                    &format!("{path}.smtp"),
+                    &l.name,
+                    s,
+                    auth_tracker,
+                )?,
                 sender: s.sender.clone(),
                 tag: s.tag.clone(),
             }),
             // Validation refuses them; never skipped silently.
             Some(pb::listener::Protocol::Http(_)) => {
-                anyhow::bail!("{path}.http: listener kind http is not implemented yet")
+                return Err(ConfigError::new(
+                    format!("{path}.http"),
+                    Problem::NotImplemented {
+                        resource: "listener",
+                        kind: "http",
+                    },
+                ));
             }
-            None => anyhow::bail!("{path}: must set one of: smtp"),
+            None => {
+                return Err(ConfigError::new(
+                    path.to_owned(),
+                    Problem::OneofMissing("smtp"),
+                ));
+            }
         };
         Ok(Self {
             name: l.name.clone(),
@@ -77,21 +99,22 @@ fn resolve(config_file: &Path, p: &str) -> std::path::PathBuf {
     koukan_proto::load::resolve_path(config_file, p)
 }
 
-fn tls_server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// A certificate chain and its key, or why they cannot be used.
+fn tls_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading key {}", key.display()))?;
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("private key: {e}"))?;
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
     .with_no_client_auth()
-    .with_single_cert(certs, key)?;
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
     Ok(Arc::new(cfg))
 }
 
@@ -124,22 +147,42 @@ fn auth_failures(
 
 fn session_config(
     config_file: &Path,
+    path: &str,
     name: &str,
     s: &pb::SmtpListener,
     auth_tracker: &Arc<AuthFailureTracker>,
-) -> anyhow::Result<Arc<SessionConfig>> {
+) -> Result<Arc<SessionConfig>, ConfigError> {
     let tls = match &s.tls {
-        Some(t) if !t.cert.is_empty() => Some(tls_server_config(
-            &resolve(config_file, &t.cert),
-            &resolve(config_file, &t.key),
-        )?),
+        Some(t) if !t.cert.is_empty() => Some(
+            tls_server_config(
+                &resolve(config_file, &t.cert),
+                &resolve(config_file, &t.key),
+            )
+            .map_err(|reason| {
+                ConfigError::new(
+                    format!("{path}.tls"),
+                    Problem::Load {
+                        what: "certificate and key",
+                        value: format!("{} {}", t.cert, t.key),
+                        reason,
+                    },
+                )
+            })?,
+        ),
         _ => None,
     };
     let (auth, require_auth, loopback, auth_failures) = match &s.auth {
         Some(a) if !a.secrets.is_empty() => {
-            let path = resolve(config_file, &a.secrets);
-            let secrets = Secrets::load(&path)
-                .with_context(|| format!("loading secrets {}", path.display()))?;
+            let secrets = Secrets::load(&resolve(config_file, &a.secrets)).map_err(|e| {
+                ConfigError::new(
+                    format!("{path}.auth.secrets"),
+                    Problem::Load {
+                        what: "secrets file",
+                        value: a.secrets.clone(),
+                        reason: e.to_string(),
+                    },
+                )
+            })?;
             (
                 Some(Arc::new(secrets)),
                 a.require,

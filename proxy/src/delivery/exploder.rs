@@ -662,3 +662,6 @@ static_resources:
         assert_eq!(f.internal_errors("exploder"), 2);
     }
 }
+
+#[cfg(test)]
+mod scripted_tests;

@@ -20,6 +20,8 @@ use crate::process::Process;
 use crate::queue::Queue;
 use crate::snapshot::{Chains, Snapshot};
 
+pub mod scripted;
+
 /// The address the fixture's one listener is configured on (never bound:
 /// transactions are opened through its factory directly).
 pub const LISTENER: &str = "127.0.0.1:1";
@@ -34,7 +36,7 @@ pub struct Fixture {
 /// Builds the snapshot of `yaml` (paths relative to a fresh directory),
 /// with a panicking filter put first in each chain named in `faulty`.
 pub fn fixture(yaml: &str, faulty: &[&str]) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let path = dir.path().join("koukan.yaml");
     std::fs::write(&path, yaml).unwrap();
     let bootstrap = koukan_proto::load::load_bootstrap_file(&path).unwrap();
@@ -121,6 +123,19 @@ impl Fixture {
             })
             .unwrap_or_default()
     }
+}
+
+/// A fresh temporary directory, in memory where there is a tmpfs: the
+/// embedded store fsyncs every durable commit, which on a busy disk costs
+/// seconds per test.
+pub fn temp_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
 }
 
 /// Runs one update through a stack; the stack must not panic.

@@ -731,3 +731,6 @@ static_resources:
         assert_eq!(parse, &ctx.signals.to_json()["message_parse"]);
     }
 }
+
+#[cfg(test)]
+mod scripted_tests;

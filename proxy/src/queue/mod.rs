@@ -69,8 +69,11 @@ impl Queue {
         self.wake.notified().await
     }
 
+    /// More than `max_receiving` messages are being received. Asked by a
+    /// receiver that already holds its own [`ReceivingGuard`], which is
+    /// counted: `max_receiving` of them may receive at once.
     pub fn saturated(&self) -> bool {
-        self.receiving.load(Ordering::Relaxed) >= self.max_receiving
+        self.receiving.load(Ordering::Relaxed) > self.max_receiving
     }
 
     /// Counts a message being received until the guard drops.

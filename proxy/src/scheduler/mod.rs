@@ -549,6 +549,9 @@ pub fn decide(
 }
 
 #[cfg(test)]
+mod scripted_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::*;

@@ -173,7 +173,7 @@ fn session_config(
     };
     let (auth, require_auth, loopback, auth_failures) = match &s.auth {
         Some(a) if !a.secrets.is_empty() => {
-            let secrets = Secrets::load(&resolve(config_file, &a.secrets)).map_err(|e| {
+            let secrets = Secrets::load(resolve(config_file, &a.secrets)).map_err(|e| {
                 ConfigError::new(
                     format!("{path}.auth.secrets"),
                     Problem::Load {

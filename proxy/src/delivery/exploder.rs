@@ -138,8 +138,11 @@ enum Opened {
     /// The upstream answered MAIL+RCPT; its runner is kept iff it accepted
     /// the recipient.
     Replied(UpdateResponse, Option<Runner>),
-    /// No reply (or no fan-out slot) by the RCPT deadline.
+    /// No reply from the upstream by the RCPT deadline.
     TimedOut,
+    /// No fan-out slot by the RCPT deadline: answered like a timeout, but
+    /// no upstream was tried, so there is no attempt to store.
+    NoSlot,
     /// Over the fan-out bound with no slot that could free before the end
     /// of data: no upstream was tried.
     OverBound,
@@ -218,6 +221,11 @@ impl Exploder {
     ) -> Result<OwnedSemaphorePermit, Opened> {
         let mut changed = unsettled.subscribe();
         loop {
+            // A slot freed at the deadline (another upstream timing out)
+            // is too late to ask an upstream with.
+            if Instant::now() >= deadline {
+                return Err(Opened::NoSlot);
+            }
             if let Ok(slot) = self.slots.clone().try_acquire_owned() {
                 unsettled.send_modify(|n| *n += 1);
                 return Ok(slot);
@@ -227,7 +235,7 @@ impl Exploder {
             }
             tokio::select! {
                 _ = changed.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(Opened::TimedOut),
+                _ = tokio::time::sleep_until(deadline) => return Err(Opened::NoSlot),
             }
         }
     }
@@ -312,10 +320,14 @@ impl Exploder {
         .await;
         let mut out = Vec::new();
         for (rcpt, opened) in replies {
-            let (resp, runner, attempted) = match opened {
-                Opened::Replied(r, runner) => (Some(r), runner, true),
-                Opened::TimedOut => (None, None, true),
-                Opened::OverBound => (None, None, false),
+            // `timed_out`: answered as an upstream timeout (mx 451 4.4.7);
+            // `attempted`: an upstream was asked, so the reply is an
+            // attempt to store with the transaction.
+            let (resp, runner, attempted, timed_out) = match opened {
+                Opened::Replied(r, runner) => (Some(r), runner, true, false),
+                Opened::TimedOut => (None, None, true, true),
+                Opened::NoSlot => (None, None, false, true),
+                Opened::OverBound => (None, None, false, false),
             };
             // The upstream's RCPT answer; a refused MAIL is the answer for
             // the recipient that travelled with it.
@@ -335,12 +347,12 @@ impl Exploder {
                     true,
                 ),
                 Some(r) => (r, false, false),
-                None if attempted => (upstream_timeout(), false, false),
+                None if timed_out => (upstream_timeout(), false, false),
                 None => (over_bound(), false, false),
             };
             // Accepted recipients are counted at the end of data.
             if !accepted {
-                self.metrics().exploded(match (answered, attempted) {
+                self.metrics().exploded(match (answered, timed_out) {
                     (true, _) => RecipientOutcome::Refused,
                     (false, true) => RecipientOutcome::Timeout,
                     (false, false) => RecipientOutcome::OverBound,

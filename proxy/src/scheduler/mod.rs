@@ -185,10 +185,19 @@ impl Scheduler {
     async fn attempt(&self, record: TxRecord) -> Result<(), StoreError> {
         let chains = (self.chains)();
         let started = std::time::Instant::now();
+        // A chain that is gone (a reload removed it) may come back: its
+        // transactions are retried on the default schedule rather than
+        // made final, as they were stored to be retried.
         let ChainPolicy {
             retry,
             notification,
-        } = chains.policy(&record.tx.chain).unwrap_or_default();
+        } = chains.policy(&record.tx.chain).unwrap_or_else(|| {
+            tracing::warn!(chain = %record.tx.chain, "no such output chain; retrying on the default schedule");
+            ChainPolicy {
+                retry: Some(RetryPolicy::default()),
+                notification: None,
+            }
+        });
         let policy = retry.as_ref();
         // Renews the lease while the attempt runs, and stops with it
         // whichever way it ends (dropped on return and on unwinding).

@@ -317,9 +317,9 @@ pub fn embedded_queue(max_receiving: usize) -> (tempfile::TempDir, Arc<Queue>) {
 /// A context as a listener would make it.
 pub fn context(id: &str) -> Arc<TxContext> {
     let unspecified = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    Arc::new(TxContext {
-        id: id.into(),
-        session: Arc::new(koukan_chain::SessionInfo {
+    Arc::new(TxContext::new(
+        id,
+        koukan_chain::Ingress::Smtp(Arc::new(koukan_chain::SessionInfo {
             listener: "in".into(),
             peer: unspecified,
             local: unspecified,
@@ -327,9 +327,8 @@ pub fn context(id: &str) -> Arc<TxContext> {
             esmtp: true,
             tls: None,
             auth_user: None,
-        }),
-        sender: "in".into(),
-        tag: String::new(),
-        started: std::time::SystemTime::now(),
-    })
+        })),
+        "in",
+        "",
+    ))
 }

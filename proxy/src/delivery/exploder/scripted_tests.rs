@@ -757,7 +757,6 @@ async fn mx_waiting_for_a_slot_in_vain_is_a_timeout() {
 /// which costs it one of `max_attempts` and the retry wait, and with
 /// no retry policy bounces it without a delivery ever being tried.)
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: a slot wait in vain is stored as an upstream attempt"]
 async fn msa_waiting_for_a_slot_in_vain_is_stored_without_an_attempt() {
     let mut r = rig(
         true,

@@ -259,7 +259,7 @@ impl Scheduler {
             attempt = finished.attempt_count,
             attempted,
             rcpt = %record.tx.rcpt_to.first().map(|r| r.address.as_str()).unwrap_or(""),
-            outcome = ?next,
+            outcome = %Outcome(&next),
             reply = %summary(&responses),
             duration_ms = started.elapsed().as_millis() as u64,
             "delivery attempt"
@@ -483,6 +483,26 @@ fn context(record: &TxRecord) -> TxContext {
         record.tx.sender.clone(),
         record.tx.tag.clone(),
     )
+}
+
+/// An attempt's outcome as its log line shows it: the final reason (the
+/// original's strings, as stored and shown by the admin API) or when the
+/// next attempt is due.
+struct Outcome<'a>(&'a NextStep);
+
+impl std::fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            NextStep::Final { reason } => write!(f, "final: {reason}"),
+            NextStep::RetryAt(t) => {
+                let secs = t
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .as_secs();
+                write!(f, "retry in {secs}s")
+            }
+        }
+    }
 }
 
 /// The reply that failed the attempt, as "code text".

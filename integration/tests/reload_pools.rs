@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use koukan_integration::*;
 
+/// Connections live long and carry every message of the test (at most
+/// 200 of load plus a few: below `max_transactions_per_connection`), so a
+/// second connection can only come from a pool that was not kept.
 fn config(kept: &TcpTap, changed: &TcpTap, l1: u16, l2: u16, changed_ehlo: &str) -> String {
     format!(
         r#"
@@ -35,12 +38,12 @@ static_resources:
     smtp:
       ehlo_hostname: koukan.test
       hosts: [{{host: "127.0.0.1", port: {kp}}}]
-      connection_reuse: {{idle_timeout: 60s}}
+      connection_reuse: {{idle_timeout: 60s, max_transactions_per_connection: 1000}}
   - name: changed
     smtp:
       ehlo_hostname: {changed_ehlo}
       hosts: [{{host: "127.0.0.1", port: {cp}}}]
-      connection_reuse: {{idle_timeout: 60s}}
+      connection_reuse: {{idle_timeout: 60s, max_transactions_per_connection: 1000}}
 "#,
         kp = kept.addr.port(),
         cp = changed.addr.port(),

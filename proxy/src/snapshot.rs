@@ -25,8 +25,9 @@ use koukan_smtp_client::{
     ClientConfig, ConnectionPool, PoolMetrics, Resolver, ResolverOptions, SmtpClient,
 };
 
-use crate::config::endpoint::{client_config, resolve};
+use crate::config::endpoint::client_config;
 use crate::config::listener::ListenerSpec;
+use crate::config::resolve;
 use crate::config::{ChainSpec, Delivery, SenderSpec};
 use crate::delivery::exploder::Exploder;
 use crate::delivery::maildir::{Maildir, MaildirConfig};
@@ -229,10 +230,6 @@ impl Chains {
 
     pub fn endpoints(&self) -> &Arc<Endpoints> {
         &self.endpoints
-    }
-
-    pub fn queue(&self) -> Option<&Arc<Queue>> {
-        self.queue.as_ref()
     }
 
     /// Where a chain that stores hands its transactions: the output

@@ -6,11 +6,7 @@ use std::path::Path;
 use koukan_proto::config::v1 as pb;
 use koukan_smtp_client::{ClientConfig, TlsMode};
 
-use super::{duration, host_ports, nonzero};
-
-pub fn resolve(config_file: &Path, p: &str) -> std::path::PathBuf {
-    koukan_proto::load::resolve_path(config_file, p)
-}
+use super::{duration, host_ports, nonzero, resolve};
 
 pub fn client_config(config_file: &Path, e: &pb::SmtpEndpoint) -> ClientConfig {
     let d = ClientConfig::default();

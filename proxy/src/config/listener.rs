@@ -11,7 +11,7 @@ use koukan_smtp_server::{
     AuthFailureLimits, AuthFailurePolicy, AuthFailureTracker, Limits, Secrets, SessionConfig,
 };
 
-use super::{duration, nonzero};
+use super::{duration, nonzero, resolve};
 
 /// One configured listener.
 pub struct ListenerSpec {
@@ -92,11 +92,6 @@ impl ListenerSpec {
             kind,
         })
     }
-}
-
-/// Paths in the config are relative to the config file's directory.
-fn resolve(config_file: &Path, p: &str) -> std::path::PathBuf {
-    koukan_proto::load::resolve_path(config_file, p)
 }
 
 /// A certificate chain and its key, or why they cannot be used.

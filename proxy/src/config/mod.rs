@@ -47,17 +47,6 @@ pub enum Delivery {
     Explode(Arc<ExploderSpec>),
 }
 
-impl Delivery {
-    /// The chain that delivers what this one stores, if it stores.
-    pub fn output_chain(&self) -> Option<&str> {
-        match self {
-            Self::Relay { .. } => None,
-            Self::StoreAndForward { output_chain } => Some(output_chain),
-            Self::Explode(x) => Some(&x.output_chain),
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExploderSpec {
     pub output_chain: String,
@@ -194,6 +183,11 @@ pub fn duration(d: &Option<pbjson_types::Duration>, default: Duration) -> Durati
 /// `v`, or `default` when it is zero (unset in proto3).
 pub fn nonzero<T: Default + PartialEq>(v: T, default: T) -> T {
     if v == T::default() { default } else { v }
+}
+
+/// A path written in the config: relative to the config file's directory.
+pub fn resolve(config_file: &std::path::Path, p: &str) -> std::path::PathBuf {
+    koukan_proto::load::resolve_path(config_file, p)
 }
 
 pub fn host_ports(list: &[pb::HostPort]) -> Vec<HostPort> {

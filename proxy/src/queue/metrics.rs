@@ -96,15 +96,6 @@ impl DeliveryMetrics {
             .inc();
     }
 
-    pub fn attempts(&self, endpoint: &str, class: ReplyClass) -> u64 {
-        self.attempts
-            .get_or_create(&AttemptLabels {
-                endpoint: endpoint.to_owned(),
-                result: class.as_str(),
-            })
-            .get()
-    }
-
     pub fn exploded(&self, outcome: RecipientOutcome) {
         self.exploder
             .get_or_create(&OutcomeLabels {
@@ -113,20 +104,8 @@ impl DeliveryMetrics {
             .inc();
     }
 
-    pub fn exploded_count(&self, outcome: RecipientOutcome) -> u64 {
-        self.exploder
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
-            })
-            .get()
-    }
-
     pub fn bounced(&self) {
         self.bounces.inc();
-    }
-
-    pub fn bounces(&self) -> u64 {
-        self.bounces.get()
     }
 
     /// Sets the queue depth gauges from a reading of the store.

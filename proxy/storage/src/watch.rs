@@ -37,7 +37,8 @@ pub(crate) struct Watchers {
 pub(crate) struct Watch<'a> {
     watchers: &'a Watchers,
     id: TxId,
-    rx: watch::Receiver<()>,
+    /// Always `Some` but in `drop`, which lets it go under the lock.
+    rx: Option<watch::Receiver<()>>,
 }
 
 impl Watchers {
@@ -58,7 +59,7 @@ impl Watchers {
         Watch {
             watchers: self,
             id: id.clone(),
-            rx,
+            rx: Some(rx),
         }
     }
 
@@ -87,7 +88,8 @@ impl Watch<'_> {
     /// Until the next notification since the last one seen (at once if
     /// one came since the registration or the last call).
     async fn changed(&mut self) {
-        if self.rx.changed().await.is_err() {
+        let rx = self.rx.as_mut().expect("taken only by drop");
+        if rx.changed().await.is_err() {
             // The sender lives in the map as long as this receiver does, so
             // this cannot happen; were it to, waiting forever lets the
             // caller's deadline end the wait instead of spinning.
@@ -99,9 +101,11 @@ impl Watch<'_> {
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let mut ids = self.watchers.ids();
-        // Under the lock no other waiter can register in between: if this
-        // receiver is the channel's last, the id goes.
-        if ids.get(&self.id).is_some_and(|tx| tx.receiver_count() <= 1) {
+        // The receiver goes under the lock, so that of two waiters leaving
+        // at once the second sees the first gone; and no other waiter can
+        // register in between: if no receiver is left, the id goes.
+        drop(self.rx.take());
+        if ids.get(&self.id).is_some_and(|tx| tx.receiver_count() == 0) {
             ids.remove(&self.id);
         }
     }

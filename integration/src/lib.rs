@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod http;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

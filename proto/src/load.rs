@@ -58,7 +58,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::config::v1::{
-    Bootstrap, Chain, Destination, Endpoint, HostPort, Listener, MessageParseFilter, Sender,
+    Bootstrap, Chain, Destination, Endpoint, HostPort, HttpListener, Listener,
+    MessageParseFilter, Sender,
     SmtpListener, StaticResources, TlsMode, chain, endpoint, filter, listener, routing_policy,
     storage,
 };
@@ -456,6 +457,24 @@ pub fn check_local(file_name: &Path, bootstrap: &Bootstrap) -> Result<(), Config
     errors_in(file_name, errors)
 }
 
+/// `http(s)://host[:port][/prefix]`, nothing after the path: what a
+/// listener's `session_uri` must be for `Location` headers built from it
+/// to be URLs.
+fn is_base_url(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    !authority.is_empty()
+        && !s.contains(['?', '#', ' ', '\\'])
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+}
+
 fn errors_in(file_name: &Path, errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
     if errors.is_empty() {
         Ok(())
@@ -789,7 +808,12 @@ impl Validator {
         let endpoints = self.index("endpoint name", &endpoints_path, &r.endpoints, |e| &e.name);
 
         for (i, l) in r.listeners.iter().enumerate() {
-            self.listener(&format!("{listeners}[{i}]"), l, &senders);
+            self.listener(
+                &format!("{listeners}[{i}]"),
+                l,
+                &senders,
+                storage_configured,
+            );
         }
         for (i, s) in r.senders.iter().enumerate() {
             self.sender(&format!("{senders_path}[{i}]"), s, &chains);
@@ -804,7 +828,13 @@ impl Validator {
         }
     }
 
-    fn listener(&mut self, path: &str, l: &Listener, senders: &Index<'_, Sender>) {
+    fn listener(
+        &mut self,
+        path: &str,
+        l: &Listener,
+        senders: &Index<'_, Sender>,
+        storage_configured: bool,
+    ) {
         if self.required(format!("{path}.address"), &l.address) {
             self.bind_address(&format!("{path}.address"), &l.address);
         }
@@ -812,16 +842,92 @@ impl Validator {
             Some(listener::Protocol::Smtp(s)) => {
                 self.smtp_listener(&format!("{path}.smtp"), s, senders)
             }
-            Some(listener::Protocol::Http(_)) => self.err(
-                format!("{path}.http"),
-                Problem::NotImplemented {
-                    resource: "listener",
-                    kind: "http",
-                },
-            ),
-            // Only the kinds that work are suggested: naming `http` here
-            // would send the user to the error above.
-            None => self.err(path, Problem::OneofMissing("smtp")),
+            Some(listener::Protocol::Http(h)) => {
+                let hp = format!("{path}.http");
+                if !storage_configured {
+                    self.err(hp.clone(), Problem::NeedsStorage);
+                }
+                self.http_listener(&hp, &l.address, h, senders);
+            }
+            None => self.err(path, Problem::OneofMissing("smtp, http")),
+        }
+    }
+
+    fn http_listener(
+        &mut self,
+        path: &str,
+        address: &str,
+        h: &HttpListener,
+        senders: &Index<'_, Sender>,
+    ) {
+        for (field, uri) in [("session_uri", &h.session_uri), ("service_uri", &h.service_uri)] {
+            if !uri.is_empty() && !is_base_url(uri) {
+                self.err(
+                    format!("{path}.{field}"),
+                    Problem::Invalid(format!(
+                        "{uri:?} is not a base URL: expected http(s)://host[:port][/prefix]"
+                    )),
+                );
+            }
+        }
+        for (i, s) in h.senders.iter().enumerate() {
+            if senders.get(s).is_none() {
+                self.err(
+                    format!("{path}.senders[{i}]"),
+                    Problem::UnknownRef {
+                        kind: "sender",
+                        name: s.clone(),
+                    },
+                );
+            }
+        }
+        if let Some(tls) = &h.tls {
+            let tp = format!("{path}.tls");
+            match (tls.cert.is_empty(), tls.key.is_empty()) {
+                (false, false) => {
+                    self.pem_file(&format!("{tp}.cert"), &tls.cert);
+                    self.pem_file(&format!("{tp}.key"), &tls.key);
+                }
+                (true, false) => self.err(format!("{tp}.cert"), Problem::RequiredWith("key")),
+                (false, true) => self.err(format!("{tp}.key"), Problem::RequiredWith("cert")),
+                (true, true) => {}
+            }
+        }
+        if h.api_keys.is_empty() {
+            let loopback = address
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback && !h.allow_unauthenticated {
+                self.err(
+                    format!("{path}.api_keys"),
+                    Problem::Invalid(
+                        "must be set for a listener that is not on a loopback address \
+                         (or set allow_unauthenticated behind an authenticating proxy)"
+                            .into(),
+                    ),
+                );
+            }
+        } else {
+            self.file_check(&format!("{path}.api_keys"), &h.api_keys, false);
+        }
+        self.duration(
+            &format!("{path}.idempotency_window"),
+            &h.idempotency_window,
+        );
+        if let Some(lim) = &h.limits {
+            let lp = format!("{path}.limits");
+            self.duration(&format!("{lp}.max_request_timeout"), &lim.max_request_timeout);
+            self.duration(&format!("{lp}.pending_timeout"), &lim.pending_timeout);
+            if lim.max_header_bytes != 0 && lim.max_header_bytes < 8192 {
+                self.err(
+                    format!("{lp}.max_header_bytes"),
+                    Problem::BelowMinimum {
+                        min: 8192,
+                        why: "the HTTP server's smallest read buffer",
+                        value: u64::from(lim.max_header_bytes),
+                    },
+                );
+            }
         }
     }
 

@@ -486,7 +486,7 @@ fn listener_needs_a_protocol() {
     res(&mut b).listeners[0].protocol = None;
     assert_eq!(
         only_error(&b, "static_resources.listeners[0]"),
-        Problem::OneofMissing("smtp")
+        Problem::OneofMissing("smtp, http")
     );
 }
 
@@ -1705,42 +1705,62 @@ fn example_mx_gateway_is_pure_valid_and_only_fails_locally() {
 // ---- listener kinds ----
 
 #[test]
-fn http_listener_is_refused_as_not_implemented() {
+fn http_listener_on_loopback_is_valid() {
     let yaml = QUICKSTART.replace(
         "  senders:",
-        "  - name: api\n    address: 127.0.0.1:8080\n    http: {}\n  senders:",
+        "  - name: api\n    address: 127.0.0.1:8080\n    http: {session_uri: \"http://127.0.0.1:8080\"}\n  senders:",
     );
     let b = parse(&yaml).unwrap();
     assert!(matches!(
         b.static_resources.as_ref().unwrap().listeners[1].protocol,
         Some(listener::Protocol::Http(_))
     ));
-    let expected = vec![ConfigError::new(
-        "static_resources.listeners[1].http",
-        Problem::NotImplemented {
-            resource: "listener",
-            kind: "http",
-        },
-    )];
-    // A pure check: a control plane can refuse it before pushing.
-    assert_eq!(validate_pure(&b), Err(expected.clone()));
-    let e = validate(Path::new("koukan.yaml"), &b).unwrap_err();
-    assert_eq!(e.errors, expected);
-    assert_eq!(
-        e.to_string(),
-        "koukan.yaml: static_resources.listeners[1].http: listener kind http is not implemented yet"
-    );
+    assert_eq!(check(&b), vec![]);
+}
 
-    // The rest of the listener is still checked.
-    let mut b = b;
-    res(&mut b).listeners[1].address = "127.0.0.1:2525".into();
-    let errs = check(&b);
+#[test]
+fn http_listener_problems_name_their_fields() {
+    let yaml = QUICKSTART.replace(
+        "  senders:",
+        "  - name: api\n    address: 0.0.0.0:8080\n    http:\n      session_uri: \"ftp://x\"\n      service_uri: \"http://ok:1/p\"\n      senders: [nobody]\n      tls: {cert: c.pem}\n      limits: {max_header_bytes: 100, pending_timeout: -1s}\n  senders:",
+    );
+    let b = parse(&yaml).unwrap();
+    let paths: Vec<String> = check(&b).into_iter().map(|e| e.0).collect();
     assert_eq!(
-        errs.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        paths,
         [
-            "static_resources.listeners[1].address",
-            "static_resources.listeners[1].http"
+            "static_resources.listeners[1].http.session_uri",
+            "static_resources.listeners[1].http.senders[0]",
+            "static_resources.listeners[1].http.tls.key",
+            "static_resources.listeners[1].http.api_keys",
+            "static_resources.listeners[1].http.limits.pending_timeout",
+            "static_resources.listeners[1].http.limits.max_header_bytes",
         ]
+    );
+    // Keys, or an explicit opt-out, make a public address acceptable.
+    let mut b = b;
+    let Some(listener::Protocol::Http(h)) = &mut res(&mut b).listeners[1].protocol else {
+        unreachable!()
+    };
+    h.allow_unauthenticated = true;
+    assert!(!check(&b).iter().any(|e| e.0.ends_with("api_keys")));
+}
+
+#[test]
+fn http_listener_needs_storage() {
+    let yaml = QUICKSTART.replace(
+        "  senders:",
+        "  - name: api\n    address: 127.0.0.1:8080\n    http: {}\n  senders:",
+    );
+    let mut b = parse(&yaml).unwrap();
+    b.storage = None;
+    let errs = check(&b);
+    assert!(
+        errs.contains(&(
+            "static_resources.listeners[1].http".to_owned(),
+            Problem::NeedsStorage
+        )),
+        "{errs:?}"
     );
 }
 
@@ -1757,7 +1777,7 @@ fn listener_without_protocol_from_yaml() {
         let e = validate(Path::new("koukan.yaml"), &b).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "koukan.yaml: static_resources.listeners[1]: must set one of: smtp",
+            "koukan.yaml: static_resources.listeners[1]: must set one of: smtp, http",
             "{listener:?}"
         );
     }

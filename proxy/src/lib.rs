@@ -12,6 +12,8 @@
 //!   chain, retries, bounces;
 //! - [`snapshot`] and [`process`]: one immutable config snapshot, and what
 //!   outlives snapshots (queue, pools, resolver, metrics);
+//! - [`rest`]: the REST API (an HTTP listener's routes, pending
+//!   transactions, uploads, hanging GETs);
 //! - [`listeners`], [`admin`], [`server`]: the wiring: listeners and their
 //!   reload, the admin server, the process lifecycle.
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod delivery;
 pub mod listeners;
 pub mod process;
 pub mod queue;
+pub mod rest;
 pub mod scheduler;
 pub mod server;
 pub mod snapshot;

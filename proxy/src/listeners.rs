@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use koukan_chain::{BoxTxService, Ingress, Response, TerminalService, TxContext};
 use koukan_smtp_server::TransactionFactory;
 
-use crate::config::listener::ListenerKind;
+use crate::config::listener::{HttpListenerSpec, ListenerKind};
+use crate::rest::{ListenerCtx, Rest};
 use crate::snapshot::{Refuse, Snapshot};
 
 pub fn new_tx_id() -> String {
@@ -44,7 +45,7 @@ impl TransactionFactory for ListenerTransactions {
             .iter()
             .find(|l| l.address == self.address);
         let (sender, tag) = spec
-            .map(|l| l.sender_and_tag())
+            .and_then(|l| l.sender_and_tag())
             .map(|(s, t)| (s.to_owned(), t.to_owned()))
             .unwrap_or_default();
         let ctx = Arc::new(TxContext::new(new_tx_id(), ingress, &sender, &tag));
@@ -59,9 +60,16 @@ impl TransactionFactory for ListenerTransactions {
     }
 }
 
+/// A running listener's config channel: new sessions or requests take
+/// what was sent last.
+enum Config {
+    Smtp(watch::Sender<Arc<SessionConfig>>),
+    Http(watch::Sender<Arc<HttpListenerSpec>>),
+}
+
 struct Running {
     name: String,
-    config: watch::Sender<Arc<SessionConfig>>,
+    config: Config,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -70,17 +78,25 @@ pub struct ListenerSet {
     running: HashMap<SocketAddr, Running>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<SmtpMetrics>,
+    /// The REST API's state, for HTTP listeners (there is none without
+    /// storage, and validation then refuses HTTP listeners).
+    rest: Option<Arc<Rest>>,
 }
 
 /// Sockets bound for a snapshot that is not applied yet.
 pub struct Bound(HashMap<SocketAddr, TcpListener>);
 
 impl ListenerSet {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<SmtpMetrics>) -> Self {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<SmtpMetrics>,
+        rest: Option<Arc<Rest>>,
+    ) -> Self {
         Self {
             running: HashMap::new(),
             snapshot,
             metrics,
+            rest,
         }
     }
 
@@ -117,34 +133,67 @@ impl ListenerSet {
             }
         }
         for (addr, spec) in wanted {
-            let ListenerKind::Smtp(smtp) = &spec.kind;
             if let Some(r) = self.running.get_mut(&addr) {
-                r.name = spec.name.clone();
-                let _ = r.config.send(smtp.session.clone());
+                let same_kind = match (&r.config, &spec.kind) {
+                    (Config::Smtp(c), ListenerKind::Smtp(smtp)) => {
+                        let _ = c.send(smtp.session.clone());
+                        true
+                    }
+                    (Config::Http(c), ListenerKind::Http(http)) => {
+                        let _ = c.send(http.clone());
+                        true
+                    }
+                    _ => false,
+                };
+                if same_kind {
+                    r.name = spec.name.clone();
+                    continue;
+                }
+                // Same address, other protocol: bound again below is not
+                // possible while the old socket lives, so the change takes
+                // effect at restart.
+                tracing::warn!(listener = %spec.name, %addr, "a listener's protocol changes at restart");
                 continue;
             }
             let Some(socket) = bound.0.remove(&addr) else {
                 tracing::error!(listener = %spec.name, %addr, "listener was not bound");
                 continue;
             };
-            let (config_tx, config_rx) = watch::channel(smtp.session.clone());
             let (stop_tx, stop_rx) = watch::channel(false);
-            let factory = Arc::new(ListenerTransactions {
-                address: addr,
-                snapshot: self.snapshot.clone(),
-            });
-            let metrics = self.metrics.clone();
             let name = spec.name.clone();
+            let (config, task) = match &spec.kind {
+                ListenerKind::Smtp(smtp) => {
+                    let (config_tx, config_rx) = watch::channel(smtp.session.clone());
+                    let factory = Arc::new(ListenerTransactions {
+                        address: addr,
+                        snapshot: self.snapshot.clone(),
+                    });
+                    let metrics = self.metrics.clone();
+                    let task = tokio::spawn(async move {
+                        koukan_smtp_server::run_listener(
+                            socket, config_rx, factory, stop_rx, metrics,
+                        )
+                        .await;
+                    });
+                    (Config::Smtp(config_tx), task)
+                }
+                ListenerKind::Http(http) => {
+                    let Some(rest) = &self.rest else {
+                        tracing::error!(listener = %name, "an HTTP listener needs storage");
+                        continue;
+                    };
+                    let (config_tx, config_rx) = watch::channel(http.clone());
+                    let ctx = ListenerCtx::new(rest.clone(), config_rx);
+                    let task = tokio::spawn(crate::rest::server::run(socket, ctx, stop_rx));
+                    (Config::Http(config_tx), task)
+                }
+            };
             tracing::info!(listener = %name, %addr, "listening");
-            let task = tokio::spawn(async move {
-                koukan_smtp_server::run_listener(socket, config_rx, factory, stop_rx, metrics)
-                    .await;
-            });
             self.running.insert(
                 addr,
                 Running {
                     name,
-                    config: config_tx,
+                    config,
                     stop: stop_tx,
                     task,
                 },

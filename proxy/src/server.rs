@@ -196,6 +196,16 @@ impl ReloadMetrics {
     }
 }
 
+/// The `session_uri` of the first HTTP listener that has one.
+fn first_session_uri(s: &Snapshot) -> Option<String> {
+    s.listeners.iter().find_map(|l| match &l.kind {
+        crate::config::listener::ListenerKind::Http(h) if !h.session_uri.is_empty() => {
+            Some(h.session_uri.clone())
+        }
+        _ => None,
+    })
+}
+
 async fn reload(
     path: &Path,
     process: &Process,
@@ -291,7 +301,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         admin_state.set_store(q.store.clone());
     }
     admin_state.set_delivery_metrics(process.delivery_metrics.clone());
-    let mut listeners = ListenerSet::new(shared.clone(), smtp_metrics);
+    let rest = queue
+        .as_ref()
+        .map(|q| crate::rest::Rest::new(q.clone(), shared.clone()));
+    // This replica's REST address, for the others to redirect to.
+    let _registration = rest.as_ref().and_then(|r| {
+        let uri = first_session_uri(&shared.load())?;
+        Some(r.register(uri))
+    });
+    let mut listeners = ListenerSet::new(shared.clone(), smtp_metrics, rest);
     let first = shared.load_full();
     let bound = listeners.bind_new(&first).await?;
     listeners.apply(&first, bound);

@@ -55,6 +55,11 @@ impl Snapshot {
         self.chains.spec(s.chain_for(tag))
     }
 
+    /// Whether `sender` is configured.
+    pub fn has_sender(&self, sender: &str) -> bool {
+        self.senders.contains_key(sender)
+    }
+
     /// Builds a snapshot from a bootstrap that passed validation, taking
     /// from `process` the state of every endpoint (and the resolver) whose
     /// config is unchanged. What validation cannot see (a certificate
@@ -241,6 +246,25 @@ impl Chains {
             output_chain: output.to_owned(),
             retry: out.and_then(|c| c.retry.clone()),
             notification: out.is_some_and(|c| c.notification.is_some()),
+        })
+    }
+
+    /// Where the REST API stores a transaction for `chain` (the chain its
+    /// sender and tag name): a relay chain delivers it itself, from
+    /// storage; a store-and-forward or exploder chain hands it to its
+    /// output chain, as it does with SMTP mail once stored. None without
+    /// storage.
+    pub fn rest_submission(&self, chain: &ChainSpec) -> Option<Arc<Submission>> {
+        let queue = self.queue.as_ref()?;
+        Some(match &chain.delivery {
+            Delivery::Relay { .. } => Arc::new(Submission {
+                queue: queue.clone(),
+                output_chain: chain.name.clone(),
+                retry: chain.retry.clone(),
+                notification: chain.notification.is_some(),
+            }),
+            Delivery::StoreAndForward { output_chain } => self.submission(queue, output_chain),
+            Delivery::Explode(x) => self.submission(queue, &x.output_chain),
         })
     }
 

@@ -24,6 +24,126 @@ pub struct ListenerSpec {
 /// refused at validation ("not implemented yet"), never skipped.
 pub enum ListenerKind {
     Smtp(SmtpListenerSpec),
+    Http(Arc<HttpListenerSpec>),
+}
+
+/// An `http` listener: the REST API's settings (see `crate::rest`).
+pub struct HttpListenerSpec {
+    pub name: String,
+    /// Without a trailing slash; empty for bare paths.
+    pub session_uri: String,
+    /// `session_uri` when not configured.
+    pub service_uri: String,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Empty: every sender.
+    pub senders: Vec<String>,
+    pub api_keys: Option<Arc<ApiKeys>>,
+    pub idempotency_window: std::time::Duration,
+    pub limits: HttpLimits,
+}
+
+impl HttpListenerSpec {
+    pub fn serves(&self, sender: &str) -> bool {
+        self.senders.is_empty() || self.senders.iter().any(|s| s == sender)
+    }
+}
+
+/// See `HttpLimits` in the schema.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpLimits {
+    pub max_message_size: u64,
+    pub max_json_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_header_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub max_hanging_gets: usize,
+    pub max_request_timeout: std::time::Duration,
+    pub max_pending: usize,
+    pub pending_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 << 20,
+            max_json_bytes: 1 << 20,
+            max_json_depth: koukan_rest::MAX_JSON_DEPTH,
+            max_header_bytes: 16 << 10,
+            max_concurrent_requests: 512,
+            max_hanging_gets: 256,
+            max_request_timeout: std::time::Duration::from_secs(30),
+            max_pending: 10_000,
+            pending_timeout: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+impl HttpLimits {
+    fn from_pb(l: Option<&pb::HttpLimits>) -> Self {
+        let d = Self::default();
+        let Some(l) = l else { return d };
+        Self {
+            max_message_size: nonzero(l.max_message_size, d.max_message_size),
+            max_json_bytes: nonzero(l.max_json_bytes as usize, d.max_json_bytes),
+            max_json_depth: nonzero(l.max_json_depth as usize, d.max_json_depth),
+            max_header_bytes: nonzero(l.max_header_bytes as usize, d.max_header_bytes),
+            max_concurrent_requests: nonzero(
+                l.max_concurrent_requests as usize,
+                d.max_concurrent_requests,
+            ),
+            max_hanging_gets: nonzero(l.max_hanging_gets as usize, d.max_hanging_gets),
+            max_request_timeout: duration(&l.max_request_timeout, d.max_request_timeout),
+            max_pending: nonzero(l.max_pending as usize, d.max_pending),
+            pending_timeout: duration(&l.pending_timeout, d.pending_timeout),
+        }
+    }
+}
+
+/// Per-sender API keys, as SHA-256 digests (the keys are random tokens,
+/// so a fast hash is enough, unlike passwords; and it keeps every request
+/// cheap).
+pub struct ApiKeys {
+    digests: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl ApiKeys {
+    /// Reads `{"sender": "<hex SHA-256 of the key>"}`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read(path).map_err(|e| e.to_string())?;
+        let map: std::collections::HashMap<String, String> =
+            serde_json::from_slice(&text).map_err(|e| format!("not a JSON object of strings: {e}"))?;
+        let mut digests = std::collections::HashMap::new();
+        for (sender, hex) in map {
+            let bytes = decode_hex(&hex)
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| format!("sender {sender:?}: not a hex SHA-256 digest"))?;
+            digests.insert(sender, bytes);
+        }
+        Ok(Self { digests })
+    }
+
+    /// Whether `key` is `sender`'s. Compares digests in constant time.
+    pub fn check(&self, sender: &str, key: &str) -> bool {
+        let Some(want) = self.digests.get(sender) else {
+            return false;
+        };
+        let got = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let mut diff = 0u8;
+        for (a, b) in want.iter().zip(got.as_ref()) {
+            diff |= a ^ b;
+        }
+        diff == 0
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 pub struct SmtpListenerSpec {
@@ -33,9 +153,12 @@ pub struct SmtpListenerSpec {
 }
 
 impl ListenerSpec {
-    pub fn sender_and_tag(&self) -> (&str, &str) {
+    /// The sender and tag of an SMTP listener's mail; an HTTP listener's
+    /// requests name their own.
+    pub fn sender_and_tag(&self) -> Option<(&str, &str)> {
         match &self.kind {
-            ListenerKind::Smtp(s) => (&s.sender, &s.tag),
+            ListenerKind::Smtp(s) => Some((&s.sender, &s.tag)),
+            ListenerKind::Http(_) => None,
         }
     }
 
@@ -69,20 +192,13 @@ impl ListenerSpec {
                 sender: s.sender.clone(),
                 tag: s.tag.clone(),
             }),
-            // Validation refuses them; never skipped silently.
-            Some(pb::listener::Protocol::Http(_)) => {
-                return Err(ConfigError::new(
-                    format!("{path}.http"),
-                    Problem::NotImplemented {
-                        resource: "listener",
-                        kind: "http",
-                    },
-                ));
-            }
+            Some(pb::listener::Protocol::Http(h)) => ListenerKind::Http(Arc::new(
+                http_listener(config_file, &format!("{path}.http"), &l.name, h)?,
+            )),
             None => {
                 return Err(ConfigError::new(
                     path.to_owned(),
-                    Problem::OneofMissing("smtp"),
+                    Problem::OneofMissing("smtp, http"),
                 ));
             }
         };
@@ -92,6 +208,63 @@ impl ListenerSpec {
             kind,
         })
     }
+}
+
+fn http_listener(
+    config_file: &Path,
+    path: &str,
+    name: &str,
+    h: &pb::HttpListener,
+) -> Result<HttpListenerSpec, ConfigError> {
+    let tls = match &h.tls {
+        Some(t) if !t.cert.is_empty() && !t.key.is_empty() => Some(
+            tls_server_config(&resolve(config_file, &t.cert), &resolve(config_file, &t.key))
+                .map_err(|reason| {
+                    ConfigError::new(
+                        format!("{path}.tls"),
+                        Problem::Load {
+                            what: "TLS certificate and key",
+                            value: t.cert.clone(),
+                            reason,
+                        },
+                    )
+                })?,
+        ),
+        _ => None,
+    };
+    let api_keys = match h.api_keys.as_str() {
+        "" => None,
+        file => Some(Arc::new(
+            ApiKeys::load(&resolve(config_file, file)).map_err(|reason| {
+                ConfigError::new(
+                    format!("{path}.api_keys"),
+                    Problem::Load {
+                        what: "API keys",
+                        value: file.to_owned(),
+                        reason,
+                    },
+                )
+            })?,
+        )),
+    };
+    let session_uri = h.session_uri.trim_end_matches('/').to_owned();
+    let service_uri = match h.service_uri.trim_end_matches('/') {
+        "" => session_uri.clone(),
+        s => s.to_owned(),
+    };
+    Ok(HttpListenerSpec {
+        name: name.to_owned(),
+        session_uri,
+        service_uri,
+        tls,
+        senders: h.senders.clone(),
+        api_keys,
+        idempotency_window: duration(
+            &h.idempotency_window,
+            std::time::Duration::from_secs(24 * 3600),
+        ),
+        limits: HttpLimits::from_pb(h.limits.as_ref()),
+    })
 }
 
 /// A certificate chain and its key, or why they cannot be used.

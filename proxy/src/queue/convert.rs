@@ -84,6 +84,9 @@ pub fn stored_ingress(ingress: &Ingress) -> StoredIngress {
             local: Some(h.local),
             tls: tls(&h.tls),
             principal: h.principal.clone(),
+            remote_host: None,
+            local_host: None,
+            blobs: Default::default(),
         }),
         // `original` is never a stored one; none is the proxy's own.
         Some(Ingress::Stored(_)) | None => StoredIngress::Generated,

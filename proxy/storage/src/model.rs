@@ -100,6 +100,19 @@ pub struct StoredHttp {
     pub tls: Option<StoredTls>,
     #[serde(default)]
     pub principal: Option<String>,
+    /// `remote_host` as the request gave it (`[host, port]`), echoed back
+    /// when the transaction is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_host: Option<(String, u16)>,
+    /// `local_host` likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_host: Option<(String, u16)>,
+    /// The blobs of a message-builder body by the names the request gave
+    /// them (`inline0`, its `create_id`s): what a read lists as the body's
+    /// `blob_status`, and what a later request's `reuse_uri` finds. Empty
+    /// for a raw body.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blobs: BTreeMap<String, BlobId>,
 }
 
 fn yes() -> bool {
@@ -574,6 +587,9 @@ mod tests {
                 local: Some("[2001:db8::2]:443".parse().unwrap()),
                 tls: None,
                 principal: Some("svc".into()),
+                remote_host: None,
+                local_host: None,
+                blobs: BTreeMap::new(),
             }),
             body: BlobId("b".into()),
             retry: false,

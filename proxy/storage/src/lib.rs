@@ -8,6 +8,12 @@
 //! delivered by at most one replica at a time: the one holding its lease.
 //! A change to a transaction can be waited for ([`Store::wait_version`]),
 //! across replicas. [`Metered`] wraps any store with latency histograms.
+//!
+//! For the REST API: [`Store::create_with`] creates a transaction under an
+//! id the caller chose and/or an idempotency key, atomically across
+//! replicas, and a registry of replicas ([`Store::register_replica`],
+//! [`Store::replica_uri`]) says where to redirect a request for a
+//! transaction another replica holds.
 #![forbid(unsafe_code)]
 
 pub mod embedded;
@@ -50,6 +56,15 @@ pub enum StoreError {
     Full(String),
     #[error("storage internal error: {0}")]
     Internal(String),
+    /// [`Store::create_with`] with a chosen id that a transaction already
+    /// has: nothing was created, and that transaction is unchanged.
+    #[error("already exists: {0}")]
+    Exists(String),
+    /// An argument the store cannot take (a chosen id outside
+    /// [`TxId::is_valid`], an idempotency key that is empty or too long).
+    /// The caller's mistake: retrying it fails the same way.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
     /// An embedded store file that exists but is not a Koukan store (empty,
     /// not SQLite, or someone else's database). Refused rather than
     /// overwritten: it may be a truncated store whose mail is lost.
@@ -149,6 +164,44 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    /// [`create_transaction`](Store::create_transaction) with options: a
+    /// caller-chosen id, an idempotency key, or both. The same rules as
+    /// there (body must exist and be finalized; `lease`, `prior_attempt`;
+    /// durable when it returns), and these, checked in this order in the
+    /// same atomic step as the creation, so that concurrent calls (from any
+    /// replica of a shared store) agree:
+    ///
+    /// 1. With an idempotency key that is in use and unexpired: nothing is
+    ///    created (nor checked further), [`Created::Existing`] with the
+    ///    transaction the key's first use created (whatever its state now)
+    ///    and the fingerprint stored then. Of N concurrent calls with one
+    ///    key, exactly one creates.
+    /// 2. With a chosen id that a transaction already has:
+    ///    [`StoreError::Exists`], nothing created or changed.
+    /// 3. The body checks of `create_transaction` (`NotFound`,
+    ///    `BlobConflict`).
+    ///
+    /// Then the transaction is created and the key, if any, recorded with
+    /// it: [`Created::New`]. A failed call records no key. An expired key
+    /// counts as absent: the call creates, and the key then points to the
+    /// new transaction. A key given already expired is not kept. An invalid
+    /// id or key: [`StoreError::Invalid`]. Like `create_transaction` it
+    /// does not ask [`admit`](Store::admit) itself: the receiving path does.
+    fn create_with(
+        &self,
+        tx: NewTransaction,
+        opts: CreateOptions,
+    ) -> BoxFuture<'_, StoreResult<Created>>;
+
+    /// The transaction an unexpired idempotency key created and the
+    /// fingerprint stored with the key; `None` for an unknown or expired
+    /// key. A cheap check before doing the work of a request; only
+    /// [`create_with`](Store::create_with) settles a race.
+    fn idempotency_lookup<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<(TxId, String)>>>;
+
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>>;
 
     /// Waits until transaction `id` changes: returns its record as soon as
@@ -227,4 +280,58 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queue counts by state, for the admin endpoint.
     fn counts(&self) -> BoxFuture<'_, StoreResult<QueueCounts>>;
+
+    /// Records (or refreshes) that `replica` serves its REST API at `uri`,
+    /// for `ttl` (at least a millisecond) from now by the store's clock,
+    /// replacing what it registered before. For redirecting a request to
+    /// the replica holding a transaction's lease: replicas re-register well
+    /// within their TTL, so an entry outlives its replica by at most that.
+    /// Not subject to [`admit`](Store::admit), nor refused below the
+    /// reserve: a replica must stay reachable while delivery drains a full
+    /// store (Redis: beyond `maxmemory` too, from Redis 7.0 on, like
+    /// delivery's writes). Not durable by itself (a power cut may lose the latest
+    /// registration; the next refresh restores it).
+    fn register_replica<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+        uri: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// The URI `replica` last registered; `None` if it never did or its
+    /// registration expired.
+    fn replica_uri<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>>;
+}
+
+/// The checks both backends make of [`Store::create_with`]'s options
+/// before touching the store.
+pub(crate) fn check_create_options(opts: &CreateOptions) -> StoreResult<()> {
+    if let Some(id) = &opts.id
+        && !TxId::is_valid(&id.0)
+    {
+        return Err(StoreError::Invalid(format!(
+            "transaction id {:?}: not 1 to {} characters of [A-Za-z0-9_-]",
+            id.0,
+            TxId::MAX_LEN
+        )));
+    }
+    if let Some(k) = &opts.idempotency {
+        check_idempotency_key(&k.key)?;
+    }
+    Ok(())
+}
+
+/// An idempotency key is 1 to [`IdempotencyKey::MAX_LEN`] characters.
+pub(crate) fn check_idempotency_key(key: &str) -> StoreResult<()> {
+    let len = key.chars().count();
+    if len == 0 || len > IdempotencyKey::MAX_LEN {
+        return Err(StoreError::Invalid(format!(
+            "idempotency key of {len} characters: not 1 to {}",
+            IdempotencyKey::MAX_LEN
+        )));
+    }
+    Ok(())
 }

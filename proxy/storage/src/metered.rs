@@ -36,8 +36,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::{
-    AttemptOutcome, BlobId, BlobInfo, CancelOutcome, NewTransaction, QueueCounts, ReplicaId, Store,
-    StoreResult, TxId, TxRecord,
+    AttemptOutcome, BlobId, BlobInfo, CancelOutcome, CreateOptions, Created, NewTransaction,
+    QueueCounts, ReplicaId, Store, StoreResult, TxId, TxRecord,
 };
 
 /// Bucket bounds in seconds, 100 µs to 10 s in 1-2.5-5 steps: a read
@@ -161,6 +161,21 @@ impl Store for Metered {
         Box::pin(self.timed("create_transactions", self.inner.create_transactions(txs)))
     }
 
+    fn create_with(
+        &self,
+        tx: NewTransaction,
+        opts: CreateOptions,
+    ) -> BoxFuture<'_, StoreResult<Created>> {
+        Box::pin(self.timed("create_with", self.inner.create_with(tx, opts)))
+    }
+
+    fn idempotency_lookup<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<(TxId, String)>>> {
+        Box::pin(self.timed("idempotency_lookup", self.inner.idempotency_lookup(key)))
+    }
+
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {
         Box::pin(self.timed("get_transaction", self.inner.get_transaction(id)))
     }
@@ -216,6 +231,25 @@ impl Store for Metered {
 
     fn counts(&self) -> BoxFuture<'_, StoreResult<QueueCounts>> {
         Box::pin(self.timed("counts", self.inner.counts()))
+    }
+
+    fn register_replica<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+        uri: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(self.timed(
+            "register_replica",
+            self.inner.register_replica(replica, uri, ttl),
+        ))
+    }
+
+    fn replica_uri<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        Box::pin(self.timed("replica_uri", self.inner.replica_uri(replica)))
     }
 }
 
@@ -283,6 +317,45 @@ mod tests {
             assert!(store.get_transaction(&unknown).await.is_err());
         }
         store.counts().await.unwrap();
+        // The REST API's calls, timed like the rest.
+        let opts = CreateOptions {
+            id: Some(TxId("chosen".into())),
+            idempotency: Some(crate::IdempotencyKey {
+                key: "k".into(),
+                fingerprint: "fp".into(),
+                expires: SystemTime::now() + Duration::from_secs(60),
+            }),
+        };
+        let tx = NewTransaction {
+            sender: "s".into(),
+            tag: "t".into(),
+            chain: "c".into(),
+            mail_from: crate::StoredMailbox {
+                address: String::new(),
+                params: vec![],
+            },
+            rcpt_to: vec![],
+            ingress: crate::StoredIngress::Generated,
+            body: blob.clone(),
+            retry: true,
+            notification: false,
+            lease: None,
+            prior_attempt: None,
+            signals: Default::default(),
+        };
+        store.create_with(tx.clone(), opts.clone()).await.unwrap();
+        let no_key = CreateOptions {
+            idempotency: None,
+            ..opts
+        };
+        assert!(store.create_with(tx, no_key).await.is_err(), "taken");
+        assert!(store.idempotency_lookup("k").await.unwrap().is_some());
+        let replica = ReplicaId("r".into());
+        store
+            .register_replica(&replica, "https://r/", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(store.replica_uri(&replica).await.unwrap().is_some());
         // Untimed, whatever its outcome.
         assert!(
             store
@@ -298,6 +371,11 @@ mod tests {
             (("append_blob", "error"), 1),
             (("get_transaction", "error"), 3),
             (("counts", "ok"), 1),
+            (("create_with", "ok"), 1),
+            (("create_with", "error"), 1),
+            (("idempotency_lookup", "ok"), 1),
+            (("register_replica", "ok"), 1),
+            (("replica_uri", "ok"), 1),
         ]
         .into_iter()
         .map(|((op, result), n)| ((op.to_owned(), result.to_owned()), n))

@@ -11,6 +11,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TxId(pub String);
 
+impl TxId {
+    /// The longest id a caller may choose ([`CreateOptions::id`]).
+    pub const MAX_LEN: usize = 128;
+
+    /// Whether `s` may be a caller-chosen id: 1 to [`TxId::MAX_LEN`]
+    /// characters of `[A-Za-z0-9_-]`, the alphabet of the ids stores pick.
+    /// Ids appear in REST paths (so URL-safe, with nothing to escape), and
+    /// the Redis store's version messages separate an id from what follows
+    /// it by a space: an id outside this alphabet could be misread there.
+    pub fn is_valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlobId(pub String);
 
@@ -428,6 +445,61 @@ pub enum CancelOutcome {
     Requested,
     /// Already final: nothing changed (its reason stands).
     AlreadyFinal,
+}
+
+/// Options of [`Store::create_with`](crate::Store::create_with).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// The id to give the transaction (the REST API hands its id out
+    /// before the body is complete); it must satisfy [`TxId::is_valid`].
+    /// `None`: the store picks one, as `create_transaction` does.
+    pub id: Option<TxId>,
+    /// Makes the creation idempotent: a second creation with the same
+    /// unexpired key creates nothing and reports the first one.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// See [`CreateOptions::idempotency`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The client's key: 1 to [`IdempotencyKey::MAX_LEN`] characters, any
+    /// of them (NUL included). Keys are one namespace per store: the caller
+    /// qualifies them, e.g. `"sender\0key"`, so that two clients' keys
+    /// never meet.
+    pub key: String,
+    /// A digest of the request that created it, kept with the key, so
+    /// that the caller can tell a retry (same fingerprint) from a
+    /// different request reusing the key.
+    pub fingerprint: String,
+    /// The key is kept until then (by the store's clock; milliseconds,
+    /// truncated): from then on it counts as absent. gc deletes expired
+    /// keys, and a key whose transaction gc deletes goes with it.
+    pub expires: SystemTime,
+}
+
+impl IdempotencyKey {
+    /// The longest key, in characters.
+    pub const MAX_LEN: usize = 255;
+}
+
+/// What [`Store::create_with`](crate::Store::create_with) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// A new transaction, with this id.
+    New(TxId),
+    /// The idempotency key was in use (and unexpired): nothing was
+    /// created. `id` is the transaction the key's first use created,
+    /// `fingerprint` the one stored with the key.
+    Existing { id: TxId, fingerprint: String },
+}
+
+impl Created {
+    /// The transaction's id, new or existing.
+    pub fn id(&self) -> &TxId {
+        match self {
+            Created::New(id) | Created::Existing { id, .. } => id,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

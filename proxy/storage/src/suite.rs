@@ -81,6 +81,27 @@
 //! * `delete_blob` deletes an unreferenced blob (finalized or not) and
 //!   returns true; a referenced or unknown one: false, nothing changes.
 //! * `admit` is `Ok` on a fresh store with room.
+//! * `create_with` with a chosen id: the record has that id and is what
+//!   `create_transaction` would have stored. An id taken (by any
+//!   transaction, chosen or picked) → `Exists`, and nothing changes (no
+//!   refcount, no key). Without an id the store picks one. An id outside
+//!   `TxId::is_valid`, an empty key or one over 255 characters →
+//!   `Invalid`.
+//! * `create_with` with an idempotency key: the key (byte for byte,
+//!   NUL included) is checked first. In use and unexpired → `Existing`
+//!   with the first transaction and fingerprint, whatever the new
+//!   request (other body, lease, chosen id, even one that is taken), the
+//!   first transaction's state (final too), and nothing changes; neither
+//!   expiry nor fingerprint is refreshed. Of any number of concurrent calls
+//!   with one key, exactly one gets `New`. A failed create (`NotFound`,
+//!   `BlobConflict`, `Exists`) records no key. An expired key is absent:
+//!   lookup `None`, and a create makes a new transaction the key then
+//!   points to; a key given already expired is not kept. gc deletes a key
+//!   with its transaction (not one that expired and points to another
+//!   transaction since), and never a live key of an open transaction.
+//! * `register_replica` replaces the replica's URI and expiry;
+//!   `replica_uri` is `None` once the TTL has passed (by the store's clock)
+//!   and for a replica never registered. gc leaves live registrations.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -92,10 +113,10 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
 
 use crate::{
-    AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, FinalReason,
-    NewTransaction, NextStep, PriorAttempt, QueueCounts, ReplicaId, Store, StoreError, StoreResult,
-    StoredIngress, StoredMailbox, StoredParam, StoredResponse, StoredSmtp, StoredTls, TxId,
-    TxRecord, TxState,
+    AttemptOutcome, AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome,
+    CreateOptions, Created, FinalReason, IdempotencyKey, NewTransaction, NextStep, PriorAttempt,
+    QueueCounts, ReplicaId, Store, StoreError, StoreResult, StoredIngress, StoredMailbox,
+    StoredParam, StoredResponse, StoredSmtp, StoredTls, TxId, TxRecord, TxState,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -1526,6 +1547,540 @@ pub async fn ids_unique(store: &dyn Store) {
     );
 }
 
+// ------------------------------------------------- create_with (REST)
+
+/// How long the short-lived keys and registrations of these tests live:
+/// long enough for the calls made before they expire to finish on a
+/// loaded machine, short enough to wait for.
+const SHORT_LIFE: Duration = Duration::from_secs(2);
+
+/// A key in the namespace of one REST client, as the API qualifies them.
+fn key(name: &str, fingerprint: &str, expires: SystemTime) -> IdempotencyKey {
+    IdempotencyKey {
+        key: format!("rest-client\0{name}"),
+        fingerprint: fingerprint.into(),
+        expires,
+    }
+}
+
+fn with_key(k: IdempotencyKey) -> CreateOptions {
+    CreateOptions {
+        id: None,
+        idempotency: Some(k),
+    }
+}
+
+fn with_id(id: &str) -> CreateOptions {
+    CreateOptions {
+        id: Some(TxId(id.into())),
+        idempotency: None,
+    }
+}
+
+async fn create_with(store: &dyn Store, tx: NewTransaction, opts: CreateOptions) -> Created {
+    store.create_with(tx, opts).await.expect("create_with")
+}
+
+/// `create_with` that must create; its id.
+async fn create_new(store: &dyn Store, tx: NewTransaction, opts: CreateOptions) -> TxId {
+    match create_with(store, tx, opts).await {
+        Created::New(id) => id,
+        other => panic!("expected a new transaction, got {other:?}"),
+    }
+}
+
+async fn lookup(store: &dyn Store, k: &IdempotencyKey) -> Option<(TxId, String)> {
+    store
+        .idempotency_lookup(&k.key)
+        .await
+        .expect("idempotency_lookup")
+}
+
+fn existing(id: &TxId, fingerprint: &str) -> Created {
+    Created::Existing {
+        id: id.clone(),
+        fingerprint: fingerprint.into(),
+    }
+}
+
+/// Sleeps until `t` (by the system clock) has passed, plus a little.
+async fn sleep_past(t: SystemTime) {
+    let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(50)).await;
+}
+
+#[track_caller]
+fn assert_exists<T: Debug>(r: StoreResult<T>) {
+    assert!(
+        matches!(r, Err(StoreError::Exists(_))),
+        "expected Exists, got {r:?}"
+    );
+}
+
+#[track_caller]
+fn assert_invalid<T: Debug>(r: StoreResult<T>) {
+    assert!(
+        matches!(r, Err(StoreError::Invalid(_))),
+        "expected Invalid, got {r:?}"
+    );
+}
+
+/// A chosen id is the record's; a taken one is refused and changes
+/// nothing.
+pub async fn create_with_chosen_id(store: &dyn Store) {
+    let a = replica("a");
+    let body = finalized_blob(store, b"x").await;
+    let other = finalized_blob(store, b"other").await;
+    let id = TxId("rest-Chosen_id-1".into());
+    let tx = sample_tx(&body);
+    let before = now_ms();
+    assert_eq!(
+        create_with(store, tx.clone(), with_id(&id.0)).await,
+        Created::New(id.clone())
+    );
+    let after = now_ms();
+    let rec = get(store, &id).await;
+    assert_between(rec.created, before, after, "created");
+    let expected = TxRecord {
+        id: id.clone(),
+        tx,
+        created: rec.created,
+        last_update: rec.created,
+        version: 1,
+        attempt_count: 0,
+        next_attempt: Some(rec.created),
+        final_attempt_reason: None,
+        lease_owner: None,
+        lease_expires: None,
+        cancelled: false,
+        last_responses: None,
+        attempts: vec![],
+    };
+    assert_eq!(rec, expected);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.waiting, 1);
+
+    // Taken: whatever the second request, nothing changes, and a key
+    // that came with it is not recorded.
+    for tx in [
+        sample_tx(&other),
+        leased_tx(&other, &a, LONG_TTL),
+        sample_tx(&body),
+    ] {
+        assert_exists(store.create_with(tx, with_id(&id.0)).await);
+    }
+    let k = key("with-a-taken-id", "fp", now_ms() + HOUR);
+    let r = store
+        .create_with(
+            sample_tx(&other),
+            CreateOptions {
+                id: Some(id.clone()),
+                idempotency: Some(k.clone()),
+            },
+        )
+        .await;
+    assert_exists(r);
+    assert_eq!(lookup(store, &k).await, None);
+    assert_eq!(get(store, &id).await, rec);
+    assert_eq!(store.counts().await.unwrap(), counts);
+    assert_eq!(info(store, &other).await.refcount, 0);
+    assert_eq!(info(store, &body).await.refcount, 1);
+
+    // An id the store picked is taken as much.
+    let picked = create(store, sample_tx(&body)).await;
+    assert_exists(
+        store
+            .create_with(sample_tx(&other), with_id(&picked.0))
+            .await,
+    );
+    // No id: the store picks one.
+    let fresh = create_new(store, sample_tx(&body), CreateOptions::default()).await;
+    assert!(fresh != id && fresh != picked, "{fresh}");
+    assert!(TxId::is_valid(&fresh.0), "{fresh}");
+    assert_eq!(get(store, &fresh).await.tx, sample_tx(&body));
+
+    // The rules of create_transaction hold: a lease, for one.
+    let leased = TxId("rest-leased".into());
+    let r = create_with(store, leased_tx(&body, &a, LONG_TTL), with_id(&leased.0)).await;
+    assert_eq!(r, Created::New(leased.clone()));
+    let rec = get(store, &leased).await;
+    assert_eq!((rec.attempt_count, rec.lease_owner), (1, Some(a.clone())));
+
+    // Ids outside the alphabet, or too long, are refused.
+    let too_long = "x".repeat(TxId::MAX_LEN + 1);
+    for bad in ["", "has space", "a/b", "a:b", "ümlaut", "a\0b", &too_long] {
+        assert_invalid(store.create_with(sample_tx(&body), with_id(bad)).await);
+    }
+    let longest = "y".repeat(TxId::MAX_LEN);
+    let r = create_with(store, sample_tx(&body), with_id(&longest)).await;
+    assert_eq!(r, Created::New(TxId(longest)));
+    assert_eq!(info(store, &body).await.refcount, 5);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.waiting, counts.inflight), (4, 1), "{counts:?}");
+}
+
+/// A key in use answers with the first transaction and creates nothing;
+/// another key creates.
+pub async fn idempotent_create(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let other = finalized_blob(store, b"other").await;
+    let first = key("k1", "fp-1", now_ms() + HOUR);
+    let id = create_new(store, sample_tx(&body), with_key(first.clone())).await;
+    assert_eq!(
+        lookup(store, &first).await,
+        Some((id.clone(), "fp-1".into()))
+    );
+    let rec = get(store, &id).await;
+    let counts = store.counts().await.unwrap();
+
+    // A retry (same fingerprint) or another request reusing the key
+    // (another body, a lease, a chosen id, even a taken one): nothing is
+    // created, checked or changed, and the first fingerprint stands.
+    let a = replica("a");
+    let unused = TxId("rest-unused".into());
+    for (fp, tx, chosen) in [
+        ("fp-1", sample_tx(&body), None),
+        ("fp-2", sample_tx(&other), None),
+        (
+            "fp-3",
+            leased_tx(&other, &a, LONG_TTL),
+            Some(unused.clone()),
+        ),
+        ("fp-4", sample_tx(&other), Some(id.clone())),
+        ("fp-5", sample_tx(&BlobId("no-such-blob".into())), None),
+    ] {
+        let opts = CreateOptions {
+            id: chosen,
+            idempotency: Some(key("k1", fp, now_ms() + 2 * HOUR)),
+        };
+        assert_eq!(
+            create_with(store, tx, opts).await,
+            existing(&id, "fp-1"),
+            "{fp}"
+        );
+    }
+    assert_not_found(store.get_transaction(&unused).await);
+    assert_eq!(store.counts().await.unwrap(), counts);
+    assert_eq!(info(store, &other).await.refcount, 0);
+    assert_eq!(info(store, &body).await.refcount, 1);
+    assert_eq!(get(store, &id).await, rec);
+    assert_eq!(
+        lookup(store, &first).await,
+        Some((id.clone(), "fp-1".into()))
+    );
+
+    // Other keys create: keys are compared whole, byte for byte.
+    let mut seen = HashSet::from([id.clone()]);
+    for name in [
+        "rest-client\0k2",
+        "rest-client\0k",
+        "rest-client\0k1 ",
+        "rest-client\0K1",
+        "other-client\0k1",
+        "rest-client",
+    ] {
+        let k = IdempotencyKey {
+            key: name.into(),
+            ..first.clone()
+        };
+        assert_eq!(lookup(store, &k).await, None, "{name:?}");
+        let new = create_new(store, sample_tx(&body), with_key(k.clone())).await;
+        assert!(seen.insert(new.clone()), "{name:?}: {new} again");
+        assert_eq!(
+            lookup(store, &k).await,
+            Some((new, "fp-1".into())),
+            "{name:?}"
+        );
+    }
+    assert_eq!(store.counts().await.unwrap().waiting, 7);
+
+    // The key outlives its transaction's delivery (until it expires, or
+    // gc deletes the transaction).
+    assert_eq!(store.cancel(&id).await.unwrap(), CancelOutcome::Cancelled);
+    let again = create_with(store, sample_tx(&body), with_key(first.clone())).await;
+    assert_eq!(again, existing(&id, "fp-1"));
+
+    // Keys of 1 to 255 characters (not bytes).
+    let longest = IdempotencyKey {
+        key: "é".repeat(255),
+        ..first.clone()
+    };
+    create_new(store, sample_tx(&body), with_key(longest.clone())).await;
+    assert!(lookup(store, &longest).await.is_some());
+    for bad in [String::new(), "é".repeat(256)] {
+        let k = IdempotencyKey {
+            key: bad,
+            ..first.clone()
+        };
+        assert_invalid(store.idempotency_lookup(&k.key).await);
+        assert_invalid(store.create_with(sample_tx(&body), with_key(k)).await);
+    }
+    assert_eq!(store.counts().await.unwrap().waiting, 7);
+}
+
+/// An expired key is absent: a create makes a new transaction, which the
+/// key then points to.
+pub async fn expired_idempotency_key(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let expires = now_ms() + SHORT_LIFE;
+    let k = key("k", "fp-1", expires);
+    let first = create_new(store, sample_tx(&body), with_key(k.clone())).await;
+    assert_eq!(
+        lookup(store, &k).await,
+        Some((first.clone(), "fp-1".into()))
+    );
+
+    // Given expired already: not kept, every use creates.
+    let stale = key("stale", "fp", now_ms() - MS);
+    let s1 = create_new(store, sample_tx(&body), with_key(stale.clone())).await;
+    let s2 = create_new(store, sample_tx(&body), with_key(stale.clone())).await;
+    assert_ne!(s1, s2);
+    assert_eq!(lookup(store, &stale).await, None);
+
+    sleep_past(expires).await;
+    assert_eq!(lookup(store, &k).await, None);
+    let renewed = key("k", "fp-2", now_ms() + HOUR);
+    let second = create_new(store, sample_tx(&body), with_key(renewed.clone())).await;
+    assert_ne!(second, first);
+    assert_eq!(
+        lookup(store, &k).await,
+        Some((second.clone(), "fp-2".into()))
+    );
+    let again = create_with(
+        store,
+        sample_tx(&body),
+        with_key(key("k", "fp-3", now_ms() + HOUR)),
+    );
+    assert_eq!(again.await, existing(&second, "fp-2"));
+    // The first transaction is untouched by it all.
+    let rec = get(store, &first).await;
+    assert_eq!((rec.version, rec.state(now_ms())), (1, TxState::Waiting));
+    assert_eq!(store.counts().await.unwrap().waiting, 4);
+}
+
+/// gc deletes a key with its transaction and expired keys; it leaves a
+/// live key of an open transaction, and a key reused after it expired.
+pub async fn gc_removes_idempotency_keys(store: &dyn Store) {
+    let body = finalized_blob(store, b"x").await;
+    let far = now_ms() + 24 * HOUR;
+    let soon = now_ms() + SHORT_LIFE;
+    let done_key = key("done", "fp", far);
+    let live_key = key("live", "fp", far);
+    let short_key = key("short", "fp", soon);
+    let reused_key = key("reused", "fp-1", soon);
+    let done = create_new(store, sample_tx(&body), with_key(done_key.clone())).await;
+    let live = create_new(store, sample_tx(&body), with_key(live_key.clone())).await;
+    let short = create_new(store, sample_tx(&body), with_key(short_key.clone())).await;
+    let reused_first = create_new(store, sample_tx(&body), with_key(reused_key.clone())).await;
+    for id in [&done, &reused_first] {
+        assert_eq!(store.cancel(id).await.unwrap(), CancelOutcome::Cancelled);
+    }
+    sleep_past(soon).await;
+    let reused_key = key("reused", "fp-2", far);
+    let reused = create_new(store, sample_tx(&body), with_key(reused_key.clone())).await;
+
+    assert_eq!(store.gc(now_ms() + HOUR).await.unwrap(), 2);
+    assert_not_found(store.get_transaction(&done).await);
+    assert_eq!(
+        lookup(store, &done_key).await,
+        None,
+        "went with its transaction"
+    );
+    assert_eq!(
+        lookup(store, &live_key).await,
+        Some((live.clone(), "fp".into()))
+    );
+    assert_eq!(lookup(store, &short_key).await, None);
+    // gc deletes the expired key, not its open transaction.
+    assert_eq!(get(store, &short).await.version, 1);
+    // Its old transaction gone, the reused key points to the new one.
+    assert_eq!(
+        lookup(store, &reused_key).await,
+        Some((reused.clone(), "fp-2".into()))
+    );
+    assert_eq!(
+        create_with(store, sample_tx(&body), with_key(reused_key)).await,
+        existing(&reused, "fp-2")
+    );
+    // The keys gc deleted are free.
+    for k in [done_key, short_key] {
+        let k = IdempotencyKey { expires: far, ..k };
+        let new = create_new(store, sample_tx(&body), with_key(k.clone())).await;
+        assert!(new != done && new != short, "{new}");
+        assert_eq!(lookup(store, &k).await, Some((new, "fp".into())));
+    }
+}
+
+/// Many tasks create with one key at once: exactly one creates, the
+/// others get its transaction. And with one chosen id: one creates, the
+/// others find it taken.
+pub async fn concurrent_idempotent_creates(store: Arc<dyn Store>) {
+    const RACERS: usize = 32;
+    let body = finalized_blob(&*store, b"x").await;
+    let expires = now_ms() + HOUR;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let (store, start, body) = (store.clone(), start.clone(), body.clone());
+            tokio::spawn(async move {
+                let k = key("raced", &format!("fp-{i}"), expires);
+                start.wait().await;
+                store.create_with(sample_tx(&body), with_key(k)).await
+            })
+        })
+        .collect();
+    let results: Vec<Created> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("racer panicked").expect("create_with"))
+        .collect();
+    let new: Vec<(usize, TxId)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Created::New(id) => Some((i, id.clone())),
+            Created::Existing { .. } => None,
+        })
+        .collect();
+    let [(winner, id)] = &new[..] else {
+        panic!("expected exactly one new transaction: {results:?}");
+    };
+    let fingerprint = format!("fp-{winner}");
+    for (i, r) in results.iter().enumerate() {
+        if i != *winner {
+            assert_eq!(r, &existing(id, &fingerprint), "racer {i}");
+        }
+    }
+    let k = key("raced", "", expires);
+    assert_eq!(lookup(&*store, &k).await, Some((id.clone(), fingerprint)));
+    assert_eq!(store.counts().await.unwrap().waiting, 1);
+    assert_eq!(info(&*store, &body).await.refcount, 1);
+
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, start, body) = (store.clone(), start.clone(), body.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                store
+                    .create_with(sample_tx(&body), with_id("rest-raced"))
+                    .await
+            })
+        })
+        .collect();
+    let results: Vec<StoreResult<Created>> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("racer panicked"))
+        .collect();
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 1, "{results:?}");
+    for r in results {
+        match r {
+            Ok(c) => assert_eq!(c, Created::New(TxId("rest-raced".into()))),
+            r => assert_exists(r),
+        }
+    }
+    assert_eq!(store.counts().await.unwrap().waiting, 2);
+    assert_eq!(info(&*store, &body).await.refcount, 2);
+}
+
+/// A create that fails records neither its key nor its id: the same
+/// request succeeds once its body is complete.
+pub async fn failed_create_records_no_key(store: &dyn Store) {
+    let partial = store.create_blob().await.unwrap();
+    store
+        .append_blob(&partial, 0, Bytes::from_static(b"partial"), false)
+        .await
+        .unwrap();
+    let k = key("k", "fp", now_ms() + HOUR);
+    let id = TxId("rest-failed".into());
+    let opts = CreateOptions {
+        id: Some(id.clone()),
+        idempotency: Some(k.clone()),
+    };
+    let r = store.create_with(sample_tx(&partial), opts.clone()).await;
+    assert_blob_conflict(r, &partial);
+    assert_eq!(lookup(store, &k).await, None);
+    assert_not_found(store.get_transaction(&id).await);
+    assert_eq!(info(store, &partial).await.refcount, 0);
+    let missing = BlobId("no-such-blob".into());
+    assert_not_found(store.create_with(sample_tx(&missing), opts.clone()).await);
+    assert_eq!(lookup(store, &k).await, None);
+    assert_eq!(
+        store.counts().await.unwrap(),
+        QueueCounts {
+            blobs: 1,
+            ..QueueCounts::default()
+        }
+    );
+
+    store
+        .append_blob(&partial, 7, Bytes::from_static(b" now complete"), true)
+        .await
+        .unwrap();
+    let r = create_with(store, sample_tx(&partial), opts).await;
+    assert_eq!(r, Created::New(id.clone()));
+    assert_eq!(lookup(store, &k).await, Some((id.clone(), "fp".into())));
+    assert_eq!(get(store, &id).await.tx, sample_tx(&partial));
+}
+
+// ------------------------------------------------------ replica registry
+
+pub async fn replica_registry(store: &dyn Store) {
+    let (a, b, c, d) = (replica("a"), replica("b"), replica("c"), replica("d"));
+    let uri = async |r: &ReplicaId| store.replica_uri(r).await.expect("replica_uri");
+    assert_eq!(uri(&a).await, None);
+    store
+        .register_replica(&a, "https://a.example:8443/", HOUR)
+        .await
+        .unwrap();
+    store
+        .register_replica(&b, "https://b.example/", HOUR)
+        .await
+        .unwrap();
+    assert_eq!(uri(&a).await.as_deref(), Some("https://a.example:8443/"));
+    assert_eq!(uri(&b).await.as_deref(), Some("https://b.example/"));
+    // Registering again replaces the URI.
+    store
+        .register_replica(&a, "https://a2.example/", HOUR)
+        .await
+        .unwrap();
+    assert_eq!(uri(&a).await.as_deref(), Some("https://a2.example/"));
+    assert_eq!(uri(&b).await.as_deref(), Some("https://b.example/"));
+
+    // Expiry, and a refresh that keeps one registered.
+    store
+        .register_replica(&c, "https://c.example/", SHORT_LIFE)
+        .await
+        .unwrap();
+    store
+        .register_replica(&d, "https://d.example/", SHORT_LIFE)
+        .await
+        .unwrap();
+    let registered = Instant::now();
+    assert_eq!(uri(&c).await.as_deref(), Some("https://c.example/"));
+    assert_eq!(uri(&d).await.as_deref(), Some("https://d.example/"));
+    tokio::time::sleep(SHORT_LIFE / 2).await;
+    store
+        .register_replica(&d, "https://d.example/", HOUR)
+        .await
+        .unwrap();
+    tokio::time::sleep_until((registered + SHORT_LIFE + Duration::from_millis(50)).into()).await;
+    assert_eq!(uri(&c).await, None, "expired");
+    assert_eq!(uri(&d).await.as_deref(), Some("https://d.example/"));
+
+    // gc leaves live registrations alone; an expired one may come back.
+    store.gc(now_ms() + HOUR).await.unwrap();
+    assert_eq!(uri(&a).await.as_deref(), Some("https://a2.example/"));
+    assert_eq!(uri(&d).await.as_deref(), Some("https://d.example/"));
+    store
+        .register_replica(&c, "https://c2.example/", HOUR)
+        .await
+        .unwrap();
+    assert_eq!(uri(&c).await.as_deref(), Some("https://c2.example/"));
+    assert_eq!(uri(&replica("never")).await, None);
+}
+
 // ------------------------------------------------------------ waiting
 
 /// How long the suite gives a waiter to be parked before it writes.
@@ -1964,9 +2519,17 @@ where
         wait_unknown_id,
         wait_ends_when_gc_deletes,
         wait_never_misses_a_racing_write,
+        create_with_chosen_id,
+        idempotent_create,
+        expired_idempotency_key,
+        gc_removes_idempotency_keys,
+        failed_create_records_no_key,
+        replica_registry,
     );
     eprintln!("store suite: concurrent_claims");
     concurrent_claims(make().await).await;
+    eprintln!("store suite: concurrent_idempotent_creates");
+    concurrent_idempotent_creates(make().await).await;
     eprintln!("store suite: many_concurrent_waiters");
     many_concurrent_waiters(make().await).await;
 }

@@ -12,8 +12,9 @@ use futures::FutureExt;
 use futures::future::join_all;
 use koukan_storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, BlobId, FinalReason, NewTransaction, NextStep, PriorAttempt,
-    ReplicaId, Store, StoreError, StoredIngress, StoredMailbox, StoredResponse, TxRecord, suite,
+    AttemptOutcome, AttemptResponses, BlobId, CreateOptions, Created, FinalReason, IdempotencyKey,
+    NewTransaction, NextStep, PriorAttempt, ReplicaId, Store, StoreError, StoredIngress,
+    StoredMailbox, StoredResponse, TxId, TxRecord, suite,
 };
 
 fn open(path: &Path) -> EmbeddedStore {
@@ -728,4 +729,171 @@ async fn init_creates_keeps_and_with_force_sets_aside() {
     assert_eq!(std::fs::metadata(&moved_to).unwrap().len(), 0);
     let store = open(&path);
     assert_eq!(store.counts().await.unwrap(), Default::default());
+}
+
+// ---------------------------------------------------------------------
+// create_with and the replica registry.
+
+fn keyed(key: &str, fingerprint: &str, expires: SystemTime) -> CreateOptions {
+    CreateOptions {
+        id: None,
+        idempotency: Some(IdempotencyKey {
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+            expires,
+        }),
+    }
+}
+
+/// Two stores opened on one file in one process (two writer threads,
+/// serialized by SQLite's write lock, not by one queue) race on one key
+/// and on one chosen id: one creation each. What they wrote survives a
+/// reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_file_race_on_one_key() {
+    const RACERS: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let stores: [Arc<dyn Store>; 2] = [Arc::new(open(&path)), Arc::new(open(&path))];
+    let b = body(&*stores[0], b"x").await;
+    let expires = now_ms() + Duration::from_secs(3600);
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let race = |opts: fn(usize, SystemTime) -> CreateOptions| {
+        join_all((0..RACERS).map(|i| {
+            let (store, start, b) = (stores[i % 2].clone(), start.clone(), b.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                store.create_with(tx(&b, None), opts(i, expires)).await
+            })
+        }))
+    };
+    let results: Vec<_> = race(|i, expires| keyed("k", &format!("fp-{i}"), expires))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().expect("create_with"))
+        .collect();
+    let new: Vec<&TxId> = results
+        .iter()
+        .filter_map(|r| match r {
+            Created::New(id) => Some(id),
+            Created::Existing { .. } => None,
+        })
+        .collect();
+    assert_eq!(new.len(), 1, "{results:?}");
+    let id = new[0].clone();
+    assert!(results.iter().all(|r| r.id() == &id), "{results:?}");
+
+    let results: Vec<_> = race(|_, _| CreateOptions {
+        id: Some(TxId("chosen".into())),
+        idempotency: None,
+    })
+    .await
+    .into_iter()
+    .map(|r| r.unwrap())
+    .collect();
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Exists(_)))),
+        "{results:?}"
+    );
+    for store in &stores {
+        assert_eq!(store.counts().await.unwrap().waiting, 2);
+        assert_eq!(store.blob_info(&b).await.unwrap().refcount, 2);
+    }
+
+    drop(stores);
+    let store = open(&path);
+    let (got, _) = store.idempotency_lookup("k").await.unwrap().unwrap();
+    assert_eq!(got, id);
+    assert!(store.get_transaction(&TxId("chosen".into())).await.is_ok());
+}
+
+fn rows(path: &Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// gc deletes the rows of expired keys and registrations, and the key of
+/// a transaction it deletes; live ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_expired_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gc.db");
+    let store = open(&path);
+    let b = body(&store, b"x").await;
+    let soon = now_ms() + Duration::from_secs(1);
+    let far = now_ms() + Duration::from_secs(3600);
+    for (key, expires) in [("expiring", soon), ("live", far)] {
+        store
+            .create_with(tx(&b, None), keyed(key, "fp", expires))
+            .await
+            .unwrap();
+    }
+    let done = store
+        .create_with(tx(&b, None), keyed("done", "fp", far))
+        .await
+        .unwrap();
+    store.cancel(done.id()).await.unwrap();
+    let (r1, r2) = (ReplicaId("r1".into()), ReplicaId("r2".into()));
+    store
+        .register_replica(&r1, "https://r1/", Duration::from_secs(1))
+        .await
+        .unwrap();
+    store
+        .register_replica(&r2, "https://r2/", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        (rows(&path, "idempotency"), rows(&path, "replicas")),
+        (3, 2)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Expired, but only gc deletes the rows.
+    assert_eq!(store.idempotency_lookup("expiring").await.unwrap(), None);
+    assert_eq!(store.replica_uri(&r1).await.unwrap(), None);
+    assert_eq!(
+        (rows(&path, "idempotency"), rows(&path, "replicas")),
+        (3, 2)
+    );
+
+    assert_eq!(store.gc(now_ms()).await.unwrap(), 1);
+    assert_eq!(
+        (rows(&path, "idempotency"), rows(&path, "replicas")),
+        (1, 1)
+    );
+    assert!(store.idempotency_lookup("live").await.unwrap().is_some());
+    assert_eq!(
+        store.replica_uri(&r2).await.unwrap().as_deref(),
+        Some("https://r2/")
+    );
+}
+
+/// Registering a replica is no new mail: it works below the reserve,
+/// where `admit` refuses.
+#[tokio::test]
+async fn replicas_register_below_the_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(
+        &dir.path().join("r.db"),
+        EmbeddedOptions {
+            // More than any file system has free: always below it.
+            reserve_bytes: Some(u64::MAX / 2),
+            ..EmbeddedOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(store.admit().await, Err(StoreError::Full(_))));
+    let r = ReplicaId("r".into());
+    store
+        .register_replica(&r, "https://r/", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.replica_uri(&r).await.unwrap().as_deref(),
+        Some("https://r/")
+    );
 }

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use koukan_storage::redis_store::{Durability, RedisOptions, RedisStore};
 use koukan_storage::{
-    AttemptOutcome, AttemptResponses, BlobId, CancelOutcome, FinalReason, NewTransaction, NextStep,
-    ReplicaId, Store, StoreError, StoredIngress, StoredMailbox, StoredResponse, StoredSmtp, TxId,
-    TxState,
+    AttemptOutcome, AttemptResponses, BlobId, CancelOutcome, CreateOptions, Created, FinalReason,
+    IdempotencyKey, NewTransaction, NextStep, ReplicaId, Store, StoreError, StoredIngress,
+    StoredMailbox, StoredResponse, StoredSmtp, TxId, TxState,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -1829,4 +1829,316 @@ async fn delivery_runs_over_maxmemory_and_frees_it() {
         .unwrap();
     set_maxmemory(&server, 0).await;
     s.create_blob().await.unwrap();
+}
+
+// ---------------------------------------------------------------------
+// create_with and the replica registry.
+
+fn keyed(id: Option<&str>, key: &str, fingerprint: &str, expires: SystemTime) -> CreateOptions {
+    CreateOptions {
+        id: id.map(|i| TxId(i.into())),
+        idempotency: Some(IdempotencyKey {
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+            expires,
+        }),
+    }
+}
+
+fn hour_from_now() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(3600)
+}
+
+async fn exists(server: &RedisServer, key: &str) -> bool {
+    let mut raw = server.raw().await;
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut raw)
+        .await
+        .unwrap()
+        == 1
+}
+
+async fn pttl(server: &RedisServer, key: &str) -> i64 {
+    let mut raw = server.raw().await;
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut raw)
+        .await
+        .unwrap()
+}
+
+/// Two replicas (two store handles, two connections) race on one key,
+/// then on one chosen id: one creation each, the others told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_race_on_one_key() {
+    const RACERS: usize = 32;
+    let server = RedisServer::start().await;
+    let stores: [Arc<dyn Store>; 2] = [
+        Arc::new(store(&server).await),
+        Arc::new(store(&server).await),
+    ];
+    let b = body(&*stores[0], b"x").await;
+    let expires = hour_from_now();
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let race = |opts: fn(usize, SystemTime) -> CreateOptions| {
+        futures::future::join_all((0..RACERS).map(|i| {
+            let (s, start, b) = (stores[i % 2].clone(), start.clone(), b.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                s.create_with(new_tx(&b, None), opts(i, expires)).await
+            })
+        }))
+    };
+    let results: Vec<Created> = race(|i, expires| keyed(None, "k", &format!("fp-{i}"), expires))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().expect("create_with"))
+        .collect();
+    let new: Vec<(usize, &TxId)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Created::New(id) => Some((i, id)),
+            Created::Existing { .. } => None,
+        })
+        .collect();
+    let [(winner, id)] = new[..] else {
+        panic!("expected one new transaction: {results:?}");
+    };
+    for (i, r) in results.iter().enumerate() {
+        if i != winner {
+            let want = Created::Existing {
+                id: id.clone(),
+                fingerprint: format!("fp-{winner}"),
+            };
+            assert_eq!(r, &want, "racer {i}");
+        }
+    }
+    let results: Vec<_> = race(|_, _| CreateOptions {
+        id: Some(TxId("chosen".into())),
+        idempotency: None,
+    })
+    .await
+    .into_iter()
+    .map(|r| r.unwrap())
+    .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Exists(_)))),
+        "{results:?}"
+    );
+    assert_eq!(keys(&server, "t:tx:*").await.len(), 2);
+    assert_eq!(stores[1].blob_info(&b).await.unwrap().refcount, 2);
+}
+
+/// Keys and registrations are Redis keys under the prefix with TTLs
+/// ending at their expiry; Redis deletes expired ones by itself, and gc
+/// deletes a key with its transaction.
+#[tokio::test]
+async fn keys_and_registrations_live_in_redis_with_ttls() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = body(&s, b"x").await;
+    let created = s
+        .create_with(new_tx(&b, None), keyed(None, "c\0k", "fp", hour_from_now()))
+        .await
+        .unwrap();
+    let Created::New(id) = created else {
+        panic!("{created:?}")
+    };
+    let ttl = pttl(&server, "t:idem:c\0k").await;
+    assert!((3_500_000..=3_600_000).contains(&ttl), "{ttl}");
+    let r = ReplicaId("r1".into());
+    s.register_replica(&r, "https://r1.example/", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ttl = pttl(&server, "t:replica:r1").await;
+    assert!((55_000..=60_000).contains(&ttl), "{ttl}");
+
+    let soon = SystemTime::now() + Duration::from_millis(500);
+    s.create_with(new_tx(&b, None), keyed(None, "short", "fp", soon))
+        .await
+        .unwrap();
+    assert!(exists(&server, "t:idem:short").await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!exists(&server, "t:idem:short").await, "Redis expires it");
+
+    s.cancel(&id).await.unwrap();
+    assert!(exists(&server, "t:idem:c\0k").await);
+    assert_eq!(s.gc(hour_from_now()).await.unwrap(), 1);
+    assert!(
+        !exists(&server, "t:idem:c\0k").await,
+        "went with its transaction"
+    );
+    assert_eq!(s.idempotency_lookup("c\0k").await.unwrap(), None);
+}
+
+/// Beyond maxmemory new mail is refused (`create_with` too, leaving no
+/// key), while a replica still registers: that is no new mail.
+#[tokio::test]
+async fn replicas_register_beyond_maxmemory() {
+    let server = RedisServer::start().await;
+    let s = store(&server).await;
+    let b = body(&s, b"x").await;
+    set_maxmemory(&server, 1).await;
+    let r = s
+        .create_with(
+            new_tx(&b, None),
+            keyed(Some("full"), "k", "fp", hour_from_now()),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Full(_))), "{r:?}");
+    let replica = ReplicaId("r".into());
+    s.register_replica(&replica, "https://r.example/", Duration::from_secs(60))
+        .await
+        .expect("registering beyond maxmemory");
+    assert_eq!(
+        s.replica_uri(&replica).await.unwrap().as_deref(),
+        Some("https://r.example/")
+    );
+    set_maxmemory(&server, 0).await;
+    assert_eq!(s.idempotency_lookup("k").await.unwrap(), None);
+    assert!(matches!(
+        s.get_transaction(&TxId("full".into())).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.blob_info(&b).await.unwrap().refcount, 0);
+}
+
+/// A `create_with` whose reply is lost is repeated, and the repeat
+/// recognizes the transaction its first run created (by the call's
+/// nonce) instead of taking the chosen id for taken or the key for
+/// another request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_create_with_is_repeated_not_taken_for_a_conflict() {
+    let server = RedisServer::start().await;
+    let relay = ReplyCutter::start(server.port).await;
+    let s = store_via(relay.addr, Duration::from_secs(10)).await;
+    let b = body(&s, b"Subject: x\r\n\r\nx\r\n").await;
+    // Loads the script, so that the cut request is the one that runs it.
+    s.create_with(tx_to(&b, "warm@example.net"), CreateOptions::default())
+        .await
+        .unwrap();
+    relay.arm(b"lost-reply@example.net");
+    let r = s
+        .create_with(
+            tx_to(&b, "lost-reply@example.net"),
+            keyed(Some("chosen"), "k", "fp", hour_from_now()),
+        )
+        .await;
+    assert!(
+        relay.fired.load(Ordering::SeqCst),
+        "the reply was never cut"
+    );
+    assert_eq!(r.unwrap(), Created::New(TxId("chosen".into())));
+    assert_eq!(keys(&server, "t:tx:*").await.len(), 2);
+    assert_eq!(s.blob_info(&b).await.unwrap().refcount, 2);
+    assert_eq!(
+        s.get_transaction(&TxId("chosen".into()))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        s.idempotency_lookup("k").await.unwrap(),
+        Some((TxId("chosen".into()), "fp".into()))
+    );
+}
+
+/// Polls until `id` is final, for at most 10 s.
+async fn final_soon(s: &RedisStore, id: &TxId) -> koukan_storage::TxRecord {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.get_transaction(id).await {
+            Ok(r) if r.state(SystemTime::now()) == TxState::Final => return r,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("{id} not withdrawn: {other:?}"),
+        }
+    }
+}
+
+/// A `create_with` still unanswered when the ack window ends is refused
+/// and withdrawn once Redis is back, its key with it, so the client's
+/// retry creates anew. A chosen id that belonged to another transaction
+/// is left alone by the withdrawal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_with_refused_after_the_ack_window_is_withdrawn_with_its_key() {
+    let server = RedisServer::start().await;
+    let relay = ReplyCutter::start(server.port).await;
+    let s = store_via(relay.addr, Duration::from_millis(400)).await;
+    let b = body(&s, b"Subject: x\r\n\r\nx\r\n").await;
+    let chosen = |id: &str| CreateOptions {
+        id: Some(TxId(id.into())),
+        idempotency: None,
+    };
+    let theirs = TxId("theirs".into());
+    let created = s
+        .create_with(tx_to(&b, "theirs@example.net"), chosen("theirs"))
+        .await
+        .unwrap();
+    assert_eq!(created, Created::New(theirs.clone()));
+    let before = s.get_transaction(&theirs).await.unwrap();
+
+    // The chosen id is taken: Redis answers EXISTS, but the answer is
+    // lost and Redis stays out of reach past the window.
+    relay.arm(b"taken@example.net");
+    relay.down.store(true, Ordering::SeqCst);
+    let r = s
+        .create_with(tx_to(&b, "taken@example.net"), chosen("theirs"))
+        .await;
+    assert!(
+        relay.fired.swap(false, Ordering::SeqCst),
+        "the reply was never cut"
+    );
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    relay.down.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.counts().await.is_err() {
+        assert!(Instant::now() < deadline, "the store did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Created, but the answer is lost the same way.
+    relay.arm(b"in-doubt@example.net");
+    relay.down.store(true, Ordering::SeqCst);
+    let in_doubt = TxId("in-doubt".into());
+    let r = s
+        .create_with(
+            tx_to(&b, "in-doubt@example.net"),
+            keyed(Some("in-doubt"), "k", "fp", hour_from_now()),
+        )
+        .await;
+    assert!(
+        relay.fired.load(Ordering::SeqCst),
+        "the reply was never cut"
+    );
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(exists(&server, "t:idem:k").await, "Redis did store it");
+    relay.down.store(false, Ordering::SeqCst);
+    let rec = final_soon(&s, &in_doubt).await;
+    assert!(rec.cancelled, "{rec:?}");
+    assert_eq!(rec.final_attempt_reason, Some(CANCELLED));
+    assert!(!exists(&server, "t:idem:k").await, "the key went with it");
+    // The client's retry creates.
+    let r = s
+        .create_with(
+            tx_to(&b, "in-doubt@example.net"),
+            keyed(Some("retried"), "k", "fp", hour_from_now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Created::New(TxId("retried".into())));
+
+    // The first withdrawal has run by now (it retries at most 1 s
+    // apart): it found the id someone else's and left it alone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(s.get_transaction(&theirs).await.unwrap(), before);
 }

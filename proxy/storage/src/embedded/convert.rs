@@ -95,6 +95,8 @@ pub(super) fn duplicate(err: &StoreError) -> StoreError {
         StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
         StoreError::Full(s) => StoreError::Full(s.clone()),
         StoreError::Internal(s) => StoreError::Internal(s.clone()),
+        StoreError::Exists(s) => StoreError::Exists(s.clone()),
+        StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
         StoreError::NotAStore { path, found } => StoreError::NotAStore {
             path: path.clone(),
             found: found.clone(),

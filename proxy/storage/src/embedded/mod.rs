@@ -6,7 +6,9 @@
 //! mode with `foreign_keys` on. Tables: `blobs` (one row per body: length,
 //! finalized, refcount), `blob_chunks` (the body's bytes, one row per append
 //! piece of at most 256 KiB, keyed by start offset), `transactions` (the
-//! envelope as JSON plus the columns the queue needs), `schema_version`
+//! envelope as JSON plus the columns the queue needs), `idempotency` (the
+//! keys of [`Store::create_with`], each with its transaction), `replicas`
+//! (the registry of [`Store::register_replica`]), `schema_version`
 //! (for migrations; a file from a newer build is refused). Times are stored
 //! as milliseconds since the UNIX epoch, so every time a record returns is
 //! truncated to the millisecond.
@@ -30,6 +32,9 @@
 //!   are visible to readers at once and survive a process crash, but a
 //!   power loss may drop them until the next durable commit. The contract
 //!   allows it: a body counts only once finalized and referenced.
+//! * `create_with` is `create_transaction` with its key recorded in the
+//!   same commit. `register_replica` commits without fsync: a
+//!   registration is refreshed long before it matters.
 //! * `gc` commits without fsync: a power loss may undo its last steps,
 //!   which the next `gc` redoes (tx deletion and refcount are atomic).
 //! * Every write's effects commit atomically: a crash never leaves half an
@@ -91,15 +96,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use self::convert::{new_id, to_ms, ttl_ms, wall_ms};
-use self::ops::{NewRow, Next};
+use self::convert::{expiry, new_id, to_ms, ttl_ms, wall_ms};
+use self::ops::{KeyRow, NewRow, Next};
 use self::readers::Readers;
 use self::space::{Pages, Space};
 use self::writer::Writer;
 use crate::watch::{self, Watchers};
 use crate::{
-    AttemptOutcome, BlobId, BlobInfo, CancelOutcome, NewTransaction, NextStep, QueueCounts,
-    ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
+    AttemptOutcome, BlobId, BlobInfo, CancelOutcome, CreateOptions, Created, NewTransaction,
+    NextStep, QueueCounts, ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
 };
 
 pub use self::schema::{StoreFile, inspect};
@@ -422,6 +427,45 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn create_with(
+        &self,
+        tx: NewTransaction,
+        opts: CreateOptions,
+    ) -> BoxFuture<'_, StoreResult<Created>> {
+        Box::pin(async move {
+            crate::check_create_options(&opts)?;
+            let row = match opts.id {
+                Some(id) => NewRow::encode_as(tx, id)?,
+                None => NewRow::encode(tx)?,
+            };
+            let key = opts.idempotency.map(|k| KeyRow {
+                key: k.key,
+                fingerprint: k.fingerprint,
+                expires_ms: to_ms(k.expires),
+            });
+            // The key's expiry is judged by the clock when the job runs,
+            // not when it was queued.
+            self.writer
+                .run(true, move |conn| {
+                    ops::create_with(conn, &row, key.as_ref(), wall_ms())
+                })
+                .await
+        })
+    }
+
+    fn idempotency_lookup<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<(TxId, String)>>> {
+        Box::pin(async move {
+            crate::check_idempotency_key(key)?;
+            let key = key.to_owned();
+            self.readers
+                .run(move |conn| ops::idempotency_lookup(conn, &key, wall_ms()))
+                .await
+        })
+    }
+
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {
         Box::pin(async move {
             let id = id.clone();
@@ -566,6 +610,19 @@ impl Store for EmbeddedStore {
                     break;
                 }
             }
+            // Expired by their own time, not by the cutoff (keys whose
+            // transactions went above went with them, by cascade).
+            loop {
+                let n = self
+                    .writer
+                    .run(false, move |conn| {
+                        ops::gc_expired(conn, wall_ms(), GC_TX_STEP)
+                    })
+                    .await?;
+                if (n as i64) < GC_TX_STEP {
+                    break;
+                }
+            }
             Ok(deleted)
         })
     }
@@ -574,6 +631,35 @@ impl Store for EmbeddedStore {
         Box::pin(async move {
             let now = wall_ms();
             self.readers.run(move |conn| ops::counts(conn, now)).await
+        })
+    }
+
+    fn register_replica<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+        uri: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let (replica, uri, ttl) = (replica.clone(), uri.to_owned(), ttl_ms(ttl));
+            // Not durable: see the module docs.
+            self.writer
+                .run(false, move |conn| {
+                    ops::register_replica(conn, &replica, &uri, expiry(wall_ms(), ttl))
+                })
+                .await
+        })
+    }
+
+    fn replica_uri<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        Box::pin(async move {
+            let replica = replica.clone();
+            self.readers
+                .run(move |conn| ops::replica_uri(conn, &replica, wall_ms()))
+                .await
         })
     }
 }

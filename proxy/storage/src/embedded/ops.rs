@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::convert::{expiry, from_ms, new_id, sql_error, to_i64, to_ms, to_u64, ttl_ms};
 use super::schema::{CHUNK_MAX, CLAIMABLE_AT};
 use crate::{
-    AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, FinalReason, NewTransaction,
-    QueueCounts, ReplicaId, StoreError, StoreResult, TxId, TxRecord,
+    AttemptRecord, AttemptResponses, BlobId, BlobInfo, CancelOutcome, Created, FinalReason,
+    NewTransaction, QueueCounts, ReplicaId, StoreError, StoreResult, TxId, TxRecord,
 };
 
 /// Recorded when a cancellation finalizes a transaction. Rows finalized
@@ -229,7 +229,13 @@ struct PriorRow {
 }
 
 impl NewRow {
+    /// Under a fresh id.
     pub(super) fn encode(tx: NewTransaction) -> StoreResult<Self> {
+        Self::encode_as(tx, TxId(new_id()))
+    }
+
+    /// Under the id given.
+    pub(super) fn encode_as(tx: NewTransaction, id: TxId) -> StoreResult<Self> {
         let encode_err =
             |e: serde_json::Error| StoreError::Internal(format!("encode transaction: {e}"));
         let envelope = serde_json::to_string(&tx).map_err(encode_err)?;
@@ -245,7 +251,7 @@ impl NewRow {
             None => None,
         };
         Ok(NewRow {
-            id: TxId(new_id()),
+            id,
             body: tx.body,
             envelope,
             lease: tx.lease.map(|(owner, ttl)| (owner, ttl_ms(ttl))),
@@ -296,6 +302,129 @@ pub(super) fn create_transaction(conn: &Connection, row: &NewRow, now: i64) -> S
     .and_then(|mut s| s.execute([&row.body.0]))
     .map_err(|e| sql_error("create transaction", e))?;
     Ok(())
+}
+
+/// An idempotency key to record with a new transaction.
+pub(super) struct KeyRow {
+    pub(super) key: String,
+    pub(super) fingerprint: String,
+    pub(super) expires_ms: i64,
+}
+
+/// The transaction and fingerprint of `key` if it is unexpired at `now`.
+pub(super) fn idempotency_lookup(
+    conn: &Connection,
+    key: &str,
+    now: i64,
+) -> StoreResult<Option<(TxId, String)>> {
+    conn.prepare_cached(
+        "SELECT tx_id, fingerprint FROM idempotency WHERE key = ?1 AND expires_ms > ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![key.as_bytes(), now], |r| {
+            Ok((TxId(r.get(0)?), r.get(1)?))
+        })
+        .optional()
+    })
+    .map_err(|e| sql_error("look up idempotency key", e))
+}
+
+/// [`Store::create_with`](crate::Store::create_with): the key, then the
+/// id, then the body (in `create_transaction`), all in this job's
+/// savepoint, so a refusal anywhere leaves no key and no row. Atomic
+/// against every other creation because writes are serialized: one
+/// writer thread per store, and SQLite's write lock (`BEGIN IMMEDIATE`)
+/// between two stores opened on one file.
+pub(super) fn create_with(
+    conn: &Connection,
+    row: &NewRow,
+    key: Option<&KeyRow>,
+    now: i64,
+) -> StoreResult<Created> {
+    if let Some(k) = key
+        && let Some((id, fingerprint)) = idempotency_lookup(conn, &k.key, now)?
+    {
+        return Ok(Created::Existing { id, fingerprint });
+    }
+    let taken: bool = conn
+        .prepare_cached("SELECT count(*) FROM transactions WHERE id = ?1")
+        .and_then(|mut s| s.query_row([&row.id.0], |r| r.get(0)))
+        .map_err(|e| sql_error("create transaction", e))?;
+    if taken {
+        return Err(StoreError::Exists(format!("transaction {}", row.id)));
+    }
+    create_transaction(conn, row, now)?;
+    // A key expired already would count as absent at once: not kept.
+    if let Some(k) = key.filter(|k| k.expires_ms > now) {
+        // Replaces an expired row of the same key (a live one returned
+        // above).
+        conn.prepare_cached(
+            "INSERT INTO idempotency (key, tx_id, fingerprint, expires_ms)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET
+                 tx_id = excluded.tx_id, fingerprint = excluded.fingerprint,
+                 expires_ms = excluded.expires_ms",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                k.key.as_bytes(),
+                row.id.0,
+                k.fingerprint,
+                k.expires_ms
+            ])
+        })
+        .map_err(|e| sql_error("record idempotency key", e))?;
+    }
+    Ok(Created::New(row.id.clone()))
+}
+
+pub(super) fn register_replica(
+    conn: &Connection,
+    replica: &ReplicaId,
+    uri: &str,
+    expires_ms: i64,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO replicas (id, uri, expires_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET uri = excluded.uri, expires_ms = excluded.expires_ms",
+    )
+    .and_then(|mut s| s.execute(params![replica.0, uri, expires_ms]))
+    .map_err(|e| sql_error("register replica", e))?;
+    Ok(())
+}
+
+pub(super) fn replica_uri(
+    conn: &Connection,
+    replica: &ReplicaId,
+    now: i64,
+) -> StoreResult<Option<String>> {
+    conn.prepare_cached("SELECT uri FROM replicas WHERE id = ?1 AND expires_ms > ?2")
+        .and_then(|mut s| {
+            s.query_row(params![replica.0, now], |r| r.get(0))
+                .optional()
+        })
+        .map_err(|e| sql_error("read replica", e))
+}
+
+/// Deletes up to `limit` idempotency keys and up to `limit` replica
+/// registrations expired at `now`; returns the larger of the two counts
+/// (the caller repeats while it reaches `limit`).
+pub(super) fn gc_expired(conn: &Connection, now: i64, limit: i64) -> StoreResult<usize> {
+    let keys = conn
+        .prepare_cached(
+            "DELETE FROM idempotency WHERE rowid IN (
+                 SELECT rowid FROM idempotency WHERE expires_ms <= ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![now, limit]))
+        .map_err(|e| sql_error("gc idempotency keys", e))?;
+    let replicas = conn
+        .prepare_cached(
+            "DELETE FROM replicas WHERE rowid IN (
+                 SELECT rowid FROM replicas WHERE expires_ms <= ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![now, limit]))
+        .map_err(|e| sql_error("gc replicas", e))?;
+    Ok(keys.max(replicas))
 }
 
 /// Transaction `id` has just become final: its body has one open
@@ -768,5 +897,17 @@ mod tests {
             "SELECT max(start) FROM blob_chunks WHERE blob_id = 'x' AND start <= 5",
         );
         assert!(first.contains("SEARCH blob_chunks USING"), "{first}");
+        // gc of expired keys, and the cascade of a transaction's deletion.
+        let expired = plan(
+            &conn,
+            "SELECT rowid FROM idempotency WHERE expires_ms <= 5 LIMIT 10",
+        );
+        assert!(
+            expired.contains("USING INDEX idempotency_expires")
+                || expired.contains("USING COVERING INDEX idempotency_expires"),
+            "{expired}"
+        );
+        let cascade = plan(&conn, "SELECT rowid FROM idempotency WHERE tx_id = 'x'");
+        assert!(cascade.contains("idempotency_tx"), "{cascade}");
     }
 }

@@ -97,6 +97,32 @@ const MIGRATIONS: &[&str] = &[
         SELECT id FROM blobs WHERE refcount > 0 AND open_refs = 0);
     UPDATE blobs SET collected = 1 WHERE refcount > 0 AND open_refs = 0;
     "#,
+    // Version 4.
+    //
+    // For the REST API. `idempotency`: one row per idempotency key (a
+    // BLOB, compared byte for byte: keys may hold NUL, which SQLite's
+    // text functions do not promise to keep), the transaction its first
+    // use created and the request's fingerprint. Written in the same
+    // write as that transaction, so a key never points to nothing; a key
+    // goes with its transaction (the cascade: gc deletes the transaction),
+    // or once expired (gc, by the expiry index). `replicas`: where each
+    // replica serves its REST API, until its registration expires.
+    r#"
+    CREATE TABLE idempotency (
+        key BLOB PRIMARY KEY NOT NULL,
+        tx_id TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_expires ON idempotency (expires_ms);
+    CREATE INDEX idempotency_tx ON idempotency (tx_id);
+
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY NOT NULL,
+        uri TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -489,6 +515,63 @@ mod tests {
             matches!(&err, StoreError::Internal(m) if m.contains("history")),
             "{err:?}"
         );
+    }
+
+    /// A version-3 file migrates to 4: its transactions can take keys, and
+    /// a key goes with its transaction when gc deletes that (the cascade
+    /// needs the writer's `foreign_keys`).
+    #[test]
+    fn version_3_file_migrates_and_keys_follow_their_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..3] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (3);
+                 INSERT INTO blobs VALUES ('b', 0, 1, 0, 5, 5, 0, 0);",
+            )
+            .unwrap();
+        }
+        let conn = open_writer(&path, &EmbeddedOptions::default()).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let tx: crate::NewTransaction = serde_json::from_str(
+            r#"{"sender":"s","tag":"t","chain":"out","mail_from":{"address":""},
+                "rcpt_to":[],"ingress":"generated","body":"b","retry":true,
+                "notification":false,"lease":null}"#,
+        )
+        .unwrap();
+        let row = ops::NewRow::encode_as(tx, TxId("t".into())).unwrap();
+        let key = ops::KeyRow {
+            key: "k\0ey".into(),
+            fingerprint: "fp".into(),
+            expires_ms: i64::MAX,
+        };
+        let created = ops::create_with(&conn, &row, Some(&key), 10).unwrap();
+        assert_eq!(created, crate::Created::New(TxId("t".into())));
+        let found = ops::idempotency_lookup(&conn, "k\0ey", 10).unwrap();
+        assert_eq!(found, Some((TxId("t".into()), "fp".into())));
+        // Byte for byte: the NUL and what follows it count.
+        assert_eq!(ops::idempotency_lookup(&conn, "k", 10).unwrap(), None);
+        assert_eq!(
+            ops::cancel(&conn, &TxId("t".into()), 20).unwrap(),
+            crate::CancelOutcome::Cancelled
+        );
+        let mut deleted = Vec::new();
+        assert_eq!(
+            ops::gc_transactions(&conn, 100, 10, &mut deleted).unwrap(),
+            1
+        );
+        let keys: i64 = conn
+            .query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 0);
     }
 
     /// A version-2 file migrates to 3 and collects, there, the bodies whose

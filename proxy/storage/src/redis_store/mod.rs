@@ -18,6 +18,8 @@
 //! | `P schedule` | zset | waiting transactions, by next attempt (ms) |
 //! | `P leases` | zset | leased transactions, by lease expiry (ms) |
 //! | `P final` | zset | final transactions, by last update (ms), for gc |
+//! | `P idem:{key}` | hash | an idempotency key of [`Store::create_with`]: `tx` (the transaction it created), `fp` (fingerprint), `expires` (ms); a Redis TTL deletes it at its expiry |
+//! | `P replica:{id}` | string | the REST URI a replica registered ([`Store::register_replica`]); a Redis TTL deletes it |
 //! | `P tx-version` | pub/sub channel | `"{id} {version}"` after every transaction write, `"{id} deleted"` when gc deletes it |
 //!
 //! Transaction hash fields: `id`; `tx` (the [`NewTransaction`] as JSON,
@@ -28,7 +30,10 @@
 //! `expires` (absent when not leased); `cancelled` (present when
 //! cancelled); `responses` (JSON of the latest [`AttemptResponses`]);
 //! `history` (one JSON line per finished attempt: `attempt`,
-//! `finished_ms`, `responses`).
+//! `finished_ms`, `responses`); `nonce` (created by `create_with`: that
+//! call's random token, which tells a repeat of the call from a conflict
+//! with a transaction created otherwise) and `idem` (its idempotency key,
+//! if any, which gc deletes with it).
 //! Times are milliseconds since the epoch, truncated, as in the embedded
 //! store; a lease lasts at least 1 ms.
 //!
@@ -117,7 +122,11 @@
 //! (ids are chosen before the call) and is repeated for
 //! [`RedisOptions::ack_window`]; if it still has no answer, the caller
 //! gets `Unavailable` and the ids are cancelled in the background once
-//! Redis answers, so a refused message is not delivered.
+//! Redis answers, so a refused message is not delivered. `create_with`
+//! is repeated and withdrawn the same way; its withdrawal touches only a
+//! transaction that carries the call's nonce (a chosen id may be someone
+//! else's), and drops the idempotency key with it, so that the client's
+//! retry is not answered with the withdrawn transaction.
 
 mod record;
 mod scripts;
@@ -134,8 +143,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
 
 use crate::{
-    AttemptOutcome, AttemptResponses, BlobId, BlobInfo, CancelOutcome, NewTransaction, NextStep,
-    QueueCounts, ReplicaId, Store, StoreError, StoreResult, TxId, TxRecord,
+    AttemptOutcome, AttemptResponses, BlobId, BlobInfo, CancelOutcome, CreateOptions, Created,
+    NewTransaction, NextStep, QueueCounts, ReplicaId, Store, StoreError, StoreResult, TxId,
+    TxRecord,
 };
 use scripts::Scripts;
 use subscriber::Subscriber;
@@ -709,74 +719,179 @@ impl RedisStore {
         let now = record::ms(now_t);
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(txs.len() * scripts::CREATE_TXS_STRIDE);
         for (id, tx) in ids.iter().zip(&txs) {
-            let json = serde_json::to_string(tx)
-                .map_err(|e| StoreError::Internal(format!("encoding transaction: {e}")))?;
-            let (leased, owner, expires) = match &tx.lease {
-                Some((owner, ttl)) => ("1", owner.0.as_str(), record::ms_after(now_t, *ttl)),
-                None => ("0", "", 0),
-            };
-            let (next, attempts, responses, history) = match &tx.prior_attempt {
-                Some(p) => {
-                    let responses = serde_json::to_string(&p.responses)
-                        .map_err(|e| StoreError::Internal(format!("encoding responses: {e}")))?;
-                    let line = record::HistoryLine {
-                        attempt: 1,
-                        finished_ms: record::ms(p.finished),
-                        responses: p.responses.clone(),
-                    }
-                    .encode()?;
-                    (record::ms(p.next_attempt), 1, responses, line)
-                }
-                None => (now, 0, String::new(), String::new()),
-            };
-            for v in [
-                id.0.clone(),
-                tx.body.0.clone(),
-                json,
-                leased.to_owned(),
-                owner.to_owned(),
-                expires.to_string(),
-                next.to_string(),
-                attempts.to_string(),
-                responses,
-                history,
-            ] {
-                args.push(v.into_bytes());
-            }
+            push_tx_args(&mut args, id, tx, now_t)?;
         }
+        let stored = self
+            .until_answered("storing transactions", || {
+                let mut conn = self.conn.clone();
+                let mut call = self.scripts.create_txs.prepare_invoke();
+                call.arg(self.prefix()).arg(now).arg(txs.len()).arg(&args);
+                async move {
+                    self.bounded("create_transactions", call.invoke_async::<Value>(&mut conn))
+                        .await
+                }
+            })
+            .await;
+        match stored {
+            Ok(_) => Ok(ids),
+            Err(e @ StoreError::Unavailable(_)) => {
+                self.withdraw_later(ids, None);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One script call, repeated like `create_transactions_impl`'s (see
+    /// there), with a nonce that makes it idempotent although the id may
+    /// be the caller's (see the script).
+    async fn create_with_impl(
+        &self,
+        tx: NewTransaction,
+        opts: CreateOptions,
+    ) -> StoreResult<Created> {
+        crate::check_create_options(&opts)?;
+        let id = opts.id.unwrap_or_else(|| TxId(new_id()));
+        let nonce = new_id();
+        let now_t = SystemTime::now();
+        let now = record::ms(now_t);
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(scripts::CREATE_TXS_STRIDE);
+        push_tx_args(&mut args, &id, &tx, now_t)?;
+        let (key, fingerprint, expires) = match &opts.idempotency {
+            Some(k) => (
+                k.key.as_str(),
+                k.fingerprint.as_str(),
+                record::ms(k.expires),
+            ),
+            None => ("", "", 0),
+        };
+        // Relative: the key lives as long as the caller meant, whatever
+        // Redis's clock says (0 or less: expired already, not kept).
+        let ttl = expires.saturating_sub(now);
+        let reply = self
+            .until_answered("creating a transaction", || {
+                let mut conn = self.conn.clone();
+                let mut call = self.scripts.create_with.prepare_invoke();
+                call.arg(self.prefix())
+                    .arg(now)
+                    .arg(&nonce)
+                    .arg(key)
+                    .arg(fingerprint)
+                    .arg(expires)
+                    .arg(ttl)
+                    .arg(&args);
+                async move {
+                    self.bounded("create_with", call.invoke_async::<Value>(&mut conn))
+                        .await
+                }
+            })
+            .await;
+        match reply {
+            Ok(v) => created(v),
+            Err(e @ StoreError::Unavailable(_)) => {
+                self.withdraw_later(vec![id], Some(nonce));
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `call` (an idempotent write) until Redis answers it, for up
+    /// to [`RedisOptions::ack_window`]: a call that found Redis
+    /// unreachable, or whose reply was lost, may or may not have been
+    /// applied, and only an answer says which. `Unavailable` once the
+    /// window is over.
+    async fn until_answered<T, Fut>(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> Fut,
+    ) -> StoreResult<T>
+    where
+        Fut: Future<Output = StoreResult<T>>,
+    {
         let started = tokio::time::Instant::now();
         let mut wait = Duration::from_millis(50);
         loop {
-            let mut conn = self.conn.clone();
-            let mut call = self.scripts.create_txs.prepare_invoke();
-            call.arg(self.prefix()).arg(now).arg(txs.len()).arg(&args);
-            match self
-                .bounded("create_transactions", call.invoke_async::<Value>(&mut conn))
-                .await
-            {
-                Ok(_) => return Ok(ids),
+            match call().await {
                 Err(StoreError::Unavailable(msg))
                     if started.elapsed() + wait < self.opts.ack_window =>
                 {
-                    tracing::warn!(error = %msg, "storing transactions: outcome unknown, repeating");
+                    tracing::warn!(error = %msg, "{what}: outcome unknown, repeating");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(1));
                 }
-                Err(e @ StoreError::Unavailable(_)) => {
-                    self.withdraw_later(ids);
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
+    }
+
+    async fn idempotency_lookup_impl(&self, key: &str) -> StoreResult<Option<(TxId, String)>> {
+        crate::check_idempotency_key(key)?;
+        let now = record::ms(SystemTime::now());
+        let mut conn = self.conn.clone();
+        let (tx, fingerprint, expires): (Option<String>, Option<String>, Option<i64>) = self
+            .bounded(
+                "idempotency_lookup",
+                redis::cmd("HMGET")
+                    .arg(format!("{}idem:{key}", self.prefix()))
+                    .arg("tx")
+                    .arg("fp")
+                    .arg("expires")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(match (tx, fingerprint, expires) {
+            // Redis may not have deleted it yet, or its clock may lag ours.
+            (Some(tx), Some(fp), Some(expires)) if expires > now => Some((TxId(tx), fp)),
+            _ => None,
+        })
+    }
+
+    async fn register_replica_impl(
+        &self,
+        replica: &ReplicaId,
+        uri: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        self.bounded(
+            "register_replica",
+            self.scripts
+                .register_replica
+                .arg(self.prefix())
+                .arg(&replica.0)
+                .arg(uri)
+                .arg(ttl)
+                .invoke_async::<Value>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn replica_uri_impl(&self, replica: &ReplicaId) -> StoreResult<Option<String>> {
+        let mut conn = self.conn.clone();
+        self.bounded(
+            "replica_uri",
+            redis::cmd("GET")
+                .arg(format!("{}replica:{}", self.prefix(), replica.0))
+                .query_async(&mut conn),
+        )
+        .await
     }
 
     /// Cancels transactions whose creation may or may not have happened,
     /// retrying until Redis answers. A cancel of an id that was never
     /// stored is `NotFound`, which is as good as done.
-    fn withdraw_later(&self, ids: Vec<TxId>) {
+    ///
+    /// With `nonce` (a `create_with` call's), only a transaction that
+    /// call created is withdrawn (see the `WITHDRAW` script).
+    fn withdraw_later(&self, ids: Vec<TxId>, nonce: Option<String>) {
         let conn = self.conn.clone();
-        let script = self.scripts.cancel.clone();
+        let script = match nonce {
+            Some(_) => self.scripts.withdraw.clone(),
+            None => self.scripts.cancel.clone(),
+        };
         let prefix = self.opts.key_prefix.clone();
         let addr = self.addr.clone();
         let op_timeout = self.opts.op_timeout;
@@ -790,16 +905,16 @@ impl RedisStore {
                 loop {
                     let mut c = conn.clone();
                     let now = record::ms(SystemTime::now());
-                    let r = tokio::time::timeout(
-                        op_timeout,
-                        script
-                            .arg(&prefix)
-                            .arg(&id.0)
-                            .arg(now)
-                            .invoke_async::<Value>(&mut c),
-                    )
-                    .await;
+                    let mut call = script.prepare_invoke();
+                    call.arg(&prefix).arg(&id.0).arg(now);
+                    if let Some(nonce) = &nonce {
+                        call.arg(nonce);
+                    }
+                    let r =
+                        tokio::time::timeout(op_timeout, call.invoke_async::<i64>(&mut c)).await;
                     match r.map(|r| r.map_err(|e| map_error(&addr, "cancel", e))) {
+                        // Not created by the call withdrawn: as good as done.
+                        Ok(Ok(-1)) => break,
                         Ok(Ok(_)) => {
                             tracing::info!(tx = %id, "withdrew a transaction stored without acknowledgement");
                             break;
@@ -1013,6 +1128,78 @@ impl RedisStore {
     }
 }
 
+/// Appends a new transaction's [`scripts::CREATE_TXS_STRIDE`] script
+/// values.
+fn push_tx_args(
+    args: &mut Vec<Vec<u8>>,
+    id: &TxId,
+    tx: &NewTransaction,
+    now_t: SystemTime,
+) -> StoreResult<()> {
+    let now = record::ms(now_t);
+    let json = serde_json::to_string(tx)
+        .map_err(|e| StoreError::Internal(format!("encoding transaction: {e}")))?;
+    let (leased, owner, expires) = match &tx.lease {
+        Some((owner, ttl)) => ("1", owner.0.as_str(), record::ms_after(now_t, *ttl)),
+        None => ("0", "", 0),
+    };
+    let (next, attempts, responses, history) = match &tx.prior_attempt {
+        Some(p) => {
+            let responses = serde_json::to_string(&p.responses)
+                .map_err(|e| StoreError::Internal(format!("encoding responses: {e}")))?;
+            let line = record::HistoryLine {
+                attempt: 1,
+                finished_ms: record::ms(p.finished),
+                responses: p.responses.clone(),
+            }
+            .encode()?;
+            (record::ms(p.next_attempt), 1, responses, line)
+        }
+        None => (now, 0, String::new(), String::new()),
+    };
+    for v in [
+        id.0.clone(),
+        tx.body.0.clone(),
+        json,
+        leased.to_owned(),
+        owner.to_owned(),
+        expires.to_string(),
+        next.to_string(),
+        attempts.to_string(),
+        responses,
+        history,
+    ] {
+        args.push(v.into_bytes());
+    }
+    Ok(())
+}
+
+/// The `create_with` script's reply: `{1, id}` or `{0, id, fingerprint}`.
+fn created(v: Value) -> StoreResult<Created> {
+    let bad = |v: &dyn fmt::Debug| StoreError::Internal(format!("create_with returned {v:?}"));
+    let Value::Array(items) = v else {
+        return Err(bad(&v));
+    };
+    let text = |v: &Value| {
+        record::bytes(v.clone())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    match &items[..] {
+        [Value::Int(1), id] => text(id).map(|id| Created::New(TxId(id))),
+        [Value::Int(0), id, fp] => {
+            text(id)
+                .zip(text(fp))
+                .map(|(id, fingerprint)| Created::Existing {
+                    id: TxId(id),
+                    fingerprint,
+                })
+        }
+        _ => None,
+    }
+    .ok_or_else(|| bad(&items))
+}
+
 /// 128 random bits in hex: unique across replicas without coordination,
 /// URL-safe, and unguessable (ids appear in REST paths).
 fn new_id() -> String {
@@ -1037,6 +1224,7 @@ fn map_error(addr: &str, what: &str, e: RedisError) -> StoreError {
     match e.code() {
         Some("LEASELOST") => return StoreError::LeaseLost(TxId(detail.to_owned())),
         Some("NOTFOUND") => return StoreError::NotFound(detail.to_owned()),
+        Some("EXISTS") => return StoreError::Exists(detail.to_owned()),
         Some("BLOBCONFLICT") => {
             let (blob, reason) = detail.split_once(' ').unwrap_or((detail, ""));
             return StoreError::BlobConflict {
@@ -1126,6 +1314,21 @@ impl Store for RedisStore {
         Box::pin(self.create_transactions_impl(txs))
     }
 
+    fn create_with(
+        &self,
+        tx: NewTransaction,
+        opts: CreateOptions,
+    ) -> BoxFuture<'_, StoreResult<Created>> {
+        Box::pin(self.create_with_impl(tx, opts))
+    }
+
+    fn idempotency_lookup<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<(TxId, String)>>> {
+        Box::pin(self.idempotency_lookup_impl(key))
+    }
+
     fn get_transaction<'a>(&'a self, id: &'a TxId) -> BoxFuture<'a, StoreResult<TxRecord>> {
         Box::pin(self.get_transaction_impl(id))
     }
@@ -1185,5 +1388,21 @@ impl Store for RedisStore {
 
     fn counts(&self) -> BoxFuture<'_, StoreResult<QueueCounts>> {
         Box::pin(self.counts_impl())
+    }
+
+    fn register_replica<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+        uri: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(self.register_replica_impl(replica, uri, ttl))
+    }
+
+    fn replica_uri<'a>(
+        &'a self,
+        replica: &'a ReplicaId,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        Box::pin(self.replica_uri_impl(replica))
     }
 }

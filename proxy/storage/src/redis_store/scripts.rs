@@ -14,7 +14,7 @@
 //!   (typed error or `-OOM`) has therefore changed nothing.
 //! - Expected refusals are error replies with our own codes, mapped to
 //!   typed errors in Rust: `NOTFOUND <what>`, `LEASELOST <tx>`,
-//!   `BLOBCONFLICT <blob> <reason>`.
+//!   `BLOBCONFLICT <blob> <reason>`, `EXISTS <what>`.
 //! - `CANCELLED` is the final reason a cancellation records
 //!   ([`FinalReason::DownstreamCancelled`]).
 //! - Every write to a transaction goes through `bump`, which increments
@@ -156,10 +156,47 @@ end
 return table.concat(parts)
 "#;
 
+/// What the two creation scripts share. A new transaction's values are
+/// `ARGV[a]` to `ARGV[a + CREATE_TXS_STRIDE - 1]`: id, body blob, tx json,
+/// leased (0/1), owner, expires_ms, next_ms, attempts, responses json or
+/// '', history line or ''.
+const CREATE_FNS: &str = r#"
+-- Why `body` cannot be a new transaction's (an error reply), or nil.
+local function body_refusal(body)
+  local bm = redis.call('HMGET', blobkey(body), 'final', 'collected')
+  local fin = bm[1]
+  if not fin or bm[2] then return redis.error_reply('NOTFOUND blob ' .. body) end
+  if fin ~= '1' then
+    return redis.error_reply('BLOBCONFLICT ' .. body .. ' transaction body is not finalized')
+  end
+  return nil
+end
+-- Writes the transaction whose values start at ARGV[a] (checked already).
+local function insert_tx(a, now_ms)
+  local id, body = ARGV[a], ARGV[a + 1]
+  local k = txkey(id)
+  local bk = blobkey(body)
+  redis.call('HINCRBY', bk, 'refs', 1)
+  redis.call('HINCRBY', bk, 'open', 1)
+  redis.call('ZREM', ORPHANS, body)
+  redis.call('HSET', k, 'id', id, 'tx', ARGV[a + 2], 'body', body, 'created', now_ms,
+    'next', ARGV[a + 6], 'attempts', ARGV[a + 7], 'version', 0)
+  if ARGV[a + 8] ~= '' then redis.call('HSET', k, 'responses', ARGV[a + 8]) end
+  if ARGV[a + 9] ~= '' then redis.call('HSET', k, 'history', ARGV[a + 9]) end
+  if ARGV[a + 3] == '1' then
+    -- Leased at creation: the creating replica runs the next attempt now.
+    redis.call('HSET', k, 'owner', ARGV[a + 4], 'expires', ARGV[a + 5])
+    redis.call('HINCRBY', k, 'attempts', 1)
+    redis.call('ZADD', LEASES, ARGV[a + 5], id)
+  else
+    redis.call('ZADD', SCHEDULE, ARGV[a + 6], id)
+  end
+  bump(k, id, now_ms)
+end
+"#;
+
 /// ARGV: prefix, now_ms, count, then per transaction
-/// [`CREATE_TXS_STRIDE`] values: id, body blob, tx json, leased (0/1),
-/// owner, expires_ms, next_ms, attempts, responses json or '', history
-/// line or ''.
+/// [`CREATE_TXS_STRIDE`] values (see [`CREATE_FNS`]).
 ///
 /// All or nothing: every check runs before the first write. Idempotent,
 /// so that a call whose reply was lost can be repeated: when the first id
@@ -181,39 +218,66 @@ end
 for i = 0, n - 1 do
   local a = 4 + i * S
   local id, body = ARGV[a], ARGV[a + 1]
-  local bm = redis.call('HMGET', blobkey(body), 'final', 'collected')
-  local fin = bm[1]
-  if not fin or bm[2] then return redis.error_reply('NOTFOUND blob ' .. body) end
-  if fin ~= '1' then
-    return redis.error_reply('BLOBCONFLICT ' .. body .. ' transaction body is not finalized')
-  end
+  local err = body_refusal(body)
+  if err then return err end
   if redis.call('EXISTS', txkey(id)) == 1 then
     return redis.error_reply('ERR transaction id ' .. id .. ' already exists')
   end
 end
 for i = 0, n - 1 do
-  local a = 4 + i * S
-  local id, body = ARGV[a], ARGV[a + 1]
-  local k = txkey(id)
-  local bk = blobkey(body)
-  redis.call('HINCRBY', bk, 'refs', 1)
-  redis.call('HINCRBY', bk, 'open', 1)
-  redis.call('ZREM', ORPHANS, body)
-  redis.call('HSET', k, 'id', id, 'tx', ARGV[a + 2], 'body', body, 'created', now_ms,
-    'next', ARGV[a + 6], 'attempts', ARGV[a + 7], 'version', 0)
-  if ARGV[a + 8] ~= '' then redis.call('HSET', k, 'responses', ARGV[a + 8]) end
-  if ARGV[a + 9] ~= '' then redis.call('HSET', k, 'history', ARGV[a + 9]) end
-  if ARGV[a + 3] == '1' then
-    -- Leased at creation: the creating replica runs the next attempt now.
-    redis.call('HSET', k, 'owner', ARGV[a + 4], 'expires', ARGV[a + 5])
-    redis.call('HINCRBY', k, 'attempts', 1)
-    redis.call('ZADD', LEASES, ARGV[a + 5], id)
-  else
-    redis.call('ZADD', SCHEDULE, ARGV[a + 6], id)
-  end
-  bump(k, id, now_ms)
+  insert_tx(4 + i * S, now_ms)
 end
 return 1
+"#;
+
+/// ARGV: prefix, now_ms, nonce, idempotency key ('' for none),
+/// fingerprint, key expires_ms, key ttl_ms, then the transaction's
+/// [`CREATE_TXS_STRIDE`] values (see [`CREATE_FNS`]).
+/// Returns `{1, id}` when it created the transaction (or an earlier run
+/// of the same call did), `{0, id, fingerprint}` when the key was in use.
+///
+/// Checks in the order of the trait's docs: key, id, body; all before the
+/// first write. Idempotent like [`CREATE_TXS`], but the id may be the
+/// caller's, so "it exists" does not mean "this call made it": the
+/// transaction carries the call's random nonce, and only a transaction
+/// with that nonce is taken for this call's own earlier run.
+///
+/// The key is `{prefix}idem:{key}`, a hash of `tx`, `fp` and `expires`,
+/// with a Redis TTL ending at the expiry (as the caller's clock puts it:
+/// relative, so that the two clocks need not agree) that deletes it by
+/// itself. Reads check `expires` too, for the moment between. The
+/// transaction records its key in `idem`, for gc and withdrawal.
+const CREATE_WITH: &str = r#"
+local now_ms = ARGV[2]
+local nonce = ARGV[3]
+local a = 8
+local id = ARGV[a]
+local k = txkey(id)
+-- An earlier run of this very call, whose reply was lost, created it (and
+-- its key, which would otherwise answer Existing now).
+if redis.call('HGET', k, 'nonce') == nonce then return {1, id} end
+local ik = nil
+if ARGV[4] ~= '' then
+  ik = P .. 'idem:' .. ARGV[4]
+  local m = redis.call('HMGET', ik, 'tx', 'fp', 'expires')
+  -- Past its expiry but not yet deleted by Redis: absent all the same.
+  if m[1] and tonumber(m[3]) > tonumber(now_ms) then return {0, m[1], m[2]} end
+end
+if redis.call('EXISTS', k) == 1 then
+  return redis.error_reply('EXISTS transaction ' .. id)
+end
+local err = body_refusal(ARGV[a + 1])
+if err then return err end
+insert_tx(a, now_ms)
+redis.call('HSET', k, 'nonce', nonce)
+-- A key expired already would count as absent at once: not kept.
+if ik and tonumber(ARGV[7]) > 0 then
+  redis.call('DEL', ik)
+  redis.call('HSET', ik, 'tx', id, 'fp', ARGV[5], 'expires', ARGV[6])
+  redis.call('PEXPIRE', ik, ARGV[7])
+  redis.call('HSET', k, 'idem', ARGV[4])
+end
+return {1, id}
 "#;
 
 /// Values per transaction in a [`CREATE_TXS`] call.
@@ -318,23 +382,59 @@ bump(k, id, now_ms)
 return redis.call('HGETALL', k)
 "#;
 
-/// ARGV: prefix, tx, now_ms.
-const CANCEL: &str = r#"
-local id = ARGV[2]
-local k = txkey(id)
-local m = redis.call('HMGET', k, 'id', 'final', 'owner', 'expires', 'cancelled')
-if not m[1] then return redis.error_reply('NOTFOUND transaction ' .. id) end
+/// The cancellation [`CANCEL`] and [`WITHDRAW`] share.
+const CANCEL_FN: &str = r#"
 -- 0: final already (nothing changes); 1: finalized now; 2: leased, the
 -- holder stops at its next renew or finish.
-if m[2] then return 0 end
-local leased = m[3] and m[4] and tonumber(m[4]) > tonumber(ARGV[3])
-if leased and m[5] then return 2 end
-redis.call('HSET', k, 'cancelled', '1')
-if not leased then
-  finalize(k, id, CANCELLED, ARGV[3])
+local function cancel_tx(id, now_ms)
+  local k = txkey(id)
+  local m = redis.call('HMGET', k, 'id', 'final', 'owner', 'expires', 'cancelled')
+  if not m[1] then return redis.error_reply('NOTFOUND transaction ' .. id) end
+  if m[2] then return 0 end
+  local leased = m[3] and m[4] and tonumber(m[4]) > tonumber(now_ms)
+  if leased and m[5] then return 2 end
+  redis.call('HSET', k, 'cancelled', '1')
+  if not leased then
+    finalize(k, id, CANCELLED, now_ms)
+  end
+  bump(k, id, now_ms)
+  if leased then return 2 end
+  return 1
 end
-bump(k, id, ARGV[3])
-if leased then return 2 end
+"#;
+
+/// ARGV: prefix, tx, now_ms.
+const CANCEL: &str = r#"
+return cancel_tx(ARGV[2], ARGV[3])
+"#;
+
+/// ARGV: prefix, tx, now_ms, nonce. Withdraws a transaction that a
+/// [`CREATE_WITH`] call with this nonce may have created (its caller was
+/// told it failed): cancels it as [`CANCEL`] does, if that call created
+/// it; -1 if not (the call never ran, or the id was someone else's, which
+/// must not be touched). Once the cancel has finalized it, so that
+/// nothing was delivered, its idempotency key goes too, so that the
+/// client's retry creates the message anew instead of finding this
+/// cancelled one. A transaction already running or final keeps its key:
+/// it may have been delivered, and a retry must not deliver it again.
+const WITHDRAW: &str = r#"
+local id = ARGV[2]
+local k = txkey(id)
+if redis.call('HGET', k, 'nonce') ~= ARGV[4] then return -1 end
+local r = cancel_tx(id, ARGV[3])
+if r == 1 then
+  local key = redis.call('HGET', k, 'idem')
+  if key then
+    local ik = P .. 'idem:' .. key
+    if redis.call('HGET', ik, 'tx') == id then redis.call('DEL', ik) end
+  end
+end
+return r
+"#;
+
+/// ARGV: prefix, replica, uri, ttl_ms (at least 1).
+const REGISTER_REPLICA: &str = r#"
+redis.call('SET', P .. 'replica:' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
 return 1
 "#;
 
@@ -345,6 +445,13 @@ local ids = redis.call('ZRANGEBYSCORE', FINAL, '-inf', '(' .. ARGV[2], 'LIMIT', 
 for _, id in ipairs(ids) do
   local k = txkey(id)
   local body = redis.call('HGET', k, 'body')
+  -- Its idempotency key goes with it, unless the key expired and was
+  -- used again since (then it points to another transaction).
+  local key = redis.call('HGET', k, 'idem')
+  if key then
+    local ik = P .. 'idem:' .. key
+    if redis.call('HGET', ik, 'tx') == id then redis.call('UNLINK', ik) end
+  end
   redis.call('UNLINK', k)
   redis.call('ZREM', FINAL, id)
   -- Its waiters read again and learn that it is gone.
@@ -418,6 +525,9 @@ pub(super) struct Scripts {
     pub append_blob: Script,
     pub read_blob: Script,
     pub create_txs: Script,
+    pub create_with: Script,
+    pub withdraw: Script,
+    pub register_replica: Script,
     pub claim_due: Script,
     pub renew_lease: Script,
     pub finish_attempt: Script,
@@ -453,11 +563,16 @@ impl Scripts {
             create_blob: s(CREATE_BLOB),
             append_blob: s(APPEND_BLOB),
             read_blob: s(READ_BLOB),
-            create_txs: s(CREATE_TXS),
+            create_txs: s(&format!("{CREATE_FNS}{CREATE_TXS}")),
+            create_with: s(&format!("{CREATE_FNS}{CREATE_WITH}")),
+            withdraw: delivery(&format!("{CANCEL_FN}{WITHDRAW}")),
+            // A replica must stay reachable while delivery drains a full
+            // Redis, so registering is no new mail.
+            register_replica: delivery(REGISTER_REPLICA),
             claim_due: delivery(CLAIM_DUE),
             renew_lease: delivery(RENEW_LEASE),
             finish_attempt: delivery(FINISH_ATTEMPT),
-            cancel: delivery(CANCEL),
+            cancel: delivery(&format!("{CANCEL_FN}{CANCEL}")),
             gc_txs: delivery(GC_TXS),
             gc_blobs: delivery(GC_BLOBS),
             delete_blob: delivery(DELETE_BLOB),

@@ -125,8 +125,21 @@ async fn serve_conn<I>(
                 );
             };
             req.extensions_mut().insert(conn);
-            let req = req.map(axum::body::Body::new);
+            let left = Arc::new(std::sync::Mutex::new(None));
+            let req = req.map(|b| {
+                axum::body::Body::new(Tracked {
+                    inner: Some(b),
+                    left: left.clone(),
+                })
+            });
             let handled = AssertUnwindSafe(router.oneshot(req)).catch_unwind().await;
+            // A handler that answered without reading the whole entity
+            // (an error found in the headers, a limit): read the rest, so
+            // that the connection can take the client's next request.
+            let unread = left.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(body) = unread {
+                drain_unread(body).await;
+            }
             Ok(match handled {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},
@@ -155,6 +168,69 @@ async fn serve_conn<I>(
         () = async { let _ = drain.wait_for(|d| *d).await; } => {
             served.as_mut().graceful_shutdown();
             let _ = served.await;
+        }
+    }
+}
+
+/// An entity left unread this large or larger is not read to its end:
+/// the connection closes after the answer instead.
+const DRAIN_MAX: u64 = 8 << 20;
+
+/// The request entity, handed back when dropped before its end.
+struct Tracked {
+    inner: Option<Incoming>,
+    left: Arc<std::sync::Mutex<Option<Incoming>>>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(b) = self.inner.take()
+            && !hyper::body::Body::is_end_stream(&b)
+        {
+            *self.left.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+        }
+    }
+}
+
+async fn drain_unread(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    if hyper::body::Body::size_hint(&body)
+        .upper()
+        .is_some_and(|n| n > DRAIN_MAX)
+    {
+        return;
+    }
+    let mut read = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        read += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if read > DRAIN_MAX {
+            return;
         }
     }
 }

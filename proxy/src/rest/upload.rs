@@ -176,8 +176,12 @@ async fn put(
                 }
                 (Some(_), _) => return Err(unknown_blob()),
             };
-            let info = store.blob_info(&blob).await.map_err(Error::store)?;
-            return resend(&req, info.length, body).await;
+            return match store.blob_info(&blob).await {
+                Ok(info) => resend(&req, info.length, body).await,
+                // Delivered and its body collected: finalized all the same.
+                Err(koukan_storage::StoreError::NotFound(_)) => Err(finalized()),
+                Err(e) => Err(Error::store(e)),
+            };
         }
     };
     let mut st = p.state.lock().await;
@@ -236,13 +240,17 @@ async fn resend(req: &Request, len: u64, body: Body) -> Result<Response, Error> 
         (None, None) => req.content_length == Some(len),
     };
     if !repeat {
-        return Err(Error::kind(
-            ErrorKind::Conflict,
-            "the blob is finalized: it can no longer change",
-        ));
+        return Err(finalized());
     }
     drain(body).await;
     Ok(ok(len, Some(len)))
+}
+
+fn finalized() -> Error {
+    Error::kind(
+        ErrorKind::Conflict,
+        "the blob is finalized: it can no longer change",
+    )
 }
 
 async fn drain(mut body: Body) {

@@ -71,7 +71,8 @@ fn message(subject: &str) -> String {
 }
 
 fn create(body: Option<Value>) -> Value {
-    let mut v = json!({"mail_from": {"m": "alice@example.com"}, "rcpt_to": [{"m": "bob@example.net"}]});
+    let mut v =
+        json!({"mail_from": {"m": "alice@example.com"}, "rcpt_to": [{"m": "bob@example.net"}]});
     if let Some(b) = body {
         v["body"] = b;
     }
@@ -119,10 +120,17 @@ fn wait_final(c: &mut HttpConn, tx: &str, timeout: Duration) -> Value {
 fn inline_body_is_delivered_and_followed_to_its_final_status() {
     let a = start("{}", EMBEDDED);
     let mut c = HttpConn::connect(a.api).unwrap();
-    let r = post(&mut c, &create(Some(json!({"inline": message("inline")}))), &[]);
+    let r = post(
+        &mut c,
+        &create(Some(json!({"inline": message("inline")}))),
+        &[],
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let loc = r.header("location").unwrap().to_owned();
-    assert!(loc.starts_with(&format!("http://{}/transactions/", a.api)), "{loc}");
+    assert!(
+        loc.starts_with(&format!("http://{}/transactions/", a.api)),
+        "{loc}"
+    );
     assert_eq!(r.header("etag"), Some("1"));
     let v = r.json();
     assert_eq!(v["mail_from"], json!({}));
@@ -171,7 +179,13 @@ fn bodies_put_whole_and_in_ranges_arrive_exactly() {
     let base = message("sizes");
     // Empty padding, one byte, exactly the append chunk (1 MiB) and one
     // more, several chunks.
-    let sizes = [0usize, 1, (1 << 20) - base.len(), (1 << 20) + 1 - base.len(), 3 << 20];
+    let sizes = [
+        0usize,
+        1,
+        (1 << 20) - base.len(),
+        (1 << 20) + 1 - base.len(),
+        3 << 20,
+    ];
     let mut expected = Vec::new();
     for (i, pad) in sizes.iter().enumerate() {
         let mut msg = message(&format!("size{i}"));
@@ -228,10 +242,15 @@ fn bodies_put_whole_and_in_ranges_arrive_exactly() {
             }
         }
         let done = wait_final(&mut c, &tx, Duration::from_secs(30));
-        assert_eq!(done["final_attempt_reason"], "upstream response success", "{done}");
+        assert_eq!(
+            done["final_attempt_reason"], "upstream response success",
+            "{done}"
+        );
         expected.push(msg);
     }
-    let msgs = a.sink.wait_messages(expected.len(), Duration::from_secs(20));
+    let msgs = a
+        .sink
+        .wait_messages(expected.len(), Duration::from_secs(20));
     assert_eq!(msgs.len(), expected.len());
     for want in &expected {
         let subject = want.lines().nth(2).unwrap();
@@ -256,7 +275,11 @@ fn bodies_put_whole_and_in_ranges_arrive_exactly() {
 fn a_body_is_reused_by_a_later_transaction() {
     let a = start("{}", EMBEDDED);
     let mut c = HttpConn::connect(a.api).unwrap();
-    let r = post(&mut c, &create(Some(json!({"inline": message("reused")}))), &[]);
+    let r = post(
+        &mut c,
+        &create(Some(json!({"inline": message("reused")}))),
+        &[],
+    );
     assert_eq!(r.status, 201);
     let body_uri = r.json()["body"]["blob_status"]["uri"]
         .as_str()
@@ -271,7 +294,9 @@ fn a_body_is_reused_by_a_later_transaction() {
     assert_eq!(done["final_attempt_reason"], "upstream response success");
     let msgs = a.sink.wait_messages(2, Duration::from_secs(10));
     assert_eq!(
-        msgs.iter().filter(|m| m.contains("Subject: reused")).count(),
+        msgs.iter()
+            .filter(|m| m.contains("Subject: reused"))
+            .count(),
         2
     );
 }
@@ -368,7 +393,11 @@ fn every_client_error_is_a_4xx_and_the_connection_goes_on() {
         assert_eq!(r.status, 200, "the connection stays usable");
     };
     // A transaction with a finalized body, and a pending one.
-    let done = post(&mut c, &create(Some(json!({"inline": message("errs")}))), &[]);
+    let done = post(
+        &mut c,
+        &create(Some(json!({"inline": message("errs")}))),
+        &[],
+    );
     assert_eq!(done.status, 201);
     let done_tx = path_of(done.header("location").unwrap());
     let pend = post(&mut c, &create(None), &[]);
@@ -400,7 +429,10 @@ fn every_client_error_is_a_4xx_and_the_connection_goes_on() {
             .unwrap();
         assert_eq!(r.status, status, "{what}: {}", r.text());
         let e = r.json();
-        assert!(e["error"].is_string() && e["message"].is_string(), "{what}: {e}");
+        assert!(
+            e["error"].is_string() && e["message"].is_string(),
+            "{what}: {e}"
+        );
         if let Some(f) = field {
             assert_eq!(e["field"], f, "{what}: {e}");
         }
@@ -426,24 +458,153 @@ fn every_client_error_is_a_4xx_and_the_connection_goes_on() {
     good(&mut c, "unknown sender");
 
     let others: Vec<(&str, &str, String, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
-        ("unknown transaction", "GET", "/transactions/nosuch".into(), vec![], vec![], 404),
-        ("unknown transaction id form", "GET", "/transactions/..%2f".into(), vec![], vec![], 404),
-        ("bad request-timeout", "GET", pend_tx.clone(), vec![("If-None-Match", "p1"), ("Request-Timeout", "soon")], vec![], 400),
-        ("PATCH without If-Match", "PATCH", pend_tx.clone(), vec![], vec![], 400),
-        ("PATCH with a stale If-Match", "PATCH", pend_tx.clone(), vec![("If-Match", "p999")], vec![], 412),
-        ("PATCH with an update", "PATCH", pend_tx.clone(), vec![("If-Match", pend_etag.as_str()), json_ct], br#"{"mail_from": {"m": "x@y.z"}}"#.to_vec(), 400),
-        ("PATCH with a non-JSON entity", "PATCH", pend_tx.clone(), vec![("If-Match", pend_etag.as_str()), ("Content-Type", "text/plain")], b"hi".to_vec(), 415),
-        ("bad Content-Range", "PUT", format!("{pend_tx}/body"), vec![("Content-Range", "bytes 5-1/*")], b"hello".to_vec(), 400),
-        ("Content-Range length mismatch", "PUT", format!("{pend_tx}/body"), vec![("Content-Range", "bytes 0-9/*")], b"hello".to_vec(), 400),
-        ("range beyond what is stored", "PUT", format!("{pend_tx}/body"), vec![("Content-Range", "bytes 100-104/*")], b"hello".to_vec(), 416),
-        ("bad finalize length", "PUT", format!("{pend_tx}/body"), vec![("X-Finalize-Blob-Length", "ten")], vec![], 400),
-        ("finalize length mismatch", "PUT", format!("{pend_tx}/body"), vec![("X-Finalize-Blob-Length", "10")], vec![], 416),
-        ("finalize with data", "PUT", format!("{pend_tx}/body"), vec![("X-Finalize-Blob-Length", "5")], b"hello".to_vec(), 400),
-        ("blob too large", "PUT", format!("{pend_tx}/body"), vec![], vec![b'x'; 5000], 413),
-        ("unknown blob", "PUT", format!("{pend_tx}/blob/nosuch"), vec![], b"x".to_vec(), 404),
-        ("PUT after finalization", "PUT", format!("{done_tx}/body"), vec![], b"something else".to_vec(), 409),
-        ("unknown route", "GET", "/nothing/here".into(), vec![], vec![], 404),
-        ("wrong method", "DELETE", pend_tx.clone(), vec![], vec![], 405),
+        (
+            "unknown transaction",
+            "GET",
+            "/transactions/nosuch".into(),
+            vec![],
+            vec![],
+            404,
+        ),
+        (
+            "unknown transaction id form",
+            "GET",
+            "/transactions/..%2f".into(),
+            vec![],
+            vec![],
+            404,
+        ),
+        (
+            "bad request-timeout",
+            "GET",
+            pend_tx.clone(),
+            vec![("If-None-Match", "p1"), ("Request-Timeout", "soon")],
+            vec![],
+            400,
+        ),
+        (
+            "PATCH without If-Match",
+            "PATCH",
+            pend_tx.clone(),
+            vec![],
+            vec![],
+            400,
+        ),
+        (
+            "PATCH with a stale If-Match",
+            "PATCH",
+            pend_tx.clone(),
+            vec![("If-Match", "p999")],
+            vec![],
+            412,
+        ),
+        (
+            "PATCH with an update",
+            "PATCH",
+            pend_tx.clone(),
+            vec![("If-Match", pend_etag.as_str()), json_ct],
+            br#"{"mail_from": {"m": "x@y.z"}}"#.to_vec(),
+            400,
+        ),
+        (
+            "PATCH with a non-JSON entity",
+            "PATCH",
+            pend_tx.clone(),
+            vec![
+                ("If-Match", pend_etag.as_str()),
+                ("Content-Type", "text/plain"),
+            ],
+            b"hi".to_vec(),
+            415,
+        ),
+        (
+            "bad Content-Range",
+            "PUT",
+            format!("{pend_tx}/body"),
+            vec![("Content-Range", "bytes 5-1/*")],
+            b"hello".to_vec(),
+            400,
+        ),
+        (
+            "Content-Range length mismatch",
+            "PUT",
+            format!("{pend_tx}/body"),
+            vec![("Content-Range", "bytes 0-9/*")],
+            b"hello".to_vec(),
+            400,
+        ),
+        (
+            "range beyond what is stored",
+            "PUT",
+            format!("{pend_tx}/body"),
+            vec![("Content-Range", "bytes 100-104/*")],
+            b"hello".to_vec(),
+            416,
+        ),
+        (
+            "bad finalize length",
+            "PUT",
+            format!("{pend_tx}/body"),
+            vec![("X-Finalize-Blob-Length", "ten")],
+            vec![],
+            400,
+        ),
+        (
+            "finalize length mismatch",
+            "PUT",
+            format!("{pend_tx}/body"),
+            vec![("X-Finalize-Blob-Length", "10")],
+            vec![],
+            416,
+        ),
+        (
+            "finalize with data",
+            "PUT",
+            format!("{pend_tx}/body"),
+            vec![("X-Finalize-Blob-Length", "5")],
+            b"hello".to_vec(),
+            400,
+        ),
+        (
+            "blob too large",
+            "PUT",
+            format!("{pend_tx}/body"),
+            vec![],
+            vec![b'x'; 5000],
+            413,
+        ),
+        (
+            "unknown blob",
+            "PUT",
+            format!("{pend_tx}/blob/nosuch"),
+            vec![],
+            b"x".to_vec(),
+            404,
+        ),
+        (
+            "PUT after finalization",
+            "PUT",
+            format!("{done_tx}/body"),
+            vec![],
+            b"something else".to_vec(),
+            409,
+        ),
+        (
+            "unknown route",
+            "GET",
+            "/nothing/here".into(),
+            vec![],
+            vec![],
+            404,
+        ),
+        (
+            "wrong method",
+            "DELETE",
+            pend_tx.clone(),
+            vec![],
+            vec![],
+            405,
+        ),
     ];
     for (what, method, path, headers, body, status) in others {
         let r = c.request(method, &path, &headers, &body).unwrap();
@@ -459,7 +620,12 @@ fn every_client_error_is_a_4xx_and_the_connection_goes_on() {
     }
     // The pending transaction survived all that and still completes.
     let r = c
-        .request("PUT", &format!("{pend_tx}/body"), &[], message("after").as_bytes())
+        .request(
+            "PUT",
+            &format!("{pend_tx}/body"),
+            &[],
+            message("after").as_bytes(),
+        )
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let done = wait_final(&mut c, &pend_tx, Duration::from_secs(20));
@@ -509,7 +675,11 @@ fn idempotent_posts_create_one_transaction() {
     std::thread::sleep(Duration::from_millis(500));
     let msgs2 = a.sink.messages();
     assert_eq!(msgs.len(), 2);
-    assert_eq!(msgs2.len(), 2, "exactly one delivery each of 'once' and 'race'");
+    assert_eq!(
+        msgs2.len(),
+        2,
+        "exactly one delivery each of 'once' and 'race'"
+    );
 }
 
 #[test]

@@ -58,10 +58,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::config::v1::{
-    Bootstrap, Chain, Destination, Endpoint, HostPort, HttpListener, Listener,
-    MessageParseFilter, Sender,
-    SmtpListener, StaticResources, TlsMode, chain, endpoint, filter, listener, routing_policy,
-    storage,
+    Bootstrap, Chain, Destination, Endpoint, HostPort, HttpListener, Listener, MessageParseFilter,
+    Sender, SmtpListener, StaticResources, TlsMode, chain, endpoint, filter, listener,
+    routing_policy, storage,
 };
 
 /// Port used for a nameserver given as a bare IP.
@@ -860,7 +859,10 @@ impl Validator {
         h: &HttpListener,
         senders: &Index<'_, Sender>,
     ) {
-        for (field, uri) in [("session_uri", &h.session_uri), ("service_uri", &h.service_uri)] {
+        for (field, uri) in [
+            ("session_uri", &h.session_uri),
+            ("service_uri", &h.service_uri),
+        ] {
             if !uri.is_empty() && !is_base_url(uri) {
                 self.err(
                     format!("{path}.{field}"),
@@ -910,13 +912,13 @@ impl Validator {
         } else {
             self.file_check(&format!("{path}.api_keys"), &h.api_keys, false);
         }
-        self.duration(
-            &format!("{path}.idempotency_window"),
-            &h.idempotency_window,
-        );
+        self.duration(&format!("{path}.idempotency_window"), &h.idempotency_window);
         if let Some(lim) = &h.limits {
             let lp = format!("{path}.limits");
-            self.duration(&format!("{lp}.max_request_timeout"), &lim.max_request_timeout);
+            self.duration(
+                &format!("{lp}.max_request_timeout"),
+                &lim.max_request_timeout,
+            );
             self.duration(&format!("{lp}.pending_timeout"), &lim.pending_timeout);
             if lim.max_header_bytes != 0 && lim.max_header_bytes < 8192 {
                 self.err(

@@ -110,8 +110,8 @@ impl ApiKeys {
     /// Reads `{"sender": "<hex SHA-256 of the key>"}`.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read(path).map_err(|e| e.to_string())?;
-        let map: std::collections::HashMap<String, String> =
-            serde_json::from_slice(&text).map_err(|e| format!("not a JSON object of strings: {e}"))?;
+        let map: std::collections::HashMap<String, String> = serde_json::from_slice(&text)
+            .map_err(|e| format!("not a JSON object of strings: {e}"))?;
         let mut digests = std::collections::HashMap::new();
         for (sender, hex) in map {
             let bytes = decode_hex(&hex)
@@ -180,28 +180,29 @@ impl ListenerSpec {
                 },
             )
         })?;
-        let kind = match &l.protocol {
-            Some(pb::listener::Protocol::Smtp(s)) => ListenerKind::Smtp(SmtpListenerSpec {
-                session: session_config(
-                    config_file,
-                    &format!("{path}.smtp"),
-                    &l.name,
-                    s,
-                    auth_tracker,
-                )?,
-                sender: s.sender.clone(),
-                tag: s.tag.clone(),
-            }),
-            Some(pb::listener::Protocol::Http(h)) => ListenerKind::Http(Arc::new(
-                http_listener(config_file, &format!("{path}.http"), &l.name, h)?,
-            )),
-            None => {
-                return Err(ConfigError::new(
-                    path.to_owned(),
-                    Problem::OneofMissing("smtp, http"),
-                ));
-            }
-        };
+        let kind =
+            match &l.protocol {
+                Some(pb::listener::Protocol::Smtp(s)) => ListenerKind::Smtp(SmtpListenerSpec {
+                    session: session_config(
+                        config_file,
+                        &format!("{path}.smtp"),
+                        &l.name,
+                        s,
+                        auth_tracker,
+                    )?,
+                    sender: s.sender.clone(),
+                    tag: s.tag.clone(),
+                }),
+                Some(pb::listener::Protocol::Http(h)) => ListenerKind::Http(Arc::new(
+                    http_listener(config_file, &format!("{path}.http"), &l.name, h)?,
+                )),
+                None => {
+                    return Err(ConfigError::new(
+                        path.to_owned(),
+                        Problem::OneofMissing("smtp, http"),
+                    ));
+                }
+            };
         Ok(Self {
             name: l.name.clone(),
             address,
@@ -218,17 +219,20 @@ fn http_listener(
 ) -> Result<HttpListenerSpec, ConfigError> {
     let tls = match &h.tls {
         Some(t) if !t.cert.is_empty() && !t.key.is_empty() => Some(
-            tls_server_config(&resolve(config_file, &t.cert), &resolve(config_file, &t.key))
-                .map_err(|reason| {
-                    ConfigError::new(
-                        format!("{path}.tls"),
-                        Problem::Load {
-                            what: "TLS certificate and key",
-                            value: t.cert.clone(),
-                            reason,
-                        },
-                    )
-                })?,
+            tls_server_config(
+                &resolve(config_file, &t.cert),
+                &resolve(config_file, &t.key),
+            )
+            .map_err(|reason| {
+                ConfigError::new(
+                    format!("{path}.tls"),
+                    Problem::Load {
+                        what: "TLS certificate and key",
+                        value: t.cert.clone(),
+                        reason,
+                    },
+                )
+            })?,
         ),
         _ => None,
     };

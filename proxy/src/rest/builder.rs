@@ -1,20 +1,27 @@
-//! The message-builder body: the spec's parse (naming the field at
-//! fault) and its rendering into the message that is stored.
+//! The message-builder body (`koukan-message`): the spec's parse, naming
+//! the field at fault, and its rendering, streamed from the blobs in the
+//! store into the message that is stored.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use koukan_message::{BlobRef, BlobSource, RenderOptions};
 use koukan_rest::ErrorKind;
 use koukan_storage::{BlobId, Store};
+use tokio::io::AsyncReadExt;
 
 use super::Error;
 use super::pending::Slot;
 
-/// A parsed spec.
-pub struct Spec(());
+/// A parsed spec, its inline contents already turned into blob
+/// references (`inline<N>`).
+pub struct Spec(koukan_message::Spec);
 
-/// A spec and its blobs: inline contents (stored as blobs named
-/// `inline<N>`), blobs reused from earlier transactions (field, name,
+/// A spec and its blobs by the key its parts use: inline contents (to
+/// store as blobs), blobs reused from earlier transactions (field, key,
 /// uri), and blobs the client will PUT.
 pub struct Parsed {
     pub spec: Spec,
@@ -23,22 +30,137 @@ pub struct Parsed {
     pub created: Vec<String>,
 }
 
-pub fn parse(_v: &serde_json::Value, _max_depth: usize) -> Result<Parsed, Error> {
-    Err(Error::field(
-        ErrorKind::InvalidField,
-        "body.message_builder",
-        "message_builder bodies are not supported yet",
-    ))
+const FIELD: &str = "body.message_builder";
+
+pub fn parse(v: &serde_json::Value, _max_depth: usize) -> Result<Parsed, Error> {
+    let mut spec = koukan_message::Spec::from_json(v).map_err(|e| {
+        let field = if e.path.is_empty() {
+            FIELD.to_owned()
+        } else {
+            format!("{FIELD}.{}", e.path)
+        };
+        Error::field(ErrorKind::InvalidField, &field, e.problem)
+    })?;
+    let inline = spec.normalize_inline();
+    let mut reused = Vec::new();
+    let mut created = Vec::new();
+    for b in spec.blobs() {
+        match b {
+            BlobRef::Create(id) => {
+                if !inline.iter().any(|(n, _)| n == id) && !created.iter().any(|c| c == id) {
+                    created.push(id.to_owned());
+                }
+            }
+            BlobRef::Reuse(uri) => {
+                if !reused.iter().any(|(_, k, _)| k == uri) {
+                    reused.push((FIELD.to_owned(), uri.to_owned(), uri.to_owned()));
+                }
+            }
+        }
+    }
+    Ok(Parsed {
+        spec: Spec(spec),
+        inline,
+        reused,
+        created,
+    })
 }
 
+/// The slots' blobs, read from the store in chunks.
+struct StoreBlobs<'a> {
+    store: &'a Arc<dyn Store>,
+    slots: &'a BTreeMap<String, Slot>,
+}
+
+impl StoreBlobs<'_> {
+    fn slot(&self, id: &str) -> io::Result<&Slot> {
+        self.slots
+            .get(id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no blob {id:?}")))
+    }
+}
+
+impl BlobSource for StoreBlobs<'_> {
+    fn len<'a>(&'a self, id: &'a str) -> BoxFuture<'a, io::Result<u64>> {
+        Box::pin(async move { Ok(self.slot(id)?.len) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        id: &'a str,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'a, io::Result<Bytes>> {
+        Box::pin(async move {
+            let blob = &self.slot(id)?.blob;
+            self.store
+                .read_blob(blob, offset, max)
+                .await
+                .map_err(io::Error::other)
+        })
+    }
+}
+
+/// Renders the spec into a new finalized blob; returns it and whether the
+/// message needs SMTPUTF8.
 pub async fn render(
-    _store: &Arc<dyn Store>,
-    _spec: &Spec,
-    _slots: &BTreeMap<String, Slot>,
-    _hostname: &str,
-) -> Result<BlobId, Error> {
-    Err(Error::kind(
-        ErrorKind::Internal,
-        "message_builder bodies are not supported yet",
-    ))
+    store: &Arc<dyn Store>,
+    spec: &Spec,
+    slots: &BTreeMap<String, Slot>,
+    hostname: &str,
+) -> Result<(BlobId, bool), Error> {
+    store.admit().await.map_err(Error::store)?;
+    let blob = store.create_blob().await.map_err(Error::store)?;
+    let source = StoreBlobs { store, slots };
+    let opts = RenderOptions::new(if hostname.is_empty() {
+        "koukan.invalid"
+    } else {
+        hostname
+    });
+    // The renderer writes into a pipe; its other end is appended to the
+    // blob in 1 MiB pieces, so the message is never whole in memory.
+    let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
+    let rendering = async {
+        let r = koukan_message::render(&spec.0, &source, &opts, &mut writer).await;
+        drop(writer);
+        r
+    };
+    let copying = async {
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => return Err(koukan_storage::StoreError::Internal(e.to_string())),
+                }
+            }
+            let last = filled < buf.len();
+            offset = store
+                .append_blob(&blob, offset, Bytes::copy_from_slice(&buf[..filled]), last)
+                .await?;
+            if last {
+                return Ok(offset);
+            }
+        }
+    };
+    let (rendered, copied) = tokio::join!(rendering, copying);
+    let rendered = match (rendered, copied) {
+        (Ok(r), Ok(_)) => r,
+        (Err(e), _) => {
+            let _ = store.delete_blob(&blob).await;
+            return Err(Error::field(
+                ErrorKind::InvalidField,
+                FIELD,
+                format!("cannot build the message: {e}"),
+            ));
+        }
+        (_, Err(e)) => {
+            let _ = store.delete_blob(&blob).await;
+            return Err(Error::store(e));
+        }
+    };
+    Ok((blob, rendered.needs_smtputf8))
 }

@@ -14,7 +14,7 @@ use koukan_storage::{
     StoredTls, TxId,
 };
 
-use super::pending::{self, InsertError, Phase, PendingBody, PendingTx, Slot};
+use super::pending::{self, InsertError, PendingBody, PendingTx, Phase, Slot};
 use super::{Conn, Error, ListenerCtx, builder, view};
 use crate::queue::Origin;
 
@@ -493,7 +493,12 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for ok in ["a@b", "a.b+c@example.com", "\"x\"@example.com", "ü@bücher.de"] {
+        for ok in [
+            "a@b",
+            "a.b+c@example.com",
+            "\"x\"@example.com",
+            "ü@bücher.de",
+        ] {
             assert!(valid_address(ok), "{ok}");
         }
         for bad in [

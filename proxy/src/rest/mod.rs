@@ -176,8 +176,7 @@ use axum::response::IntoResponse;
 fn tx_id(s: &str) -> Result<TxId, Error> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(TxId(s.to_owned()))

@@ -206,7 +206,9 @@ impl Registry {
     pub fn key(&self, key: &str) -> Option<(TxId, String)> {
         let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        keys.get(key).filter(|(id, _)| map.contains_key(id)).cloned()
+        keys.get(key)
+            .filter(|(id, _)| map.contains_key(id))
+            .cloned()
     }
 
     pub fn remove(&self, id: &TxId) {
@@ -238,7 +240,18 @@ pub async fn commit(rest: &Rest, id: &TxId, st: &mut State) -> Result<Created, E
         PendingBody::Raw(slot) => (slot.blob.clone(), false),
         PendingBody::Builder { spec, slots } => {
             let hostname = rest.snapshot.load().node_id.clone();
-            let blob = builder::render(store, spec, slots, &hostname).await?;
+            let (blob, smtputf8) = builder::render(store, spec, slots, &hostname).await?;
+            let params = &mut st.tx.mail_from.params;
+            if smtputf8
+                && !params
+                    .iter()
+                    .any(|p| p.keyword.eq_ignore_ascii_case("SMTPUTF8"))
+            {
+                params.push(koukan_storage::StoredParam {
+                    keyword: "SMTPUTF8".into(),
+                    value: None,
+                });
+            }
             if let koukan_storage::StoredIngress::Http(h) = &mut st.tx.ingress {
                 h.blobs = slots
                     .iter()

@@ -59,11 +59,12 @@ pub async fn json_entity(
     body: Body,
 ) -> Result<serde_json::Value, Error> {
     if !is_json(headers) {
-        return Err(Error::header(
-            "content-type",
-            "must be application/json",
-        )
-        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorKind::UnsupportedMediaType));
+        return Err(
+            Error::header("content-type", "must be application/json").with_status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorKind::UnsupportedMediaType,
+            ),
+        );
     }
     let max = spec.limits.max_json_bytes;
     let bytes = read_limited(body, max).await?;
@@ -146,7 +147,10 @@ pub async fn locate(
     match store.get_transaction(id).await {
         Ok(rec) => {
             authorize(spec, headers, &rec.tx.sender).map_err(IntoResponse::into_response)?;
-            let leased_elsewhere = rec.lease_owner.as_ref().is_some_and(|o| o != rest.replica())
+            let leased_elsewhere = rec
+                .lease_owner
+                .as_ref()
+                .is_some_and(|o| o != rest.replica())
                 && rec.lease_expires.is_some_and(|e| e > SystemTime::now());
             if leased_elsewhere
                 && let Some(owner) = &rec.lease_owner
@@ -224,12 +228,7 @@ fn request_timeout(spec: &HttpListenerSpec, headers: &HeaderMap) -> Result<Durat
         .to_str()
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| {
-            Error::header(
-                "request-timeout",
-                "must be a whole number of seconds",
-            )
-        })?;
+        .ok_or_else(|| Error::header("request-timeout", "must be a whole number of seconds"))?;
     Ok(Duration::from_secs(secs).min(max))
 }
 
@@ -263,8 +262,7 @@ pub async fn get(
             };
             let mut changes = p.watch();
             changes.mark_unchanged();
-            let changed =
-                tokio::time::timeout_at(deadline.into(), changes.changed()).await;
+            let changed = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
             if changed.is_err() {
                 return Ok(view::not_modified(&etag));
             }
@@ -370,7 +368,10 @@ pub async fn patch(
                 return Err(precondition_failed());
             }
             p.touch();
-            (view::pending_etag(p.version()), view::pending(&id, &st, &spec))
+            (
+                view::pending_etag(p.version()),
+                view::pending(&id, &st, &spec),
+            )
         }
         Found::Stored(rec) => {
             if view::stored_etag(&rec) != if_match {

@@ -236,7 +236,10 @@ async fn drain_unread(mut body: Incoming) {
 }
 
 fn internal_error() -> Response {
-    let mut e = Error::kind(ErrorKind::Internal, "internal error; the request may be retried");
+    let mut e = Error::kind(
+        ErrorKind::Internal,
+        "internal error; the request may be retried",
+    );
     e.status = StatusCode::INTERNAL_SERVER_ERROR;
     e.into_response()
 }

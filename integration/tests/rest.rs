@@ -690,3 +690,144 @@ fn openapi_document_is_served() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["openapi"], "3.1.0");
 }
+
+fn builder_spec(subject: &str, attachment: Value) -> Value {
+    json!({
+        "headers": [
+            ["subject", subject],
+            ["from", [{"display_name": "Carol", "address": "carol@example.org"}]],
+            ["to", [{"address": "dave@example.net"}]]
+        ],
+        "text_body": [
+            {"content_type": "text/html", "content": {"inline": "<p>all systems nominal</p>"}},
+            {"content_type": "text/plain", "content": {"inline": "all systems nominal"}}
+        ],
+        "file_attachments": [attachment]
+    })
+}
+
+/// A message-builder body with inline parts: rendered to MIME and
+/// delivered; its inline blobs are listed and can be reused.
+#[test]
+fn message_builder_body_is_rendered_and_delivered() {
+    let a = start("{}", EMBEDDED);
+    let mut c = HttpConn::connect(a.api).unwrap();
+    let spec = builder_spec(
+        "status report",
+        json!({"content_type": "application/pdf", "filename": "r.pdf",
+               "content": {"inline": "%PDF-1.4 not really"}}),
+    );
+    let r = post(&mut c, &create(Some(json!({"message_builder": spec}))), &[]);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    let blobs = v["body"]["message_builder"]["blob_status"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(
+        blobs.keys().cloned().collect::<Vec<_>>(),
+        ["inline0", "inline1", "inline2"]
+    );
+    assert!(blobs.values().all(|b| b["finalized"] == true));
+    let tx = path_of(r.header("location").unwrap());
+    let done = wait_final(&mut c, &tx, Duration::from_secs(20));
+    assert_eq!(done["final_attempt_reason"], "upstream response success", "{done}");
+    let msgs = a.sink.wait_messages(1, Duration::from_secs(10));
+    // Header names keep the spec's spelling (the original's too).
+    let m = msgs[0].to_ascii_lowercase();
+    for want in [
+        "subject: status report",
+        "carol",
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/html",
+        "text/plain",
+        "filename=\"r.pdf\"",
+        "mime-version: 1.0",
+        "message-id: <",
+        "date: ",
+    ] {
+        assert!(m.contains(want), "{want} missing in\n{m}");
+    }
+    // The PDF's inline blob, reused by a second transaction.
+    let reuse = blobs["inline2"]["uri"].as_str().unwrap().to_owned();
+    let spec2 = builder_spec(
+        "second",
+        json!({"content_type": "application/pdf", "filename": "again.pdf",
+               "content": {"reuse_uri": reuse}}),
+    );
+    let r = post(&mut c, &create(Some(json!({"message_builder": spec2}))), &[]);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let tx = path_of(r.header("location").unwrap());
+    let done = wait_final(&mut c, &tx, Duration::from_secs(20));
+    assert_eq!(done["final_attempt_reason"], "upstream response success", "{done}");
+    let msgs = a.sink.wait_messages(2, Duration::from_secs(10));
+    let second = msgs
+        .iter()
+        .find(|m| m.to_ascii_lowercase().contains("subject: second"))
+        .unwrap();
+    assert!(second.contains("again.pdf"));
+    // A bad spec names its field.
+    let bad = json!({"headers": [["subject", "x\r\nBcc: evil@example.com"]],
+                     "text_body": [{"content_type": "text/plain", "content": {"inline": "x"}}]});
+    let r = post(&mut c, &create(Some(json!({"message_builder": bad}))), &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["field"].as_str().unwrap().starts_with("body.message_builder"),
+        "{}",
+        r.text()
+    );
+}
+
+fn rss_peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A 50 MB attachment uploaded in ranges, rendered (base64) and delivered
+/// with the proxy's memory bounded: the body streams from the client into
+/// the store and from the store to the upstream.
+#[test]
+fn a_50_mb_attachment_in_ranges_is_delivered_in_bounded_memory() {
+    let a = start("{max_message_size: 100000000}", EMBEDDED);
+    let mut c = HttpConn::connect(a.api).unwrap();
+    let spec = builder_spec(
+        "big",
+        json!({"content_type": "application/octet-stream", "filename": "big.bin",
+               "content": {"create_id": "big"}}),
+    );
+    let r = post(&mut c, &create(Some(json!({"message_builder": spec}))), &[]);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    let uri = path_of(
+        v["body"]["message_builder"]["blob_status"]["big"]["uri"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}")),
+    );
+    let tx = path_of(r.header("location").unwrap());
+    const TOTAL: usize = 50 << 20;
+    const STEP: usize = 4 << 20;
+    let chunk: Vec<u8> = (0..STEP).map(|i| (i * 7 % 251) as u8).collect();
+    let mut sent = 0;
+    while sent < TOTAL {
+        let n = STEP.min(TOTAL - sent);
+        let range = format!("bytes {sent}-{}/{TOTAL}", sent + n - 1);
+        let r = c
+            .request("PUT", &uri, &[("Content-Range", &range)], &chunk[..n])
+            .unwrap();
+        assert_eq!(r.status, 200, "{range}: {}", r.text());
+        sent += n;
+    }
+    let done = wait_final(&mut c, &tx, Duration::from_secs(120));
+    assert_eq!(done["final_attempt_reason"], "upstream response success", "{done}");
+    let msgs = a.sink.wait_messages(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    // Base64 of 50 MB is about 68 MB of lines.
+    assert!(msgs[0].len() > 68_000_000, "{}", msgs[0].len());
+    let peak = rss_peak_kib(a.k.proc.pid());
+    assert!(peak > 0 && peak < 64 * 1024, "peak RSS {peak} KiB");
+}

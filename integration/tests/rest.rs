@@ -731,7 +731,10 @@ fn message_builder_body_is_rendered_and_delivered() {
     assert!(blobs.values().all(|b| b["finalized"] == true));
     let tx = path_of(r.header("location").unwrap());
     let done = wait_final(&mut c, &tx, Duration::from_secs(20));
-    assert_eq!(done["final_attempt_reason"], "upstream response success", "{done}");
+    assert_eq!(
+        done["final_attempt_reason"], "upstream response success",
+        "{done}"
+    );
     let msgs = a.sink.wait_messages(1, Duration::from_secs(10));
     // Header names keep the spec's spelling (the original's too).
     let m = msgs[0].to_ascii_lowercase();
@@ -756,11 +759,18 @@ fn message_builder_body_is_rendered_and_delivered() {
         json!({"content_type": "application/pdf", "filename": "again.pdf",
                "content": {"reuse_uri": reuse}}),
     );
-    let r = post(&mut c, &create(Some(json!({"message_builder": spec2}))), &[]);
+    let r = post(
+        &mut c,
+        &create(Some(json!({"message_builder": spec2}))),
+        &[],
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let tx = path_of(r.header("location").unwrap());
     let done = wait_final(&mut c, &tx, Duration::from_secs(20));
-    assert_eq!(done["final_attempt_reason"], "upstream response success", "{done}");
+    assert_eq!(
+        done["final_attempt_reason"], "upstream response success",
+        "{done}"
+    );
     let msgs = a.sink.wait_messages(2, Duration::from_secs(10));
     let second = msgs
         .iter()
@@ -773,7 +783,10 @@ fn message_builder_body_is_rendered_and_delivered() {
     let r = post(&mut c, &create(Some(json!({"message_builder": bad}))), &[]);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(
-        r.json()["field"].as_str().unwrap().starts_with("body.message_builder"),
+        r.json()["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("body.message_builder"),
         "{}",
         r.text()
     );
@@ -823,7 +836,10 @@ fn a_50_mb_attachment_in_ranges_is_delivered_in_bounded_memory() {
         sent += n;
     }
     let done = wait_final(&mut c, &tx, Duration::from_secs(120));
-    assert_eq!(done["final_attempt_reason"], "upstream response success", "{done}");
+    assert_eq!(
+        done["final_attempt_reason"], "upstream response success",
+        "{done}"
+    );
     let msgs = a.sink.wait_messages(1, Duration::from_secs(10));
     assert_eq!(msgs.len(), 1);
     // Base64 of 50 MB is about 68 MB of lines.

@@ -166,9 +166,18 @@ pub async fn post(
         Some(BodyRequest::MessageBuilder(v)) => {
             let parsed = builder::parse(&v, limits.max_json_depth)?;
             let mut slots = std::collections::BTreeMap::new();
-            for (name, content) in parsed.inline {
-                slots.insert(name, inline_blob(rest, content).await?);
-            }
+            // At once: the store's writer commits concurrent writes
+            // together.
+            let stored = futures::future::try_join_all(
+                parsed
+                    .inline
+                    .into_iter()
+                    .map(|(name, content)| async move {
+                        Ok::<_, Error>((name, inline_blob(rest, content).await?))
+                    }),
+            )
+            .await?;
+            slots.extend(stored);
             for (field, name, uri) in parsed.reused {
                 slots.insert(name, reuse(&ctx, &field, &uri).await?);
             }

@@ -168,14 +168,11 @@ pub async fn post(
             let mut slots = std::collections::BTreeMap::new();
             // At once: the store's writer commits concurrent writes
             // together.
-            let stored = futures::future::try_join_all(
-                parsed
-                    .inline
-                    .into_iter()
-                    .map(|(name, content)| async move {
-                        Ok::<_, Error>((name, inline_blob(rest, content).await?))
-                    }),
-            )
+            let stored = futures::future::try_join_all(parsed.inline.into_iter().map(
+                |(name, content)| async move {
+                    Ok::<_, Error>((name, inline_blob(rest, content).await?))
+                },
+            ))
             .await?;
             slots.extend(stored);
             for (field, name, uri) in parsed.reused {

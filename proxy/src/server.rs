@@ -290,20 +290,22 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let (scheduler_stop, scheduler_stop_rx) = tokio::sync::watch::channel(false);
-    let scheduler_task = queue.as_ref().map(|q| {
+    let scheduler = queue.as_ref().map(|q| {
         let running = shared.clone();
         let chains: crate::scheduler::ChainSource =
             Arc::new(move || -> Arc<dyn NewChain> { running.load().chains.clone() });
-        let scheduler = Arc::new(Scheduler::new(q, chains, scheduler_config.clone()));
-        tokio::spawn(scheduler.run(scheduler_stop_rx))
+        Arc::new(Scheduler::new(q, chains, scheduler_config.clone()))
     });
+    let scheduler_task = scheduler
+        .clone()
+        .map(|s| tokio::spawn(s.run(scheduler_stop_rx)));
     if let Some(q) = &queue {
         admin_state.set_store(q.store.clone());
     }
     admin_state.set_delivery_metrics(process.delivery_metrics.clone());
     let rest = queue
         .as_ref()
-        .map(|q| crate::rest::Rest::new(q.clone(), shared.clone()));
+        .map(|q| crate::rest::Rest::new(q.clone(), shared.clone(), scheduler.clone()));
     // This replica's REST address, for the others to redirect to.
     let _registration = rest.as_ref().and_then(|r| {
         let uri = first_session_uri(&shared.load())?;

@@ -43,6 +43,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::listener::HttpListenerSpec;
 use crate::queue::Queue;
+use crate::scheduler::Scheduler;
 use crate::snapshot::Snapshot;
 
 pub use error::Error;
@@ -58,14 +59,21 @@ pub struct Rest {
     pub queue: Arc<Queue>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub pending: pending::Registry,
+    /// Runs a transaction stored here at once when it has a free slot.
+    scheduler: Option<Arc<Scheduler>>,
 }
 
 impl Rest {
-    pub fn new(queue: Arc<Queue>, snapshot: Arc<ArcSwap<Snapshot>>) -> Arc<Self> {
+    pub fn new(
+        queue: Arc<Queue>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        scheduler: Option<Arc<Scheduler>>,
+    ) -> Arc<Self> {
         let rest = Arc::new(Self {
             queue,
             snapshot,
             pending: pending::Registry::default(),
+            scheduler,
         });
         tokio::spawn(pending::expire(Arc::downgrade(&rest)));
         rest

@@ -263,6 +263,10 @@ pub async fn commit(rest: &Rest, id: &TxId, st: &mut State) -> Result<Created, E
     };
     let mut tx = st.tx.clone();
     tx.body = body.clone();
+    // Leased to this replica and run at once when a delivery slot is
+    // free: no claim, no wait for the scheduler's loop.
+    let reserved = rest.scheduler.as_ref().and_then(|s| s.reserve());
+    tx.lease = reserved.as_ref().map(|r| r.lease());
     let created = match store.admit().await {
         Ok(()) => {
             store
@@ -282,9 +286,16 @@ pub async fn commit(rest: &Rest, id: &TxId, st: &mut State) -> Result<Created, E
             if matches!(created, Created::Existing { .. }) && rendered {
                 let _ = store.delete_blob(&body).await;
             }
-            if matches!(created, Created::New(_)) {
+            if let Created::New(id) = &created {
                 st.phase = Phase::Stored;
-                rest.queue.wake();
+                match (reserved, store.get_transaction(id).await) {
+                    (Some(r), Ok(rec)) => r.run(rec),
+                    (Some(_), Err(e)) => tracing::warn!(
+                        tx = %id, error = %e,
+                        "reading a new transaction back failed; it is delivered when its lease expires"
+                    ),
+                    (None, _) => rest.queue.wake(),
+                }
             }
             Ok(created)
         }

@@ -100,8 +100,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends `data` at `offset` (must equal the current length); with
     /// `last` the blob becomes final and immutable. Returns the new length.
-    /// Not durable by itself: durability comes with the `create_transaction`
-    /// (or `finalize`) that follows, which must sync every prior append.
+    /// Not durable by itself, finalizing included: durability comes with
+    /// the `create_transaction` that references the blob, which must sync
+    /// every prior append.
     fn append_blob<'a>(
         &'a self,
         blob: &'a BlobId,

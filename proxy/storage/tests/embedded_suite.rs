@@ -313,7 +313,7 @@ async fn concurrent_creates_share_commits() {
 }
 
 #[tokio::test]
-async fn only_finalizing_appends_sync() {
+async fn appends_never_sync_the_referencing_create_does() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("store.db"));
     let blob = store.create_blob().await.unwrap();
@@ -332,8 +332,11 @@ async fn only_finalizing_appends_sync() {
         .append_blob(&blob, len, Bytes::new(), true)
         .await
         .unwrap();
+    let finalized = store.stats();
+    assert_eq!(finalized.durable_commits, mid.durable_commits);
+    store.create_transaction(tx(&blob, None)).await.unwrap();
     let after = store.stats();
-    assert_eq!(after.durable_commits - mid.durable_commits, 1);
+    assert_eq!(after.durable_commits - finalized.durable_commits, 1);
 }
 
 #[tokio::test]

@@ -23,15 +23,18 @@
 //!
 //! # Durability
 //!
-//! * `create_transaction`, `finish_attempt`, the finalizing `append_blob`
-//!   (`last = true`), `claim_due`, `renew_lease` and `cancel` return `Ok`
-//!   only after their commit was fsynced (`synchronous = FULL`). The
-//!   finalizing append and `create_transaction` sync every earlier append
-//!   of the body with them (one log, one fsync covers all frames before).
-//! * `create_blob` and non-final `append_blob` commit without fsync: they
-//!   are visible to readers at once and survive a process crash, but a
-//!   power loss may drop them until the next durable commit. The contract
-//!   allows it: a body counts only once finalized and referenced.
+//! * `create_transaction`, `finish_attempt`, `claim_due`, `renew_lease`
+//!   and `cancel` return `Ok` only after their commit was fsynced
+//!   (`synchronous = FULL`). `create_transaction` syncs every earlier
+//!   append of its body with it (one log, one fsync covers all frames
+//!   before).
+//! * `create_blob` and `append_blob`, the finalizing one included, commit
+//!   without fsync: they are visible to readers at once and survive a
+//!   process crash, but a power loss may drop them until the next durable
+//!   commit. The contract allows it: a body counts only once referenced
+//!   by a transaction, whose creation syncs it. (Finalizing used to sync
+//!   too; it bought nothing, as nothing is acknowledged on a finalized
+//!   blob alone, and cost every message one more fsync.)
 //! * `create_with` is `create_transaction` with its key recorded in the
 //!   same commit. `register_replica` commits without fsync: a
 //!   registration is refreshed long before it matters.
@@ -354,11 +357,11 @@ impl Store for EmbeddedStore {
         Box::pin(async move {
             let blob = blob.clone();
             let size = data.len() as u64;
-            // The finalizing append is durable: after it, the body is
-            // complete and may be referenced.
+            // Never durable by itself: the transaction that references the
+            // body syncs it (see the module docs).
             let len = self
                 .writer
-                .run(last, move |conn| {
+                .run(false, move |conn| {
                     ops::append_blob(conn, &blob, offset, &data, last, wall_ms())
                 })
                 .await?;

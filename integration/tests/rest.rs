@@ -412,7 +412,15 @@ fn every_client_error_is_a_4xx_and_the_connection_goes_on() {
     let pend_tx = path_of(pend.header("location").unwrap());
     let pend_etag = pend.header("etag").unwrap().to_owned();
     let json_ct = ("Content-Type", "application/json");
-    let posts: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, Option<&str>)> = vec![
+    // (what, headers, entity, status, field)
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        u16,
+        Option<&'a str>,
+    );
+    let posts: Vec<Case<'_>> = vec![
         ("malformed JSON", vec![json_ct], b"{\"mail_from\": ".to_vec(), 400, None),
         ("empty entity", vec![json_ct], b"".to_vec(), 400, None),
         ("wrong content type", vec![("Content-Type", "text/plain")], b"{}".to_vec(), 415, Some("content-type")),
@@ -465,7 +473,16 @@ fn every_client_error_is_a_4xx_and_the_connection_goes_on() {
     assert_eq!(r.json()["field"], "sender");
     good(&mut c, "unknown sender");
 
-    let others: Vec<(&str, &str, String, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    // (what, method, path, headers, entity, status)
+    type Other<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        u16,
+    );
+    let others: Vec<Other<'_>> = vec![
         (
             "unknown transaction",
             "GET",

@@ -169,10 +169,6 @@ impl Registry {
             .cloned()
     }
 
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
     /// Adds `tx` unless `max` are pending already, or its idempotency key
     /// (`key`, with its fingerprint) names a pending transaction: then
     /// that one's id and fingerprint.

@@ -22,8 +22,8 @@
 //! * [`validate_pure`] needs only the config: required fields, oneofs,
 //!   unique names and bound addresses, references between resources
 //!   (listener → sender → chain → endpoint), socket addresses, host names,
-//!   ports, durations, numbers, enum values, listener kinds not implemented
-//!   yet. It never touches the filesystem, so a control plane can run it on
+//!   ports, URLs, durations, numbers, enum values, kinds and options not
+//!   implemented yet. It never touches the filesystem, so a control plane can run it on
 //!   the resources it is about to push (wrapped in the target node's
 //!   bootstrap, so paths read `static_resources.…` exactly as the proxy
 //!   would report them) and get the same errors the proxy would NACK with,

@@ -1400,6 +1400,11 @@ fn example_relay_loads() {
 }
 
 #[test]
+fn example_rest_app_loads() {
+    load_bootstrap_file(&example("rest-app.yaml")).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
 fn example_mx_gateway_only_lacks_its_secret_files() {
     // The certificate, key, CA and AUTH secrets are not shipped; every
     // other rule must pass.

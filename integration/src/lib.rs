@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod receiver;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -20,6 +20,10 @@
 //! between them prepended a header, say) makes it spool for itself from
 //! there, copying the prefix it had followed: correct whatever sits in
 //! between, and free when nothing does.
+//!
+//! A terminal that needs the bytes again after they went by (an HTTP
+//! upload that may have to resend from an offset) keeps them with a
+//! [`BodyCollector`], which follows and spools by the same rules.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -406,30 +410,159 @@ where
         TerminalService::new(WholeMessage {
             filter: self.filter.clone(),
             ctx: self.ctx.clone(),
-            opts: self.opts.clone(),
             inner,
-            body: BodyState::Start,
+            body: BodyState::Collecting(BodyCollector::new(self.ctx.clone(), self.opts.clone())),
         })
     }
 }
 
+/// What a [`WholeMessage`] does with the body chunks it receives.
 enum BodyState {
+    /// Collecting them (see [`BodyCollector`]).
+    Collecting(BodyCollector),
+    /// The data is answered; later chunks get the same answer.
+    Over(Response),
+}
+
+/// Where a [`BodyCollector`] keeps what it received.
+enum Collected {
     /// No body chunk yet.
     Start,
     /// Every chunk so far was the chunk in flight from an outer filter's
     /// `spool`; `received` octets of it so far.
     Following { spool: Arc<Spool>, received: u64 },
-    /// This filter spools what it receives.
+    /// Spooled into a file of its own.
     Spooling(Arc<Spool>),
-    /// The data is answered; later chunks get the same answer.
-    Over(Response),
+}
+
+/// Keeps a transaction's body as it arrives, in a spool file (never in
+/// memory), readable at any offset: for whole-message filters, and for
+/// terminals that may have to send part of it again (an upload resumed
+/// after a lost range, a redirect). Spooled once: while the chunks are an
+/// outer whole-message filter's replay of its spool, it reads that spool
+/// instead of writing its own (see the module documentation).
+pub struct BodyCollector {
+    ctx: Arc<TxContext>,
+    opts: Arc<SpoolOptions>,
+    state: Collected,
+}
+
+impl BodyCollector {
+    /// Spool files go where `opts` says; `ctx` is the transaction's (its
+    /// [`BodySpools`] tell which chunks are an outer spool's replay).
+    pub fn new(ctx: Arc<TxContext>, opts: Arc<SpoolOptions>) -> Self {
+        Self {
+            ctx,
+            opts,
+            state: Collected::Start,
+        }
+    }
+
+    /// Octets received so far.
+    pub fn len(&self) -> u64 {
+        match &self.state {
+            Collected::Start => 0,
+            Collected::Following { received, .. } => *received,
+            Collected::Spooling(own) => own.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the next chunk (or notes it is an outer spool's).
+    pub async fn push(&mut self, data: &Bytes) -> Result<(), SpoolError> {
+        let state = std::mem::replace(&mut self.state, Collected::Start);
+        self.state = match state {
+            Collected::Spooling(own) => {
+                own.append(data.clone()).await?;
+                Collected::Spooling(own)
+            }
+            state => {
+                let received = match &state {
+                    Collected::Following { received, .. } => *received,
+                    _ => 0,
+                };
+                let next = received + data.len() as u64;
+                match (state, self.ctx.body.replayed(received, data)) {
+                    (Collected::Start, Some(spool)) => Collected::Following {
+                        spool,
+                        received: next,
+                    },
+                    (Collected::Following { spool, .. }, Some(s)) if Arc::ptr_eq(&spool, &s) => {
+                        Collected::Following {
+                            spool,
+                            received: next,
+                        }
+                    }
+                    (state, _) => {
+                        let own = self.ctx.body.create(&self.opts).await?;
+                        if let Collected::Following { spool, received } = state {
+                            // Diverged after following: the prefix it had
+                            // is what this collector received too.
+                            let mut offset = 0;
+                            while offset < received {
+                                let piece = spool.read(offset, REPLAY_CHUNK, received).await?;
+                                if piece.is_empty() {
+                                    // The outer spool is shorter than
+                                    // what it replayed: cannot happen
+                                    // (spools only grow); never loop on it.
+                                    return Err(SpoolError::Read(io::Error::new(
+                                        io::ErrorKind::UnexpectedEof,
+                                        "outer spool ended early",
+                                    )));
+                                }
+                                offset += piece.len() as u64;
+                                own.append(piece).await?;
+                            }
+                        }
+                        own.append(data.clone()).await?;
+                        Collected::Spooling(own)
+                    }
+                }
+            }
+        };
+        Ok(())
+    }
+
+    /// What was received so far, as a [`Message`] of that length (the
+    /// whole message once the last chunk is in); `None` before the first
+    /// chunk (even an empty one). With `last`, a spool of its own is
+    /// marked complete, so that a whole-message filter further in may
+    /// follow it.
+    pub fn message(&self, last: bool) -> Option<Message> {
+        match &self.state {
+            Collected::Following { spool, received } => Some(Message {
+                spool: spool.clone(),
+                len: *received,
+            }),
+            Collected::Spooling(own) => {
+                if last {
+                    own.finish();
+                }
+                Some(Message {
+                    spool: own.clone(),
+                    len: own.len(),
+                })
+            }
+            Collected::Start => None,
+        }
+    }
+}
+
+impl fmt::Debug for BodyCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyCollector")
+            .field("len", &self.len())
+            .finish()
+    }
 }
 
 /// The service of a [`WholeMessageLayer`].
 pub struct WholeMessage<F, S> {
     filter: Arc<F>,
     ctx: Arc<TxContext>,
-    opts: Arc<SpoolOptions>,
     inner: S,
     body: BodyState,
 }
@@ -449,59 +582,13 @@ where
     S: Service<TxUpdate, Response = UpdateResponse, Error = Infallible> + Send + 'static,
     S::Future: Send,
 {
-    /// Takes one chunk into the spool (or notes it is an outer spool's).
-    async fn take(&mut self, data: &Bytes) -> Result<(), SpoolError> {
-        let state = std::mem::replace(&mut self.body, BodyState::Start);
-        self.body = match state {
-            BodyState::Spooling(own) => {
-                own.append(data.clone()).await?;
-                BodyState::Spooling(own)
-            }
-            BodyState::Over(r) => BodyState::Over(r),
-            state => {
-                let received = match &state {
-                    BodyState::Following { received, .. } => *received,
-                    _ => 0,
-                };
-                let next = received + data.len() as u64;
-                match (state, self.ctx.body.replayed(received, data)) {
-                    (BodyState::Start, Some(spool)) => BodyState::Following {
-                        spool,
-                        received: next,
-                    },
-                    (BodyState::Following { spool, .. }, Some(s)) if Arc::ptr_eq(&spool, &s) => {
-                        BodyState::Following {
-                            spool,
-                            received: next,
-                        }
-                    }
-                    (state, _) => {
-                        let own = self.ctx.body.create(&self.opts).await?;
-                        if let BodyState::Following { spool, received } = state {
-                            // Diverged after following: the prefix it had
-                            // is what this filter received too.
-                            let mut offset = 0;
-                            while offset < received {
-                                let piece = spool.read(offset, REPLAY_CHUNK, received).await?;
-                                offset += piece.len() as u64;
-                                own.append(piece).await?;
-                            }
-                        }
-                        own.append(data.clone()).await?;
-                        BodyState::Spooling(own)
-                    }
-                }
-            }
-        };
-        Ok(())
-    }
-
     /// The answer to a body chunk: none before the last one.
     async fn body(&mut self, chunk: BodyChunk) -> Option<Response> {
-        if let BodyState::Over(r) = &self.body {
-            return Some(r.clone());
-        }
-        if let Err(e) = self.take(&chunk.data).await {
+        let collector = match &mut self.body {
+            BodyState::Over(r) => return Some(r.clone()),
+            BodyState::Collecting(c) => c,
+        };
+        if let Err(e) = collector.push(&chunk.data).await {
             tracing::warn!(tx = %self.ctx.id, error = %e, "spooling the message failed");
             let r = Response::new(451, "4.3.0 spooling the message failed, try again later");
             self.body = BodyState::Over(r.clone());
@@ -510,22 +597,9 @@ where
         if !chunk.last {
             return None;
         }
-        let message = match &self.body {
-            BodyState::Following { spool, received } => Message {
-                spool: spool.clone(),
-                len: *received,
-            },
-            BodyState::Spooling(own) => {
-                own.finish();
-                Message {
-                    spool: own.clone(),
-                    len: own.len(),
-                }
-            }
-            // `take` leaves one of the two.
-            BodyState::Start | BodyState::Over(_) => {
-                return Some(Response::internal_error());
-            }
+        // `push` leaves a chunk behind it.
+        let Some(message) = collector.message(true) else {
+            return Some(Response::internal_error());
         };
         let reply = match self.filter.check(&self.ctx, &message).await {
             Verdict::Reject(r) => r,

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod receiver;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1127,7 +1127,120 @@ fn endpoint_needs_a_kind_and_maildir_a_path() {
     res(&mut b).endpoints[0].endpoint = None;
     assert_eq!(
         only_error(&b, "static_resources.endpoints[0]"),
-        Problem::OneofMissing("smtp, maildir")
+        Problem::OneofMissing("smtp, maildir, rest")
+    );
+}
+
+/// The quickstart with its endpoint replaced by a `rest` endpoint written
+/// as YAML (the inside of `rest: {...}`).
+fn rest_config(rest: &str) -> Bootstrap {
+    let yaml = QUICKSTART.replace(
+        "    maildir:\n      path: data/maildir\n",
+        &format!("    rest: {{{rest}}}\n"),
+    );
+    parse(&yaml).expect("parses")
+}
+
+#[test]
+fn rest_endpoint_parses_with_every_field() {
+    let b = rest_config(
+        "url: \"https://app.internal:8443/senders/router/transactions\", \
+         sender_name: router, sender_tag: mx, rcpt_timeout: 10s, data_timeout: 60s, \
+         chunk_size: 1048576, verify_certificates: false, send_filter_output: true, \
+         max_redirects: 0",
+    );
+    assert_eq!(check(&b), vec![]);
+    let Some(endpoint::Endpoint::Rest(r)) =
+        &b.static_resources.as_ref().unwrap().endpoints[0].endpoint
+    else {
+        panic!("not rest")
+    };
+    assert_eq!(r.sender_tag, "mx");
+    assert_eq!(r.chunk_size, 1_048_576);
+    assert_eq!(r.verify_certificates, Some(false));
+    assert_eq!(r.max_redirects, Some(0), "0 is kept apart from absent");
+    let b = rest_config("url: \"http://127.0.0.1:8002/t\"");
+    let Some(endpoint::Endpoint::Rest(r)) =
+        &b.static_resources.as_ref().unwrap().endpoints[0].endpoint
+    else {
+        panic!("not rest")
+    };
+    assert_eq!((r.verify_certificates, r.max_redirects), (None, None));
+    assert_eq!(check(&b), vec![]);
+}
+
+#[test]
+fn rest_endpoint_rules() {
+    let p = "static_resources.endpoints[0].rest";
+    assert_eq!(
+        only_error(&rest_config("sender_name: x"), &format!("{p}.url")),
+        Problem::Missing
+    );
+    for (url, reason) in [
+        ("not a url", "relative URL without a base"),
+        ("ftp://h/x", "scheme \"ftp\": expected http or https"),
+        ("http://u:pw@h/x", "credentials in the URL"),
+        ("http://h/x#frag", "a fragment"),
+        ("http://h:99999/x", "invalid port number"),
+    ] {
+        let b = rest_config(&format!("url: \"{url}\""));
+        match only_error(&b, &format!("{p}.url")) {
+            Problem::BadUrl { value, reason: r } => {
+                assert_eq!(value, url);
+                assert!(r.contains(reason), "{url}: {r}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    let b = rest_config("url: \"http://h/x\", sender_tag: t");
+    assert_eq!(
+        only_error(&b, &format!("{p}.sender_name")),
+        Problem::RequiredWith("sender_tag")
+    );
+    let b = rest_config("url: \"http://h/x\", rcpt_timeout: -1s");
+    assert_eq!(
+        only_error(&b, &format!("{p}.rcpt_timeout")),
+        Problem::NegativeDuration
+    );
+    let b = rest_config("url: \"http://h/x\", max_redirects: 21");
+    assert_eq!(
+        only_error(&b, &format!("{p}.max_redirects")),
+        Problem::AboveMaximum { value: 21, max: 20 }
+    );
+    let b = rest_config("url: \"http://h/x\", receive_parsing: {max_inline: 10}");
+    assert!(matches!(
+        only_error(&b, &format!("{p}.receive_parsing")),
+        Problem::NotImplemented { .. }
+    ));
+    // The CA file is a local check, relative to the config.
+    let dir = Dir::new();
+    let b = rest_config("url: \"https://h/x\", ca_file: ca.pem");
+    let errs = check_in(&dir, &b);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, format!("{p}.ca_file"));
+    assert!(matches!(errs[0].1, Problem::FileNotFound { .. }));
+    assert_eq!(validate_pure(&b), Ok(()), "not a pure error");
+    dir.file("ca.pem", PEM);
+    assert_eq!(check_in(&dir, &b), vec![]);
+    // Recipients routed to it: no host_list, no MX routing.
+    let mut b = rest_config("url: \"http://h/x\"");
+    router(&mut b, 0, 1)
+        .policy
+        .as_mut()
+        .and_then(|p| match p.policy.as_mut() {
+            Some(routing_policy::Policy::AddressList(a)) => a.destination.as_mut(),
+            _ => None,
+        })
+        .unwrap()
+        .host_list = vec![hp("h", 25)];
+    let path =
+        "static_resources.chains[0].filters[1].router.policy.address_list.destination.host_list";
+    assert_eq!(
+        only_error(&b, path),
+        Problem::HostListNotApplicable {
+            name: "local-maildir".into(),
+            found: "rest"
+        }
     );
 }
 
@@ -1284,6 +1397,11 @@ fn example_quickstart_loads() {
 #[test]
 fn example_relay_loads() {
     load_bootstrap_file(&example("relay.yaml")).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn example_rest_app_loads() {
+    load_bootstrap_file(&example("rest-app.yaml")).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

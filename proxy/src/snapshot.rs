@@ -25,12 +25,13 @@ use koukan_smtp_client::{
     ClientConfig, ConnectionPool, PoolMetrics, Resolver, ResolverOptions, SmtpClient,
 };
 
-use crate::config::endpoint::client_config;
+use crate::config::endpoint::{client_config, rest_config};
 use crate::config::listener::ListenerSpec;
 use crate::config::resolve;
 use crate::config::{ChainSpec, Delivery, SenderSpec};
 use crate::delivery::exploder::Exploder;
 use crate::delivery::maildir::{Maildir, MaildirConfig};
+use crate::delivery::rest_output::{RestEndpoint, RestOutput, default_parser};
 use crate::delivery::store_writer::StoreWriter;
 use crate::delivery::{ChainPolicy, Dispatcher, EndpointFactory, NewChain};
 use crate::process::Process;
@@ -110,11 +111,11 @@ impl Snapshot {
                 None => match EndpointState::new(config_path, e, &process.pool_metrics) {
                     Ok(Some(state)) => Arc::new(state),
                     Ok(None) => continue,
-                    Err(reason) => {
+                    Err((field, what, reason)) => {
                         errors.push(ConfigError::new(
-                            format!("static_resources.endpoints[{i}].smtp"),
+                            format!("static_resources.endpoints[{i}].{field}"),
                             Problem::Load {
-                                what: "TLS settings of endpoint",
+                                what,
                                 value: e.name.clone(),
                                 reason,
                             },
@@ -273,7 +274,7 @@ impl Chains {
     pub fn stack(&self, chain: &ChainSpec, ctx: &Arc<TxContext>) -> BoxTxService {
         let mut svc = match (&chain.delivery, &self.queue) {
             (Delivery::Relay { default }, _) => koukan_chain::boxed(TerminalService::new(
-                Dispatcher::new(self.endpoints.clone(), default.clone()),
+                Dispatcher::new(self.endpoints.clone(), default.clone(), ctx.clone()),
             )),
             (Delivery::StoreAndForward { output_chain }, Some(queue)) => {
                 koukan_chain::boxed(TerminalService::new(StoreWriter::new(
@@ -338,6 +339,9 @@ enum EndpointKind {
         pool: ConnectionPool,
     },
     Maildir(Arc<MaildirConfig>),
+    /// A receiving application: its settings and its HTTP client (one
+    /// connection pool), kept across reloads like an SMTP pool.
+    Rest(Arc<RestEndpoint>),
 }
 
 /// One endpoint's built state, with the config it was built from (the
@@ -349,15 +353,19 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
+    /// `Err` names the field at fault (under the endpoint), what failed to
+    /// load and why.
     fn new(
         config_file: &Path,
         e: &pb::Endpoint,
         pool_metrics: &PoolMetrics,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, (&'static str, &'static str, String)> {
         let kind = match &e.endpoint {
             Some(pb::endpoint::Endpoint::Smtp(s)) => {
                 let client = client_config(config_file, s);
-                let tls = client.build_tls().map_err(|e| e.to_string())?;
+                let tls = client
+                    .build_tls()
+                    .map_err(|e| ("smtp", "TLS settings of endpoint", e.to_string()))?;
                 EndpointKind::Smtp {
                     pool: ConnectionPool::new(&client, pool_metrics, &e.name),
                     client: Arc::new(client),
@@ -368,6 +376,13 @@ impl EndpointState {
                 EndpointKind::Maildir(Arc::new(MaildirConfig {
                     path: resolve(config_file, &m.path),
                 }))
+            }
+            Some(pb::endpoint::Endpoint::Rest(r)) => {
+                let config =
+                    rest_config(config_file, r).map_err(|e| ("rest.url", "URL of endpoint", e))?;
+                let endpoint = RestEndpoint::new(config, default_parser())
+                    .map_err(|e| ("rest", "HTTP client of endpoint", e.to_string()))?;
+                EndpointKind::Rest(Arc::new(endpoint))
             }
             None => return Ok(None),
         };
@@ -404,7 +419,7 @@ impl Endpoints {
 }
 
 impl EndpointFactory for Endpoints {
-    fn connect(&self, d: &Destination) -> Result<BoxTxService, Response> {
+    fn connect(&self, d: &Destination, ctx: &Arc<TxContext>) -> Result<BoxTxService, Response> {
         match self.kinds.get(&d.endpoint).map(|s| &s.kind) {
             Some(EndpointKind::Smtp { client, tls, pool }) => {
                 Ok(koukan_chain::boxed(SmtpClient::pooled(
@@ -417,6 +432,9 @@ impl EndpointFactory for Endpoints {
             }
             Some(EndpointKind::Maildir(cfg)) => Ok(koukan_chain::boxed(TerminalService::new(
                 Maildir::new(cfg.clone()),
+            ))),
+            Some(EndpointKind::Rest(endpoint)) => Ok(koukan_chain::boxed(TerminalService::new(
+                RestOutput::new(endpoint.clone(), ctx.clone()),
             ))),
             None => Err(Response::new(
                 451,
@@ -485,5 +503,51 @@ static_resources:
             "{e:?}"
         );
         assert_eq!(e.file, path);
+    }
+
+    /// A reload keeps a rest endpoint's client (its connection pool) when
+    /// the endpoint is unchanged, and builds a new one when it changed.
+    #[test]
+    fn an_unchanged_rest_endpoint_keeps_its_client_across_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = |url: &str| {
+            format!(
+                r#"
+node: {{id: snapshot-unit}}
+admin: {{address: "127.0.0.1:9"}}
+static_resources:
+  listeners: [{{name: a, address: "127.0.0.1:1", smtp: {{sender: s}}}}]
+  senders: [{{name: s, chain: c}}]
+  chains: [{{name: c, endpoint: app}}]
+  endpoints:
+  - {{name: app, rest: {{url: "{url}"}}}}
+  - {{name: box, maildir: {{path: box}}}}
+"#
+            )
+        };
+        let path = dir.path().join("koukan.yaml");
+        let process = Process::new(None, Arc::default(), Arc::default());
+        let mut built = Vec::new();
+        for url in [
+            "http://127.0.0.1:8002/t",
+            "http://127.0.0.1:8002/t",
+            "http://127.0.0.1:8003/t",
+        ] {
+            std::fs::write(&path, yaml(url)).unwrap();
+            let b = koukan_proto::load::load_bootstrap_file(&path).unwrap();
+            let snapshot = Snapshot::build(&path, &b, &process).unwrap();
+            process.keep(&snapshot);
+            let states: HashMap<String, Arc<EndpointState>> = snapshot
+                .chains
+                .endpoints()
+                .states()
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect();
+            assert!(matches!(states["app"].kind, EndpointKind::Rest(_)));
+            built.push(states);
+        }
+        assert!(Arc::ptr_eq(&built[0]["app"], &built[1]["app"]), "kept");
+        assert!(!Arc::ptr_eq(&built[1]["app"], &built[2]["app"]), "rebuilt");
+        assert!(Arc::ptr_eq(&built[1]["box"], &built[2]["box"]));
     }
 }

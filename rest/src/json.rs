@@ -143,6 +143,18 @@ fn host_port(field: &str, v: &Value) -> Result<HostPort, ApiError> {
     typed::<HostPort>(field, v).map_err(|_| invalid(field, "expected [host, port]"))
 }
 
+/// A list, each element parsed on its own so an error names it
+/// (`rcpt_to[1]`).
+fn typed_list<T: serde::de::DeserializeOwned>(field: &str, v: &Value) -> Result<Vec<T>, ApiError> {
+    let Value::Array(list) = v else {
+        return Err(invalid(field, "expected a list"));
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, item)| typed(&format!("{field}[{i}]"), item))
+        .collect()
+}
+
 /// The deepest nesting a request's JSON may have: deep enough for any
 /// message-builder spec, shallow enough that walking it is cheap.
 pub const MAX_JSON_DEPTH: usize = 32;
@@ -289,6 +301,58 @@ pub struct TxRead {
     pub cancelled: bool,
 }
 
+impl TxRead {
+    /// Parses a read strictly, as the `rest_output` client reads a
+    /// receiving application's replies: an object of REST_READ fields,
+    /// none `null`, no list empty, the placeholders exactly `{}` (a
+    /// receiver echoing `mail_from` back, or `filter_output` with data,
+    /// is a broken one), no request-only field (`smtp_meta`). Errors name
+    /// the field.
+    pub fn parse(v: &Value) -> Result<Self, ApiError> {
+        let Value::Object(map) = v else {
+            return Err(ApiError::new(
+                ErrorKind::InvalidJson,
+                "a transaction must be a JSON object",
+            ));
+        };
+        let mut out = TxRead::default();
+        for (key, value) in map {
+            let field = key.as_str();
+            if value.is_null() {
+                return Err(invalid(field, "null is not a valid value"));
+            }
+            if value.as_array().is_some_and(|a| a.is_empty()) {
+                return Err(invalid(field, "an empty list is not a valid value"));
+            }
+            match field {
+                "sender" => out.sender = Some(typed(field, value)?),
+                "remote_host" => out.remote_host = Some(host_port(field, value)?),
+                "local_host" => out.local_host = Some(host_port(field, value)?),
+                "mail_from" => out.mail_from = Some(typed(field, value)?),
+                "rcpt_to" => out.rcpt_to = typed_list(field, value)?,
+                "retry" => out.retry = Some(typed(field, value)?),
+                "notification" => out.notification = Some(typed(field, value)?),
+                "filter_output" => {
+                    let map: Map<String, Value> = typed(field, value)?;
+                    if !map.is_empty() {
+                        return Err(invalid(field, "must be the placeholder {} in a read"));
+                    }
+                    out.filter_output = Some(map);
+                }
+                "body" => out.body = Some(typed(field, value)?),
+                "mail_response" => out.mail_response = Some(typed(field, value)?),
+                "rcpt_response" => out.rcpt_response = typed_list(field, value)?,
+                "data_response" => out.data_response = Some(typed(field, value)?),
+                "attempt_count" => out.attempt_count = Some(typed(field, value)?),
+                "final_attempt_reason" => out.final_attempt_reason = Some(typed(field, value)?),
+                "cancelled" => out.cancelled = typed(field, value)?,
+                _ => return Err(invalid(field, "not a field of a transaction read")),
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -375,5 +439,41 @@ mod tests {
             .text(),
             "temporary error"
         );
+    }
+
+    #[test]
+    fn reads_parse_strictly() {
+        let ok = TxRead::parse(&json!({
+            "remote_host": ["198.51.100.7", 50123],
+            "mail_from": {}, "rcpt_to": [{}, {}], "sender": {}, "filter_output": {},
+            "mail_response": {"code": 250, "message": "ok"},
+            "rcpt_response": [{"code": 250}],
+            "body": {"blob_status": {"uri": "http://a/transactions/r1/body"},
+                     "message_builder": {"uri": "http://a/transactions/r1/message_builder"}}
+        }))
+        .unwrap();
+        assert_eq!(ok.rcpt_to.len(), 2);
+        assert_eq!(ok.rcpt_response[0].text(), "ok");
+        assert_eq!(ok.remote_host, Some(("198.51.100.7".to_owned(), 50123)));
+        let cases = [
+            (json!({"mail_from": {"m": "a@b"}}), "mail_from"),
+            (json!({"rcpt_to": [{}, {"m": "a@b"}]}), "rcpt_to[1]"),
+            (json!({"sender": {"name": "x"}}), "sender"),
+            (json!({"filter_output": {"k": 1}}), "filter_output"),
+            (json!({"smtp_meta": {"tls": true}}), "smtp_meta"),
+            (json!({"mail_response": null}), "mail_response"),
+            (json!({"rcpt_response": []}), "rcpt_response"),
+            (
+                json!({"rcpt_response": [{"code": "x"}]}),
+                "rcpt_response[0]",
+            ),
+            (json!({"remote_host": "h"}), "remote_host"),
+            (json!({"body": {"blob_status": {}}}), "body"),
+        ];
+        for (v, field) in cases {
+            let e = TxRead::parse(&v).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{v}: {e}");
+        }
+        assert!(TxRead::parse(&json!("x")).is_err());
     }
 }

@@ -4,13 +4,14 @@
 //! [`Dispatcher`] is the relay terminal: it maps the one inbound
 //! transaction onto one upstream transaction at the destination its first
 //! recipient was routed to, built by an [`EndpointFactory`] (SMTP client,
-//! maildir). Recipients that route elsewhere get `451 4.5.3` so the client
+//! maildir, a receiving application over HTTP). Recipients that route elsewhere get `451 4.5.3` so the client
 //! sends them in a separate transaction (a chain that must take them all
 //! at once uses the exploder); nothing is answered 250 unless the upstream
 //! said so. The store writer and the exploder are the other terminals.
 
 pub mod exploder;
 pub mod maildir;
+pub mod rest_output;
 pub mod store_writer;
 
 use std::sync::Arc;
@@ -28,9 +29,15 @@ use crate::config::retry::RetryPolicy;
 
 /// Builds the upstream side of a transaction for a destination.
 pub trait EndpointFactory: Send + Sync + 'static {
-    /// Returns the terminal service, or the response every recipient for
-    /// this destination gets when it cannot be built (unknown endpoint).
-    fn connect(&self, destination: &Destination) -> Result<BoxTxService, Response>;
+    /// Returns the terminal service for the transaction `ctx` (where it
+    /// came from, its signals: what an HTTP endpoint sends along), or the
+    /// response every recipient for this destination gets when it cannot
+    /// be built (unknown endpoint).
+    fn connect(
+        &self,
+        destination: &Destination,
+        ctx: &Arc<TxContext>,
+    ) -> Result<BoxTxService, Response>;
 
     /// An upstream transaction to `endpoint` ended with a reply of this
     /// class (its data reply, or its refused MAIL): for metrics.
@@ -72,6 +79,7 @@ pub struct Dispatcher {
     factory: Arc<dyn EndpointFactory>,
     /// For recipients no router routed.
     default_destination: Option<Arc<Destination>>,
+    ctx: Arc<TxContext>,
     state: State,
 }
 
@@ -79,10 +87,12 @@ impl Dispatcher {
     pub fn new(
         factory: Arc<dyn EndpointFactory>,
         default_destination: Option<Arc<Destination>>,
+        ctx: Arc<TxContext>,
     ) -> Self {
         Self {
             factory,
             default_destination,
+            ctx,
             state: State::default(),
         }
     }
@@ -122,6 +132,7 @@ async fn call_upstream(upstream: &mut BoxTxService, update: TxUpdate) -> UpdateR
 async fn dispatch(
     factory: Arc<dyn EndpointFactory>,
     default_destination: Option<Arc<Destination>>,
+    ctx: Arc<TxContext>,
     state: &mut State,
     mut update: TxUpdate,
 ) -> UpdateResponse {
@@ -131,7 +142,7 @@ async fn dispatch(
 
     if let Some(mail) = update.mail_from.take() {
         match update.route_hint.take() {
-            Some(dest) => match factory.connect(&dest) {
+            Some(dest) => match factory.connect(&dest, &ctx) {
                 Ok(upstream) => {
                     state.destination = Some(dest);
                     state.upstream = Some(upstream);
@@ -167,7 +178,7 @@ async fn dispatch(
                 split.answer(too_many_destinations());
                 continue;
             }
-            None => match factory.connect(&route) {
+            None => match factory.connect(&route, &ctx) {
                 Ok(upstream) => {
                     state.destination = Some(route.clone());
                     state.upstream = Some(upstream);
@@ -237,6 +248,7 @@ impl Terminal for Dispatcher {
         Box::pin(dispatch(
             self.factory.clone(),
             self.default_destination.clone(),
+            self.ctx.clone(),
             &mut self.state,
             update,
         ))
@@ -294,7 +306,7 @@ mod tests {
     }
 
     impl EndpointFactory for Factory {
-        fn connect(&self, d: &Destination) -> Result<BoxTxService, Response> {
+        fn connect(&self, d: &Destination, _: &Arc<TxContext>) -> Result<BoxTxService, Response> {
             if d.endpoint == "unknown" {
                 return Err(Response::new(451, "4.3.5 no such endpoint"));
             }
@@ -326,7 +338,14 @@ mod tests {
             log: log.clone(),
             mail,
         });
-        (TerminalService::new(Dispatcher::new(f, None)), log)
+        (
+            TerminalService::new(Dispatcher::new(
+                f,
+                None,
+                crate::test_support::scripted::context("t"),
+            )),
+            log,
+        )
     }
 
     #[tokio::test]

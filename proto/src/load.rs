@@ -59,9 +59,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::v1::{
     Bootstrap, Chain, Destination, Endpoint, HostPort, HttpListener, Listener, MessageParseFilter,
-    RestEndpoint,
-    Sender, SmtpListener, StaticResources, TlsMode, chain, endpoint, filter, listener,
-    routing_policy, storage,
+    RestEndpoint, Sender, SmtpListener, StaticResources, TlsMode, chain, endpoint, filter,
+    listener, routing_policy, storage,
 };
 
 /// The most redirects a `rest` endpoint may follow per request: a chain of
@@ -1364,18 +1363,6 @@ impl Validator {
                 Problem::AboveMaximum {
                     value: n.into(),
                     max: MAX_REDIRECTS.into(),
-                },
-            );
-        }
-        if r.receive_parsing.is_some() {
-            // The message parser (koukan-message) is not wired in yet:
-            // refused rather than ignored, so that an application
-            // expecting the parsed message does not get only the raw one.
-            self.err(
-                format!("{path}.receive_parsing"),
-                Problem::NotImplemented {
-                    resource: "endpoint",
-                    kind: "rest with receive_parsing",
                 },
             );
         }

@@ -41,8 +41,8 @@
 //! redirected to `http`. Reply bodies are read up to [`MAX_REPLY_BYTES`].
 //!
 //! `receive_parsing` (the message parsed into message-builder JSON, its
-//! parts as blobs) goes through a [`ReceiveParser`]; none is built in yet
-//! ([`default_parser`]), so validation refuses the option.
+//! parts as blobs) goes through a [`ReceiveParser`]: `koukan-message`'s
+//! parser ([`default_parser`]), or a stub in tests.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -159,18 +159,29 @@ pub struct Parsed {
     pub blobs: Vec<(String, Bytes)>,
 }
 
-/// Parses a message for `receive_parsing` (the `koukan-message` crate, once
-/// it is wired in). Runs on the blocking pool.
+/// Parses a message for `receive_parsing`. Runs on the blocking pool.
 pub trait ReceiveParser: Send + Sync + 'static {
     /// Parts up to `max_inline` octets stay inline in the JSON.
     fn parse(&self, raw: &[u8], max_inline: usize) -> Result<Parsed, String>;
 }
 
-/// The parser `receive_parsing` uses in this build: none yet (validation
-/// refuses the option meanwhile). Wiring `koukan-message` in is returning
-/// it here and dropping that refusal.
+/// The parser `receive_parsing` uses: `koukan-message`'s.
 pub fn default_parser() -> Option<Arc<dyn ReceiveParser>> {
-    None
+    Some(Arc::new(MessageParser))
+}
+
+/// `koukan_message::parse`: the original's parsed JSON (section 2.3 of its
+/// docs) and the parts too large to inline as blobs `0`, `1`, ….
+struct MessageParser;
+
+impl ReceiveParser for MessageParser {
+    fn parse(&self, raw: &[u8], max_inline: usize) -> Result<Parsed, String> {
+        let p = koukan_message::parse(raw, max_inline).map_err(|e| e.to_string())?;
+        Ok(Parsed {
+            json: p.json,
+            blobs: p.blobs,
+        })
+    }
 }
 
 /// Why an endpoint's client could not be built.

@@ -110,15 +110,15 @@ pub async fn render(
     hostname: &str,
 ) -> Result<(BlobId, bool), Error> {
     store.admit().await.map_err(Error::store)?;
-    let blob = store.create_blob().await.map_err(Error::store)?;
     let source = StoreBlobs { store, slots };
     let opts = RenderOptions::new(if hostname.is_empty() {
         "koukan.invalid"
     } else {
         hostname
     });
-    // The renderer writes into a pipe; its other end is appended to the
-    // blob in 1 MiB pieces, so the message is never whole in memory.
+    // The renderer writes into a pipe; its other end goes to the blob in
+    // 1 MiB pieces, so the message is never whole in memory. A message
+    // that fits one piece (the usual) is stored in one write.
     let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
     let rendering = async {
         let r = koukan_message::render(&spec.0, &source, &opts, &mut writer).await;
@@ -126,6 +126,7 @@ pub async fn render(
         r
     };
     let copying = async {
+        let mut blob: Option<BlobId> = None;
         let mut offset = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -134,33 +135,54 @@ pub async fn render(
                 match reader.read(&mut buf[filled..]).await {
                     Ok(0) => break,
                     Ok(n) => filled += n,
-                    Err(e) => return Err(koukan_storage::StoreError::Internal(e.to_string())),
+                    Err(e) => {
+                        return Err((blob, koukan_storage::StoreError::Internal(e.to_string())));
+                    }
                 }
             }
             let last = filled < buf.len();
-            offset = store
-                .append_blob(&blob, offset, Bytes::copy_from_slice(&buf[..filled]), last)
-                .await?;
+            let data = Bytes::copy_from_slice(&buf[..filled]);
+            let id = match &blob {
+                None if last => {
+                    return store.put_blob(data).await.map_err(|e| (None, e));
+                }
+                None => {
+                    let id = store.create_blob().await.map_err(|e| (None, e))?;
+                    blob = Some(id.clone());
+                    id
+                }
+                Some(id) => id.clone(),
+            };
+            offset = match store.append_blob(&id, offset, data, last).await {
+                Ok(n) => n,
+                Err(e) => return Err((blob, e)),
+            };
             if last {
-                return Ok(offset);
+                return Ok(id);
             }
         }
     };
     let (rendered, copied) = tokio::join!(rendering, copying);
-    let rendered = match (rendered, copied) {
-        (Ok(r), Ok(_)) => r,
-        (Err(e), _) => {
-            let _ = store.delete_blob(&blob).await;
-            return Err(Error::field(
+    match (rendered, copied) {
+        (Ok(r), Ok(blob)) => Ok((blob, r.needs_smtputf8)),
+        (Err(e), copied) => {
+            if let Some(blob) = match copied {
+                Ok(b) => Some(b),
+                Err((b, _)) => b,
+            } {
+                let _ = store.delete_blob(&blob).await;
+            }
+            Err(Error::field(
                 ErrorKind::InvalidField,
                 FIELD,
                 format!("cannot build the message: {e}"),
-            ));
+            ))
         }
-        (_, Err(e)) => {
-            let _ = store.delete_blob(&blob).await;
-            return Err(Error::store(e));
+        (Ok(_), Err((blob, e))) => {
+            if let Some(blob) = blob {
+                let _ = store.delete_blob(&blob).await;
+            }
+            Err(Error::store(e))
         }
-    };
-    Ok((blob, rendered.needs_smtputf8))
+    }
 }

@@ -354,9 +354,9 @@ fn too_large(field: &str, max: u64) -> Error {
 async fn inline_blob(rest: &super::Rest, text: String) -> Result<Slot, Error> {
     let store = &rest.queue.store;
     store.admit().await.map_err(Error::store)?;
-    let blob = store.create_blob().await.map_err(Error::store)?;
-    let len = store
-        .append_blob(&blob, 0, bytes::Bytes::from(text), true)
+    let len = text.len() as u64;
+    let blob = store
+        .put_blob(bytes::Bytes::from(text))
         .await
         .map_err(Error::store)?;
     Ok(Slot::complete(blob, len, true))

@@ -111,6 +111,18 @@ pub trait Store: Send + Sync + 'static {
         last: bool,
     ) -> BoxFuture<'a, StoreResult<u64>>;
 
+    /// A new blob holding `data`, finalized: [`Store::create_blob`] and a
+    /// finalizing [`Store::append_blob`] as one write where the backend
+    /// can (a small body or an inline part costs one round trip, not two).
+    /// Not durable by itself, like the append.
+    fn put_blob(&self, data: Bytes) -> BoxFuture<'_, StoreResult<BlobId>> {
+        Box::pin(async move {
+            let blob = self.create_blob().await?;
+            self.append_blob(&blob, 0, data, true).await?;
+            Ok(blob)
+        })
+    }
+
     /// Reads up to `max` bytes at `offset` (empty at the end). Bodies are
     /// read in chunks; a whole message is never loaded at once.
     fn read_blob<'a>(

@@ -119,6 +119,10 @@ impl Store for Metered {
         Box::pin(self.timed("create_blob", self.inner.create_blob()))
     }
 
+    fn put_blob(&self, data: Bytes) -> BoxFuture<'_, StoreResult<BlobId>> {
+        Box::pin(self.timed("put_blob", self.inner.put_blob(data)))
+    }
+
     fn append_blob<'a>(
         &'a self,
         blob: &'a BlobId,

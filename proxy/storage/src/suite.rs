@@ -335,6 +335,41 @@ fn assert_between(t: SystemTime, lo: SystemTime, hi: SystemTime, what: &str) {
 
 // ------------------------------------------------------------------ blobs
 
+/// `put_blob`: one finalized blob with the data, unreferenced; an empty
+/// one too; each a new blob.
+pub async fn blob_put(store: &dyn Store) {
+    let a = store
+        .put_blob(Bytes::from_static(b"whole body"))
+        .await
+        .unwrap();
+    let b = store.put_blob(Bytes::new()).await.unwrap();
+    assert_ne!(a, b);
+    assert_eq!(
+        info(store, &a).await,
+        BlobInfo {
+            length: 10,
+            finalized: true,
+            refcount: 0,
+        }
+    );
+    assert_eq!(
+        store.read_blob(&a, 0, 100).await.unwrap(),
+        Bytes::from_static(b"whole body")
+    );
+    assert!(info(store, &b).await.finalized);
+    assert_eq!(info(store, &b).await.length, 0);
+    // Final: no more appends.
+    assert!(matches!(
+        store
+            .append_blob(&a, 10, Bytes::from_static(b"x"), false)
+            .await,
+        Err(StoreError::BlobConflict { .. })
+    ));
+    // A transaction can reference it.
+    let id = store.create_transaction(sample_tx(&a)).await.unwrap();
+    assert_eq!(store.get_transaction(&id).await.unwrap().tx.body, a);
+}
+
 pub async fn blob_append_read_finalize(store: &dyn Store) {
     let blob = store.create_blob().await.unwrap();
     let empty = BlobInfo {
@@ -2486,6 +2521,7 @@ where
     }
     run!(
         blob_append_read_finalize,
+        blob_put,
         blob_append_conflicts,
         blob_chunked_reads,
         create_requires_finalized_body,

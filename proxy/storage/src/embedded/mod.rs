@@ -347,6 +347,24 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn put_blob(&self, data: Bytes) -> BoxFuture<'_, StoreResult<BlobId>> {
+        Box::pin(async move {
+            let blob = BlobId(new_id());
+            let id = blob.clone();
+            let size = data.len() as u64;
+            // One job: both writes commit together or not at all.
+            self.writer
+                .run(false, move |conn| {
+                    let now = wall_ms();
+                    ops::create_blob(conn, &id, now)?;
+                    ops::append_blob(conn, &id, 0, &data, true, now)
+                })
+                .await?;
+            self.space.wrote(size);
+            Ok(blob)
+        })
+    }
+
     fn append_blob<'a>(
         &'a self,
         blob: &'a BlobId,

@@ -603,6 +603,14 @@ fn claimable_sql() -> String {
     )
 }
 
+/// Whether a claim at `now` would find anything (a read: claims that
+/// would find nothing then cost no write and no fsync).
+pub(super) fn any_claimable(conn: &Connection, now: i64) -> StoreResult<bool> {
+    conn.prepare_cached(&claimable_sql())
+        .and_then(|mut s| s.exists(params![now, 1]))
+        .map_err(|e| sql_error("claim", e))
+}
+
 pub(super) fn claim_due(
     conn: &Connection,
     owner: &ReplicaId,

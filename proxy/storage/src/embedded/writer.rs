@@ -219,19 +219,36 @@ fn writer_loop(
     // The connection was opened with synchronous = FULL.
     let mut sync_full = true;
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+    let mut durable_jobs: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
     while queue.blocking_recv_many(&mut batch, max_batch) > 0 {
-        let durable = batch.iter().any(|j| j.durable());
-        match set_sync(&conn, &mut sync_full, durable) {
-            Ok(()) => run_batch(&conn, &mut batch, durable, counters),
-            Err(e) => batch.iter_mut().for_each(|j| j.fail(&e)),
-        }
-        for job in batch.drain(..) {
-            // Committed (or failed, and then it lists nothing): readers see
-            // the write now, so the woken waiters' reads find it.
-            for id in job.changed() {
-                watchers.notify(id);
+        // The batch's jobs were all pending at once, so any order is one
+        // they could have run in: the non-durable ones (blob writes) go
+        // first in a commit of their own without fsync and are answered
+        // at once, instead of waiting for the durable ones' fsync.
+        let mut i = 0;
+        while i < batch.len() {
+            if batch[i].durable() {
+                durable_jobs.push(batch.swap_remove(i));
+            } else {
+                i += 1;
             }
-            job.respond();
+        }
+        for (jobs, durable) in [(&mut batch, false), (&mut durable_jobs, true)] {
+            if jobs.is_empty() {
+                continue;
+            }
+            match set_sync(&conn, &mut sync_full, durable) {
+                Ok(()) => run_batch(&conn, jobs, durable, counters),
+                Err(e) => jobs.iter_mut().for_each(|j| j.fail(&e)),
+            }
+            for job in jobs.drain(..) {
+                // Committed (or failed, and then it lists nothing): readers
+                // see the write now, so the woken waiters' reads find it.
+                for id in job.changed() {
+                    watchers.notify(id);
+                }
+                job.respond();
+            }
         }
     }
     // The queue is closed: the store is gone. The last connection to close

@@ -173,6 +173,10 @@ impl Registry {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Adds `tx` unless `max` are pending already, or its idempotency key
     /// (`key`, with its fingerprint) names a pending transaction: then
     /// that one's id and fingerprint.

@@ -391,6 +391,8 @@ fn cancel_of_a_pending_transaction() {
 /// Every client error gets its 4xx and a JSON error naming the problem,
 /// and the connection serves the next request.
 #[test]
+// The tables of cases are tuples, spelled out where they are listed.
+#[allow(clippy::type_complexity)]
 fn every_client_error_is_a_4xx_and_the_connection_goes_on() {
     let a = start("{max_message_size: 4096, max_json_bytes: 8192}", EMBEDDED);
     let mut c = HttpConn::connect(a.api).unwrap();

@@ -19,6 +19,8 @@ pub enum RangeError {
     Backwards,
     #[error("range ends beyond the total length")]
     BeyondTotal,
+    #[error("range ends beyond the largest length (2^64 - 1 bytes)")]
+    TooLong,
 }
 
 impl ContentRange {
@@ -49,6 +51,10 @@ impl ContentRange {
         };
         if last < first {
             return Err(RangeError::Backwards);
+        }
+        // `last + 1` (the length a range reaches) must be a u64.
+        if last == u64::MAX {
+            return Err(RangeError::TooLong);
         }
         if total.is_some_and(|t| last >= t) {
             return Err(RangeError::BeyondTotal);
@@ -104,6 +110,8 @@ mod tests {
             ("bytes 6-0/*", RangeError::Backwards),
             ("bytes 0-13/13", RangeError::BeyondTotal),
             ("bytes 0-99999999999999999999/*", RangeError::Syntax),
+            ("bytes 0-18446744073709551615/*", RangeError::TooLong),
+            ("bytes 5-18446744073709551615/*", RangeError::TooLong),
         ] {
             assert_eq!(ContentRange::parse(s), Err(e), "{s}");
         }

@@ -18,8 +18,24 @@ pub fn body_path(tx: &str) -> String {
     format!("/transactions/{tx}/body")
 }
 
+/// The blob id percent-encoded: ids may hold characters a URI cannot
+/// (`"`, `<`, `{`, non-ASCII, ...).
 pub fn blob_path(tx: &str, blob: &str) -> String {
-    format!("/transactions/{tx}/blob/{blob}")
+    format!("/transactions/{tx}/blob/{}", encode_segment(blob))
+}
+
+/// `s` as one path segment: every byte but RFC 3986's `pchar`
+/// (unreserved, sub-delims, `:` and `@`) percent-encoded.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A path segment as the API hands them out: non-empty, URL-safe.
@@ -53,6 +69,16 @@ pub fn parse_blob_uri(uri: &str) -> Option<BlobRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_ids_are_encoded() {
+        assert_eq!(blob_path("t", "inline0"), "/transactions/t/blob/inline0");
+        assert_eq!(blob_path("t", "a+b@c:d"), "/transactions/t/blob/a+b@c:d");
+        assert_eq!(
+            blob_path("t", "x y/\"é"),
+            "/transactions/t/blob/x%20y%2F%22%C3%A9"
+        );
+    }
 
     #[test]
     fn reuse_uris() {

@@ -104,7 +104,7 @@ pub async fn post(
                     )
                 })?;
             Some(IdempotencyKey {
-                key: format!("{sender}\0{key}"),
+                key: store_key(&sender, key),
                 fingerprint: fingerprint(&sender, &tag, &value),
                 expires: SystemTime::now() + spec.idempotency_window,
             })
@@ -416,6 +416,15 @@ async fn reuse(ctx: &ListenerCtx, field: &str, uri: &str) -> Result<Slot, Error>
     Ok(Slot::complete(blob, info.length, false))
 }
 
+/// The store's key for a client's `Idempotency-Key`: qualified by the
+/// sender, so that two senders' keys never meet, and hashed, so that
+/// every key the header allows fits the store's limit
+/// ([`IdempotencyKey::MAX_LEN`] characters) whatever the sender's name.
+fn store_key(sender: &str, key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{sender}\0{key}").as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A digest of what makes two POSTs the same request: the sender, the
 /// tag and the JSON entity (canonical: serde_json sorts object keys).
 fn fingerprint(sender: &str, tag: &str, entity: &serde_json::Value) -> String {
@@ -521,6 +530,17 @@ mod tests {
         ] {
             assert!(!valid_address(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_allowed_key_fits_the_store() {
+        let longest = "k".repeat(MAX_KEY_LEN);
+        let sender = "s".repeat(300);
+        let k = store_key(&sender, &longest);
+        assert!(k.chars().count() <= IdempotencyKey::MAX_LEN, "{k}");
+        assert_ne!(store_key("a", "k"), store_key("b", "k"));
+        assert_ne!(store_key("a", "k"), store_key("a", "l"));
+        assert_eq!(store_key("a", "k"), store_key("a", "k"));
     }
 
     #[test]

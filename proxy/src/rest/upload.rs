@@ -157,7 +157,8 @@ async fn put(
     let spec = ctx.spec();
     let suffix = match &blob_name {
         None => "/body".to_owned(),
-        Some(b) => format!("/blob/{b}"),
+        // Encoded again: a redirect's Location must be a URI.
+        Some(b) => format!("/blob/{}", koukan_rest::uri::encode_segment(b)),
     };
     let req = parse_headers(headers)?;
     let found = match locate(ctx, &spec, headers, &id, &suffix).await {

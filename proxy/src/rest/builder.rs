@@ -31,6 +31,8 @@ pub struct Parsed {
 }
 
 const FIELD: &str = "body.message_builder";
+/// The rendered message goes to the store in pieces of this size.
+const PIECE: usize = 1 << 20;
 
 pub fn parse(v: &serde_json::Value, _max_depth: usize) -> Result<Parsed, Error> {
     let mut spec = koukan_message::Spec::from_json(v).map_err(|e| {
@@ -119,7 +121,7 @@ pub async fn render(
     // The renderer writes into a pipe; its other end goes to the blob in
     // 1 MiB pieces, so the message is never whole in memory. A message
     // that fits one piece (the usual) is stored in one write.
-    let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
+    let (mut writer, mut reader) = tokio::io::duplex(64 << 10);
     let rendering = async {
         let r = koukan_message::render(&spec.0, &source, &opts, &mut writer).await;
         drop(writer);
@@ -128,20 +130,29 @@ pub async fn render(
     let copying = async {
         let mut blob: Option<BlobId> = None;
         let mut offset = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
         loop {
-            let mut filled = 0;
-            while filled < buf.len() {
-                match reader.read(&mut buf[filled..]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
+            // Grown as the message comes: a small message allocates
+            // little (a zeroed 1 MiB buffer per message was most of the
+            // REST path's CPU).
+            let mut buf = bytes::BytesMut::with_capacity(16 << 10);
+            let mut eof = false;
+            while buf.len() < PIECE {
+                if buf.capacity() == buf.len() {
+                    buf.reserve(buf.len().min(PIECE - buf.len()).max(16 << 10));
+                }
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(_) => {}
                     Err(e) => {
                         return Err((blob, koukan_storage::StoreError::Internal(e.to_string())));
                     }
                 }
             }
-            let last = filled < buf.len();
-            let data = Bytes::copy_from_slice(&buf[..filled]);
+            let last = eof;
+            let data = buf.freeze();
             let id = match &blob {
                 None if last => {
                     return store.put_blob(data).await.map_err(|e| (None, e));

@@ -177,6 +177,21 @@ pub fn too_deep(v: &Value, max: usize) -> bool {
     false
 }
 
+/// The path of the first `null` inside `v`, if any.
+fn null_inside(path: &str, v: &Value) -> Option<String> {
+    match v {
+        Value::Null => Some(path.to_owned()),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| null_inside(&format!("{path}[{i}]"), x)),
+        Value::Object(o) => o
+            .iter()
+            .find_map(|(k, x)| null_inside(&format!("{path}.{k}"), x)),
+        _ => None,
+    }
+}
+
 impl TxCreate {
     /// Parses a create request: an object whose keys are REST_CREATE
     /// fields, none `null`, no list empty.
@@ -192,6 +207,13 @@ impl TxCreate {
             let field = key.as_str();
             if value.is_null() {
                 return Err(invalid(field, "null is not a valid value"));
+            }
+            // Inside the envelope fields too (`{"m": null}`, a tag of
+            // null): serde would read them as absent.
+            if matches!(field, "mail_from" | "rcpt_to" | "sender" | "remote_host" | "local_host")
+                && let Some(path) = null_inside(field, value)
+            {
+                return Err(invalid(&path, "null is not a valid value"));
             }
             if value.as_array().is_some_and(|a| a.is_empty()) {
                 return Err(invalid(field, "an empty list is not a valid value"));
@@ -321,6 +343,13 @@ impl TxRead {
             if value.is_null() {
                 return Err(invalid(field, "null is not a valid value"));
             }
+            // Inside the envelope fields too (`{"m": null}`, a tag of
+            // null): serde would read them as absent.
+            if matches!(field, "mail_from" | "rcpt_to" | "sender" | "remote_host" | "local_host")
+                && let Some(path) = null_inside(field, value)
+            {
+                return Err(invalid(&path, "null is not a valid value"));
+            }
             if value.as_array().is_some_and(|a| a.is_empty()) {
                 return Err(invalid(field, "an empty list is not a valid value"));
             }
@@ -386,6 +415,8 @@ mod tests {
             (json!({"sender": {"name": "a", "x": 1}}), "sender"),
             (json!({"remote_host": "1.2.3.4"}), "remote_host"),
             (json!({"body": {"inline": "a", "reuse_uri": "b"}}), "body"),
+            (json!({"sender": {"tag": null}}), "sender.tag"),
+            (json!({"rcpt_to": [{"m": "a@b", "e": [{"k": "X", "p": null}]}]}), "rcpt_to[0].e[0].p"),
         ];
         for (v, field) in cases {
             let e = TxCreate::parse(&v).unwrap_err();

@@ -154,3 +154,40 @@ impl HttpConn {
         })
     }
 }
+
+/// The path of a transaction's `Location` (absolute or not).
+pub fn tx_path(location: &str) -> String {
+    location
+        .find("/transactions/")
+        .map(|i| location[i..].to_owned())
+        .unwrap_or_else(|| location.to_owned())
+}
+
+impl HttpConn {
+    /// Hanging GETs on transaction `tx` (a path) until it is final;
+    /// returns its JSON. Panics on an unexpected status, or when `timeout`
+    /// passes; every 304 must come without a body.
+    pub fn wait_final(&mut self, tx: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut etag: Option<String> = None;
+        while std::time::Instant::now() < deadline {
+            let mut h = vec![("Request-Timeout", "5")];
+            if let Some(e) = &etag {
+                h.push(("If-None-Match", e.as_str()));
+            }
+            let r = self.request("GET", tx, &h, b"").expect("GET");
+            match r.status {
+                200 => {
+                    let v = r.json();
+                    if v.get("final_attempt_reason").is_some() {
+                        return v;
+                    }
+                    etag = r.header("etag").map(str::to_owned);
+                }
+                304 => assert!(r.body.is_empty(), "a 304 carries no body"),
+                s => panic!("GET {tx}: {s} {}", r.text()),
+            }
+        }
+        panic!("{tx} not final within {timeout:?}");
+    }
+}

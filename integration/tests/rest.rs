@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use koukan_integration::http::{HttpConn, HttpResponse};
+use koukan_integration::http::{HttpConn, HttpResponse, tx_path};
 use koukan_integration::*;
 use serde_json::{Value, json};
 
@@ -85,35 +85,11 @@ fn post(c: &mut HttpConn, v: &Value, headers: &[(&str, &str)]) -> HttpResponse {
 }
 
 fn path_of(location: &str) -> String {
-    location
-        .find("/transactions/")
-        .map(|i| location[i..].to_owned())
-        .unwrap_or_else(|| location.to_owned())
+    tx_path(location)
 }
 
-/// Hanging GETs until the transaction is final; returns its JSON.
 fn wait_final(c: &mut HttpConn, tx: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    let mut etag: Option<String> = None;
-    while Instant::now() < deadline {
-        let mut h = vec![("Request-Timeout", "5")];
-        if let Some(e) = &etag {
-            h.push(("If-None-Match", e.as_str()));
-        }
-        let r = c.request("GET", tx, &h, b"").unwrap();
-        match r.status {
-            200 => {
-                let v = r.json();
-                if v.get("final_attempt_reason").is_some() {
-                    return v;
-                }
-                etag = r.header("etag").map(str::to_owned);
-            }
-            304 => assert!(r.body.is_empty(), "a 304 carries no body"),
-            s => panic!("GET {tx}: {s} {}", r.text()),
-        }
-    }
-    panic!("{tx} not final within {timeout:?}");
+    c.wait_final(tx, timeout)
 }
 
 #[test]
@@ -1108,4 +1084,51 @@ r.read()
     );
     let msgs = sink.wait_messages(1, Duration::from_secs(10));
     assert!(msgs[0].contains("over https"));
+}
+
+/// Over `max_concurrent_requests` a request answers 503 with Retry-After
+/// at once; an over-long request head is refused by the HTTP server
+/// (431) and the next connection is served.
+#[test]
+fn request_limits_answer_503_and_431() {
+    let a = start(
+        "{max_concurrent_requests: 2, max_header_bytes: 8192}",
+        EMBEDDED,
+    );
+    let mut c = HttpConn::connect(a.api).unwrap();
+    let r = post(&mut c, &create(None), &[]);
+    let tx = path_of(r.header("location").unwrap());
+    let etag = r.header("etag").unwrap().to_owned();
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let mut w = HttpConn::connect(a.api).unwrap();
+        w.send(
+            "GET",
+            &tx,
+            &[("If-None-Match", &etag), ("Request-Timeout", "3")],
+            b"",
+        )
+        .unwrap();
+        waiting.push(w);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = c.request("GET", &tx, &[], b"").unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"], "unavailable");
+    for mut w in waiting {
+        assert_eq!(w.read_response(false).unwrap().status, 304);
+    }
+    assert_eq!(c.request("GET", &tx, &[], b"").unwrap().status, 200);
+
+    let big = "x".repeat(10_000);
+    let mut h = HttpConn::connect(a.api).unwrap();
+    let r = h.request("GET", &tx, &[("X-Padding", &big)], b"");
+    assert!(
+        r.as_ref().map_or(true, |r| r.status == 431),
+        "{:?}",
+        r.map(|r| r.status)
+    );
+    let mut fresh = HttpConn::connect(a.api).unwrap();
+    assert_eq!(fresh.request("GET", &tx, &[], b"").unwrap().status, 200);
 }

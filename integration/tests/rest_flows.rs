@@ -5,7 +5,7 @@
 //! the transaction's final status.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use koukan_integration::http::HttpConn;
 use koukan_integration::receiver::{Behaviour, Receiver};
@@ -119,26 +119,7 @@ fn rest_send(api: SocketAddr, tag: Option<&str>) -> Value {
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     let tx = r.header("location").unwrap().to_owned();
-    let mut etag = r.header("etag").unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let r = c
-            .request(
-                "GET",
-                &tx,
-                &[("If-None-Match", &etag), ("Request-Timeout", "5")],
-                b"",
-            )
-            .unwrap();
-        if r.status == 200 {
-            let v = r.json();
-            if v.get("final_attempt_reason").is_some() {
-                return v;
-            }
-            etag = r.header("etag").unwrap().to_owned();
-        }
-    }
-    panic!("{tx} not final");
+    c.wait_final(&tx, Duration::from_secs(30))
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use koukan_integration::http::HttpConn;
+use koukan_integration::http::{HttpConn, tx_path};
 use koukan_integration::*;
 use serde_json::{Value, json};
 
@@ -57,10 +57,7 @@ fn create(subject: &str, with_body: bool) -> Value {
 }
 
 fn path_of(location: &str) -> String {
-    location
-        .find("/transactions/")
-        .map(|i| location[i..].to_owned())
-        .unwrap_or_else(|| location.to_owned())
+    tx_path(location)
 }
 
 #[test]

@@ -177,6 +177,26 @@ pub fn too_deep(v: &Value, max: usize) -> bool {
     false
 }
 
+/// The original's rules for any field's value: never `null`, never an
+/// empty list; and no `null` inside the envelope fields either
+/// (`{"m": null}`, a tag of null), which serde would read as absent.
+fn check_value(field: &str, value: &Value) -> Result<(), ApiError> {
+    if value.is_null() {
+        return Err(invalid(field, "null is not a valid value"));
+    }
+    if matches!(
+        field,
+        "mail_from" | "rcpt_to" | "sender" | "remote_host" | "local_host"
+    ) && let Some(path) = null_inside(field, value)
+    {
+        return Err(invalid(&path, "null is not a valid value"));
+    }
+    if value.as_array().is_some_and(|a| a.is_empty()) {
+        return Err(invalid(field, "an empty list is not a valid value"));
+    }
+    Ok(())
+}
+
 /// The path of the first `null` inside `v`, if any.
 fn null_inside(path: &str, v: &Value) -> Option<String> {
     match v {
@@ -205,19 +225,7 @@ impl TxCreate {
         let mut tx = TxCreate::default();
         for (key, value) in map {
             let field = key.as_str();
-            if value.is_null() {
-                return Err(invalid(field, "null is not a valid value"));
-            }
-            // Inside the envelope fields too (`{"m": null}`, a tag of
-            // null): serde would read them as absent.
-            if matches!(field, "mail_from" | "rcpt_to" | "sender" | "remote_host" | "local_host")
-                && let Some(path) = null_inside(field, value)
-            {
-                return Err(invalid(&path, "null is not a valid value"));
-            }
-            if value.as_array().is_some_and(|a| a.is_empty()) {
-                return Err(invalid(field, "an empty list is not a valid value"));
-            }
+            check_value(field, value)?;
             match field {
                 "remote_host" => tx.remote_host = Some(host_port(field, value)?),
                 "local_host" => tx.local_host = Some(host_port(field, value)?),
@@ -340,19 +348,7 @@ impl TxRead {
         let mut out = TxRead::default();
         for (key, value) in map {
             let field = key.as_str();
-            if value.is_null() {
-                return Err(invalid(field, "null is not a valid value"));
-            }
-            // Inside the envelope fields too (`{"m": null}`, a tag of
-            // null): serde would read them as absent.
-            if matches!(field, "mail_from" | "rcpt_to" | "sender" | "remote_host" | "local_host")
-                && let Some(path) = null_inside(field, value)
-            {
-                return Err(invalid(&path, "null is not a valid value"));
-            }
-            if value.as_array().is_some_and(|a| a.is_empty()) {
-                return Err(invalid(field, "an empty list is not a valid value"));
-            }
+            check_value(field, value)?;
             match field {
                 "sender" => out.sender = Some(typed(field, value)?),
                 "remote_host" => out.remote_host = Some(host_port(field, value)?),
@@ -416,7 +412,10 @@ mod tests {
             (json!({"remote_host": "1.2.3.4"}), "remote_host"),
             (json!({"body": {"inline": "a", "reuse_uri": "b"}}), "body"),
             (json!({"sender": {"tag": null}}), "sender.tag"),
-            (json!({"rcpt_to": [{"m": "a@b", "e": [{"k": "X", "p": null}]}]}), "rcpt_to[0].e[0].p"),
+            (
+                json!({"rcpt_to": [{"m": "a@b", "e": [{"k": "X", "p": null}]}]}),
+                "rcpt_to[0].e[0].p",
+            ),
         ];
         for (v, field) in cases {
             let e = TxCreate::parse(&v).unwrap_err();

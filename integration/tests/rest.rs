@@ -144,6 +144,17 @@ fn inline_body_is_delivered_and_followed_to_its_final_status() {
     assert!(t0.elapsed() < Duration::from_secs(2));
     // And the connection is still good.
     assert_eq!(c.request("GET", &tx, &[], b"").unwrap().status, 200);
+    // Counted on the admin server.
+    let (_, metrics) = http_get(a.k.admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"koukan_rest_requests_total{route="create",status="201"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"koukan_rest_requests_total{route="read",status="304"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("koukan_rest_request_duration_seconds_bucket{"));
 }
 
 /// The body PUT after the POST: whole, in ranges with a resend, with an
@@ -1022,6 +1033,39 @@ fn hanging_gets_over_the_limit_get_429() {
     assert_eq!(c.request("GET", &tx, &[], b"").unwrap().status, 200);
     for mut w in waiting {
         assert_eq!(w.read_response(false).unwrap().status, 304);
+    }
+
+    // A reload raises the limit for the running listener.
+    let yaml = std::fs::read_to_string(&a.k.config_path)
+        .unwrap()
+        .replace("max_hanging_gets: 2", "max_hanging_gets: 3");
+    std::fs::write(&a.k.config_path, yaml).unwrap();
+    a.k.proc.signal("HUP");
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .k
+            .log()
+            .contains("config reloaded")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        a.k.log()
+    );
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let mut w = HttpConn::connect(a.api).unwrap();
+        w.send(
+            "GET",
+            &tx,
+            &[("If-None-Match", &etag), ("Request-Timeout", "2")],
+            b"",
+        )
+        .unwrap();
+        waiting.push(w);
+    }
+    for mut w in waiting {
+        let r = w.read_response(false).unwrap();
+        assert_eq!(r.status, 304, "{}", r.text());
     }
 }
 

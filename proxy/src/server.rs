@@ -269,6 +269,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(m) = &metered {
         m.register(&mut registry);
     }
+    let rest_metrics = crate::rest::metrics::RestMetrics::default();
+    rest_metrics.register(&mut registry);
     let reload_metrics = ReloadMetrics::default();
     reload_metrics.register(&mut registry);
     reload_metrics.generation.set(1);
@@ -303,9 +305,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         admin_state.set_store(q.store.clone());
     }
     admin_state.set_delivery_metrics(process.delivery_metrics.clone());
-    let rest = queue
-        .as_ref()
-        .map(|q| crate::rest::Rest::new(q.clone(), shared.clone(), scheduler.clone()));
+    let rest = queue.as_ref().map(|q| {
+        crate::rest::Rest::new(
+            q.clone(),
+            shared.clone(),
+            scheduler.clone(),
+            rest_metrics.clone(),
+        )
+    });
     // This replica's REST address, for the others to redirect to.
     let _registration = rest.as_ref().and_then(|r| {
         let uri = first_session_uri(&shared.load())?;

@@ -25,6 +25,7 @@ mod builder;
 mod cancel;
 mod create;
 mod error;
+pub mod metrics;
 pub mod pending;
 mod read;
 pub mod server;
@@ -61,6 +62,7 @@ pub struct Rest {
     pub pending: pending::Registry,
     /// Runs a transaction stored here at once when it has a free slot.
     scheduler: Option<Arc<Scheduler>>,
+    pub metrics: metrics::RestMetrics,
 }
 
 impl Rest {
@@ -68,12 +70,14 @@ impl Rest {
         queue: Arc<Queue>,
         snapshot: Arc<ArcSwap<Snapshot>>,
         scheduler: Option<Arc<Scheduler>>,
+        metrics: metrics::RestMetrics,
     ) -> Arc<Self> {
         let rest = Arc::new(Self {
             queue,
             snapshot,
             pending: pending::Registry::default(),
             scheduler,
+            metrics,
         });
         tokio::spawn(pending::expire(Arc::downgrade(&rest)));
         rest
@@ -117,16 +121,59 @@ pub struct ListenerCtx {
 impl ListenerCtx {
     pub fn new(rest: Arc<Rest>, spec: watch::Receiver<Arc<HttpListenerSpec>>) -> Arc<Self> {
         let limits = spec.borrow().limits.clone();
-        Arc::new(Self {
+        let ctx = Arc::new(Self {
             rest,
-            spec,
+            spec: spec.clone(),
             requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             hanging: Arc::new(Semaphore::new(limits.max_hanging_gets)),
-        })
+        });
+        tokio::spawn(resize_on_reload(Arc::downgrade(&ctx), spec, limits));
+        ctx
     }
 
     fn spec(&self) -> Arc<HttpListenerSpec> {
         self.spec.borrow().clone()
+    }
+}
+
+/// Keeps the concurrency limits in step with the listener's config: a
+/// reload that raises one adds permits at once; one that lowers it takes
+/// free permits away now and the rest as requests in flight finish.
+async fn resize_on_reload(
+    ctx: std::sync::Weak<ListenerCtx>,
+    mut spec: watch::Receiver<Arc<HttpListenerSpec>>,
+    mut current: crate::config::listener::HttpLimits,
+) {
+    while spec.changed().await.is_ok() {
+        let Some(ctx) = ctx.upgrade() else { return };
+        let next = spec.borrow_and_update().limits.clone();
+        for (sem, old, new) in [
+            (
+                &ctx.requests,
+                current.max_concurrent_requests,
+                next.max_concurrent_requests,
+            ),
+            (
+                &ctx.hanging,
+                current.max_hanging_gets,
+                next.max_hanging_gets,
+            ),
+        ] {
+            if new > old {
+                sem.add_permits(new - old);
+            } else if old > new {
+                let sem = sem.clone();
+                let n = (old - new) as u32;
+                // Permits taken back as they come free: the semaphore
+                // shrinks without refusing a request already admitted.
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(n).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        current = next;
     }
 }
 

@@ -110,45 +110,18 @@ async fn serve_conn<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ctx.spec().limits.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let router = router.clone();
         let ctx = ctx.clone();
         let conn = conn.clone();
         async move {
-            let Ok(_permit) = ctx.requests.clone().try_acquire_owned() else {
-                return Ok::<_, Infallible>(
-                    Error::kind(
-                        ErrorKind::Unavailable,
-                        "too many requests in progress; try again shortly",
-                    )
-                    .into_response(),
-                );
-            };
-            req.extensions_mut().insert(conn);
-            let left = Arc::new(std::sync::Mutex::new(None));
-            let req = req.map(|b| {
-                axum::body::Body::new(Tracked {
-                    inner: Some(b),
-                    left: left.clone(),
-                })
-            });
-            let handled = AssertUnwindSafe(router.oneshot(req)).catch_unwind().await;
-            // A handler that answered without reading the whole entity
-            // (an error found in the headers, a limit): read the rest, so
-            // that the connection can take the client's next request.
-            let unread = left.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(body) = unread {
-                drain_unread(body).await;
-            }
-            Ok(match handled {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(never)) => match never {},
-                Err(panic) => {
-                    let what = koukan_chain::chain::ChainPanicked::from_payload(panic);
-                    tracing::error!(error = %what, "REST handler panicked");
-                    internal_error()
-                }
-            })
+            let started = std::time::Instant::now();
+            let route = super::metrics::route_of(req.method(), req.uri().path());
+            let resp = answer(req, conn, &ctx, router).await;
+            ctx.rest
+                .metrics
+                .record(route, resp.status().as_u16(), started.elapsed());
+            Ok::<_, Infallible>(resp)
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -168,6 +141,48 @@ async fn serve_conn<I>(
         () = async { let _ = drain.wait_for(|d| *d).await; } => {
             served.as_mut().graceful_shutdown();
             let _ = served.await;
+        }
+    }
+}
+
+/// Answers one request: the concurrency limit, the router, a panic
+/// answered 500, the unread rest of the entity drained.
+async fn answer(
+    mut req: Request<Incoming>,
+    conn: Conn,
+    ctx: &ListenerCtx,
+    router: axum::Router,
+) -> Response {
+    let Ok(_permit) = ctx.requests.clone().try_acquire_owned() else {
+        return Error::kind(
+            ErrorKind::Unavailable,
+            "too many requests in progress; try again shortly",
+        )
+        .into_response();
+    };
+    req.extensions_mut().insert(conn);
+    let left = Arc::new(std::sync::Mutex::new(None));
+    let req = req.map(|b| {
+        axum::body::Body::new(Tracked {
+            inner: Some(b),
+            left: left.clone(),
+        })
+    });
+    let handled = AssertUnwindSafe(router.oneshot(req)).catch_unwind().await;
+    // A handler that answered without reading the whole entity (an error
+    // found in the headers, a limit): read the rest, so that the
+    // connection can take the client's next request.
+    let unread = left.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(body) = unread {
+        drain_unread(body).await;
+    }
+    match handled {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(never)) => match never {},
+        Err(panic) => {
+            let what = koukan_chain::chain::ChainPanicked::from_payload(panic);
+            tracing::error!(error = %what, "REST handler panicked");
+            internal_error()
         }
     }
 }

@@ -272,6 +272,10 @@ fn a_body_is_reused_by_a_later_transaction() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Reused after the first is delivered: its body is kept for that.
+    let first = path_of(r.header("location").unwrap());
+    let done = wait_final(&mut c, &first, Duration::from_secs(20));
+    assert_eq!(done["final_attempt_reason"], "upstream response success");
     let mut second = create(Some(json!({"reuse_uri": body_uri})));
     second["rcpt_to"] = json!([{"m": "carol@example.net"}]);
     let r = post(&mut c, &second, &[]);

@@ -205,9 +205,11 @@ pub async fn post(
                 // Version 1 as created; the scheduler may be further
                 // already, which the client's next read shows.
                 let read = view::pending(&id, &state, &spec);
+                // What the store holds at version 1: created leased, its
+                // first attempt counts from the start.
                 let read = koukan_rest::TxRead {
                     body: stored_body(&spec, &id, &state),
-                    attempt_count: Some(0),
+                    attempt_count: Some(u32::from(state.tx.lease.is_some())),
                     ..read
                 };
                 Ok(view::reply(

@@ -263,6 +263,8 @@ pub async fn commit(rest: &Rest, id: &TxId, st: &mut State) -> Result<Created, E
     // free: no claim, no wait for the scheduler's loop.
     let reserved = rest.scheduler.as_ref().and_then(|s| s.reserve());
     tx.lease = reserved.as_ref().map(|r| r.lease());
+    // As stored: a read of version 1 shows its attempt as started.
+    st.tx.lease = tx.lease.clone();
     let created = match store.admit().await {
         Ok(()) => {
             store
@@ -271,6 +273,8 @@ pub async fn commit(rest: &Rest, id: &TxId, st: &mut State) -> Result<Created, E
                     CreateOptions {
                         id: Some(id.clone()),
                         idempotency: st.idempotency.clone(),
+                        // A later request may reuse it (`reuse_uri`).
+                        keep_body: true,
                     },
                 )
                 .await

@@ -324,6 +324,7 @@ mod tests {
         // The REST API's calls, timed like the rest.
         let opts = CreateOptions {
             id: Some(TxId("chosen".into())),
+            keep_body: false,
             idempotency: Some(crate::IdempotencyKey {
                 key: "k".into(),
                 fingerprint: "fp".into(),

@@ -457,6 +457,11 @@ pub struct CreateOptions {
     /// Makes the creation idempotent: a second creation with the same
     /// unexpired key creates nothing and reports the first one.
     pub idempotency: Option<IdempotencyKey>,
+    /// Keep the body readable until gc deletes the transaction, instead
+    /// of deleting its data as soon as every transaction using it is
+    /// final: for a body later requests may reuse (the REST API's
+    /// `reuse_uri`).
+    pub keep_body: bool,
 }
 
 /// See [`CreateOptions::idempotency`].

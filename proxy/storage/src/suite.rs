@@ -370,6 +370,49 @@ pub async fn blob_put(store: &dyn Store) {
     assert_eq!(store.get_transaction(&id).await.unwrap().tx.body, a);
 }
 
+/// `keep_body`: the body of a transaction created with it stays readable
+/// after the transaction is final (one created without it is collected
+/// at once); gc takes it with the transaction.
+pub async fn kept_body_outlives_the_final_transaction(store: &dyn Store) {
+    let kept = store
+        .put_blob(Bytes::from_static(b"kept body"))
+        .await
+        .unwrap();
+    let plain = store
+        .put_blob(Bytes::from_static(b"plain body"))
+        .await
+        .unwrap();
+    let keep = CreateOptions {
+        keep_body: true,
+        ..CreateOptions::default()
+    };
+    let a = store.create_with(sample_tx(&kept), keep).await.unwrap();
+    let b = store
+        .create_with(sample_tx(&plain), CreateOptions::default())
+        .await
+        .unwrap();
+    for id in [a.id(), b.id()] {
+        store.cancel(id).await.unwrap();
+    }
+    assert_eq!(
+        store.read_blob(&kept, 0, 100).await.unwrap(),
+        Bytes::from_static(b"kept body"),
+        "a kept body is readable after its transaction is final"
+    );
+    assert!(matches!(
+        store.blob_info(&plain).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // gc takes the transaction, then the body.
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    store.gc(later).await.unwrap();
+    store.gc(later).await.unwrap();
+    assert!(matches!(
+        store.blob_info(&kept).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 pub async fn blob_append_read_finalize(store: &dyn Store) {
     let blob = store.create_blob().await.unwrap();
     let empty = BlobInfo {
@@ -1602,6 +1645,7 @@ fn with_key(k: IdempotencyKey) -> CreateOptions {
     CreateOptions {
         id: None,
         idempotency: Some(k),
+        keep_body: false,
     }
 }
 
@@ -1609,6 +1653,7 @@ fn with_id(id: &str) -> CreateOptions {
     CreateOptions {
         id: Some(TxId(id.into())),
         idempotency: None,
+        keep_body: false,
     }
 }
 
@@ -1711,6 +1756,7 @@ pub async fn create_with_chosen_id(store: &dyn Store) {
             CreateOptions {
                 id: Some(id.clone()),
                 idempotency: Some(k.clone()),
+                keep_body: false,
             },
         )
         .await;
@@ -1787,6 +1833,7 @@ pub async fn idempotent_create(store: &dyn Store) {
         let opts = CreateOptions {
             id: chosen,
             idempotency: Some(key("k1", fp, now_ms() + 2 * HOUR)),
+            keep_body: false,
         };
         assert_eq!(
             create_with(store, tx, opts).await,
@@ -2032,6 +2079,7 @@ pub async fn failed_create_records_no_key(store: &dyn Store) {
     let opts = CreateOptions {
         id: Some(id.clone()),
         idempotency: Some(k.clone()),
+        keep_body: false,
     };
     let r = store.create_with(sample_tx(&partial), opts.clone()).await;
     assert_blob_conflict(r, &partial);
@@ -2522,6 +2570,7 @@ where
     run!(
         blob_append_read_finalize,
         blob_put,
+        kept_body_outlives_the_final_transaction,
         blob_append_conflicts,
         blob_chunked_reads,
         create_requires_finalized_body,

@@ -739,6 +739,7 @@ async fn init_creates_keeps_and_with_force_sets_aside() {
 
 fn keyed(key: &str, fingerprint: &str, expires: SystemTime) -> CreateOptions {
     CreateOptions {
+        keep_body: false,
         id: None,
         idempotency: Some(IdempotencyKey {
             key: key.into(),
@@ -787,6 +788,7 @@ async fn two_stores_on_one_file_race_on_one_key() {
     assert!(results.iter().all(|r| r.id() == &id), "{results:?}");
 
     let results: Vec<_> = race(|_, _| CreateOptions {
+        keep_body: false,
         id: Some(TxId("chosen".into())),
         idempotency: None,
     })

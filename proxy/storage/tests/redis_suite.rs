@@ -1836,6 +1836,7 @@ async fn delivery_runs_over_maxmemory_and_frees_it() {
 
 fn keyed(id: Option<&str>, key: &str, fingerprint: &str, expires: SystemTime) -> CreateOptions {
     CreateOptions {
+        keep_body: false,
         id: id.map(|i| TxId(i.into())),
         idempotency: Some(IdempotencyKey {
             key: key.into(),
@@ -1916,6 +1917,7 @@ async fn two_replicas_race_on_one_key() {
         }
     }
     let results: Vec<_> = race(|_, _| CreateOptions {
+        keep_body: false,
         id: Some(TxId("chosen".into())),
         idempotency: None,
     })
@@ -2076,6 +2078,7 @@ async fn a_create_with_refused_after_the_ack_window_is_withdrawn_with_its_key() 
     let s = store_via(relay.addr, Duration::from_millis(400)).await;
     let b = body(&s, b"Subject: x\r\n\r\nx\r\n").await;
     let chosen = |id: &str| CreateOptions {
+        keep_body: false,
         id: Some(TxId(id.into())),
         idempotency: None,
     };

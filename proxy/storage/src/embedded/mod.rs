@@ -455,10 +455,11 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'_, StoreResult<Created>> {
         Box::pin(async move {
             crate::check_create_options(&opts)?;
-            let row = match opts.id {
+            let mut row = match opts.id {
                 Some(id) => NewRow::encode_as(tx, id)?,
                 None => NewRow::encode(tx)?,
             };
+            row.keep_body = opts.keep_body;
             let key = opts.idempotency.map(|k| KeyRow {
                 key: k.key,
                 fingerprint: k.fingerprint,

@@ -219,6 +219,8 @@ pub(super) struct NewRow {
     /// Owner and TTL in milliseconds.
     lease: Option<(ReplicaId, i64)>,
     prior: Option<PriorRow>,
+    /// See [`crate::CreateOptions::keep_body`].
+    pub(super) keep_body: bool,
 }
 
 /// The columns an attempt made before storing starts the row with.
@@ -256,6 +258,7 @@ impl NewRow {
             envelope,
             lease: tx.lease.map(|(owner, ttl)| (owner, ttl_ms(ttl))),
             prior,
+            keep_body: false,
         })
     }
 }
@@ -296,10 +299,12 @@ pub(super) fn create_transaction(conn: &Connection, row: &NewRow, now: i64) -> S
         ])
     })
     .map_err(|e| sql_error("create transaction", e))?;
+    // A kept body counts one open reference more, which no finish
+    // releases: it stays until gc deletes its transactions.
     conn.prepare_cached(
-        "UPDATE blobs SET refcount = refcount + 1, open_refs = open_refs + 1 WHERE id = ?1",
+        "UPDATE blobs SET refcount = refcount + 1, open_refs = open_refs + ?2 WHERE id = ?1",
     )
-    .and_then(|mut s| s.execute([&row.body.0]))
+    .and_then(|mut s| s.execute(params![&row.body.0, 1 + i64::from(row.keep_body)]))
     .map_err(|e| sql_error("create transaction", e))?;
     Ok(())
 }

@@ -751,6 +751,7 @@ impl RedisStore {
         opts: CreateOptions,
     ) -> StoreResult<Created> {
         crate::check_create_options(&opts)?;
+        let keep_body = if opts.keep_body { "1" } else { "0" };
         let id = opts.id.unwrap_or_else(|| TxId(new_id()));
         let nonce = new_id();
         let now_t = SystemTime::now();
@@ -779,7 +780,8 @@ impl RedisStore {
                     .arg(fingerprint)
                     .arg(expires)
                     .arg(ttl)
-                    .arg(&args);
+                    .arg(&args)
+                    .arg(keep_body);
                 async move {
                     self.bounded("create_with", call.invoke_async::<Value>(&mut conn))
                         .await

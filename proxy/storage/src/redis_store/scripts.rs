@@ -269,6 +269,8 @@ end
 local err = body_refusal(ARGV[a + 1])
 if err then return err end
 insert_tx(a, now_ms)
+-- A kept body: one open reference more, which no finish releases.
+if ARGV[a + 10] == '1' then redis.call('HINCRBY', blobkey(ARGV[a + 1]), 'open', 1) end
 redis.call('HSET', k, 'nonce', nonce)
 -- A key expired already would count as absent at once: not kept.
 if ik and tonumber(ARGV[7]) > 0 then

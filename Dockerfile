@@ -15,6 +15,6 @@ COPY --from=build /src/target/release/koukan /usr/local/bin/koukan
 COPY configs /etc/koukan
 USER koukan
 WORKDIR /var/lib/koukan
-EXPOSE 2525 9901
+EXPOSE 2525 8000 9901
 ENTRYPOINT ["/usr/local/bin/koukan"]
 CMD ["--config", "/etc/koukan/quickstart.yaml"]

@@ -20,6 +20,50 @@ struct Api {
     _dirs: tempfile::TempDir,
 }
 
+/// A proxy with one HTTP listener (`http`: its YAML flow mapping) whose
+/// sender `submission` relays to `sink`.
+fn one_sink_config(node: &str, api: SocketAddr, http: &str, sink: SocketAddr) -> String {
+    format!(
+        r#"
+node: {{id: {node}}}
+admin: {{address: "{{admin}}"}}
+storage: {{embedded: {{path: data/koukan.db}}}}
+static_resources:
+  listeners:
+  - name: api
+    address: "{api}"
+    http: {http}
+  senders: [{{name: submission, chain: out}}]
+  chains:
+  - name: out
+    relay: {{endpoint: sink}}
+  endpoints:
+  - name: sink
+    smtp: {{ehlo_hostname: koukan.test, hosts: [{{host: "{h}", port: {p}}}]}}
+"#,
+        h = sink.ip(),
+        p = sink.port(),
+    )
+}
+
+/// `n` hanging GETs of `tx` with `etag`, each on its own connection, sent
+/// and not yet answered.
+fn hang(api: SocketAddr, tx: &str, etag: &str, secs: &str, n: usize) -> Vec<HttpConn> {
+    (0..n)
+        .map(|_| {
+            let mut w = HttpConn::connect(api).unwrap();
+            w.send(
+                "GET",
+                tx,
+                &[("If-None-Match", etag), ("Request-Timeout", secs)],
+                b"",
+            )
+            .unwrap();
+            w
+        })
+        .collect()
+}
+
 /// `limits`: the YAML flow mapping of the listener's limits.
 fn start(limits: &str, storage: &str) -> Api {
     let dirs = tempfile::tempdir().unwrap();
@@ -959,27 +1003,7 @@ fn api_keys_guard_senders_and_their_transactions() {
         format!(r#"{{"submission": "{digest}"}}"#),
     )
     .unwrap();
-    let yaml = format!(
-        r#"
-node: {{id: rest-keys}}
-admin: {{address: "{{admin}}"}}
-storage: {{embedded: {{path: data/koukan.db}}}}
-static_resources:
-  listeners:
-  - name: api
-    address: "{api}"
-    http: {{api_keys: keys.json}}
-  senders: [{{name: submission, chain: out}}]
-  chains:
-  - name: out
-    relay: {{endpoint: sink}}
-  endpoints:
-  - name: sink
-    smtp: {{ehlo_hostname: koukan.test, hosts: [{{host: "{h}", port: {p}}}]}}
-"#,
-        h = sink.addr.ip(),
-        p = sink.addr.port(),
-    );
+    let yaml = one_sink_config("rest-keys", api, "{api_keys: keys.json}", sink.addr);
     let _k = Koukan::start_in(dirs, &yaml).unwrap();
     let mut c = HttpConn::connect(api).unwrap();
     let v = create(Some(json!({"inline": message("keyed")})));
@@ -1011,18 +1035,7 @@ fn hanging_gets_over_the_limit_get_429() {
     let r = post(&mut c, &create(None), &[]);
     let tx = path_of(r.header("location").unwrap());
     let etag = r.header("etag").unwrap().to_owned();
-    let mut waiting = Vec::new();
-    for _ in 0..2 {
-        let mut w = HttpConn::connect(a.api).unwrap();
-        w.send(
-            "GET",
-            &tx,
-            &[("If-None-Match", &etag), ("Request-Timeout", "5")],
-            b"",
-        )
-        .unwrap();
-        waiting.push(w);
-    }
+    let waiting = hang(a.api, &tx, &etag, "5", 2);
     std::thread::sleep(Duration::from_millis(300));
     let r = c
         .request(
@@ -1055,18 +1068,7 @@ fn hanging_gets_over_the_limit_get_429() {
         "{}",
         a.k.log()
     );
-    let mut waiting = Vec::new();
-    for _ in 0..3 {
-        let mut w = HttpConn::connect(a.api).unwrap();
-        w.send(
-            "GET",
-            &tx,
-            &[("If-None-Match", &etag), ("Request-Timeout", "2")],
-            b"",
-        )
-        .unwrap();
-        waiting.push(w);
-    }
+    let waiting = hang(a.api, &tx, &etag, "2", 3);
     for mut w in waiting {
         let r = w.read_response(false).unwrap();
         assert_eq!(r.status, 304, "{}", r.text());
@@ -1080,29 +1082,12 @@ fn the_api_over_tls() {
     let sink = SmtpSink::start(&dirs.path().join("sink"), &[]).unwrap();
     let (cert, key) = write_test_cert(dirs.path());
     let api = loopback(free_port());
-    let yaml = format!(
-        r#"
-node: {{id: rest-tls}}
-admin: {{address: "{{admin}}"}}
-storage: {{embedded: {{path: data/koukan.db}}}}
-static_resources:
-  listeners:
-  - name: api
-    address: "{api}"
-    http: {{tls: {{cert: "{cert}", key: "{key}"}}}}
-  senders: [{{name: submission, chain: out}}]
-  chains:
-  - name: out
-    relay: {{endpoint: sink}}
-  endpoints:
-  - name: sink
-    smtp: {{ehlo_hostname: koukan.test, hosts: [{{host: "{h}", port: {p}}}]}}
-"#,
-        cert = cert.display(),
-        key = key.display(),
-        h = sink.addr.ip(),
-        p = sink.addr.port(),
+    let http = format!(
+        "{{tls: {{cert: \"{}\", key: \"{}\"}}}}",
+        cert.display(),
+        key.display()
     );
+    let yaml = one_sink_config("rest-tls", api, &http, sink.addr);
     let _k = Koukan::start_in(dirs, &yaml).unwrap();
     let script = r#"
 import http.client, json, ssl, sys
@@ -1147,18 +1132,7 @@ fn request_limits_answer_503_and_431() {
     let r = post(&mut c, &create(None), &[]);
     let tx = path_of(r.header("location").unwrap());
     let etag = r.header("etag").unwrap().to_owned();
-    let mut waiting = Vec::new();
-    for _ in 0..2 {
-        let mut w = HttpConn::connect(a.api).unwrap();
-        w.send(
-            "GET",
-            &tx,
-            &[("If-None-Match", &etag), ("Request-Timeout", "3")],
-            b"",
-        )
-        .unwrap();
-        waiting.push(w);
-    }
+    let waiting = hang(a.api, &tx, &etag, "3", 2);
     std::thread::sleep(Duration::from_millis(300));
     let r = c.request("GET", &tx, &[], b"").unwrap();
     assert_eq!(r.status, 503, "{}", r.text());

@@ -34,7 +34,7 @@ const FIELD: &str = "body.message_builder";
 /// The rendered message goes to the store in pieces of this size.
 const PIECE: usize = 1 << 20;
 
-pub fn parse(v: &serde_json::Value, _max_depth: usize) -> Result<Parsed, Error> {
+pub fn parse(v: &serde_json::Value) -> Result<Parsed, Error> {
     let mut spec = koukan_message::Spec::from_json(v).map_err(|e| {
         let field = if e.path.is_empty() {
             FIELD.to_owned()

@@ -164,7 +164,7 @@ pub async fn post(
             PendingBody::Raw(reuse(&ctx, "body.reuse_uri", &uri).await?)
         }
         Some(BodyRequest::MessageBuilder(v)) => {
-            let parsed = builder::parse(&v, limits.max_json_depth)?;
+            let parsed = builder::parse(&v)?;
             let mut slots = std::collections::BTreeMap::new();
             // At once: the store's writer commits concurrent writes
             // together.
@@ -208,7 +208,8 @@ pub async fn post(
                 // What the store holds at version 1: created leased, its
                 // first attempt counts from the start.
                 let read = koukan_rest::TxRead {
-                    body: stored_body(&spec, &id, &state),
+                    // The commit recorded the builder's blobs in the ingress.
+                    body: Some(view::stored_body(&spec, &id, &state.tx)),
                     attempt_count: Some(u32::from(state.tx.lease.is_some())),
                     ..read
                 };
@@ -262,7 +263,7 @@ pub async fn post(
             .queue
             .store
             .register_replica(
-                &pending_owner(&id),
+                &pending::owner(&id),
                 &spec.session_uri,
                 limits.pending_timeout,
             )
@@ -274,46 +275,6 @@ pub async fn post(
         &read,
         &[(header::LOCATION, location)],
     ))
-}
-
-/// The replica registry's name for "the replica holding pending
-/// transaction `id`".
-pub fn pending_owner(id: &TxId) -> koukan_storage::ReplicaId {
-    koukan_storage::ReplicaId(format!("pending/{id}"))
-}
-
-fn stored_body(
-    spec: &crate::config::listener::HttpListenerSpec,
-    id: &TxId,
-    state: &pending::State,
-) -> Option<koukan_rest::BodyRead> {
-    let rec_like = koukan_storage::TxRecord {
-        id: id.clone(),
-        tx: {
-            let mut tx = state.tx.clone();
-            if let (StoredIngress::Http(h), PendingBody::Builder { slots, .. }) =
-                (&mut tx.ingress, &state.body)
-            {
-                h.blobs = slots
-                    .iter()
-                    .map(|(n, s)| (n.clone(), s.blob.clone()))
-                    .collect();
-            }
-            tx
-        },
-        created: SystemTime::now(),
-        last_update: SystemTime::now(),
-        version: 1,
-        attempt_count: 0,
-        next_attempt: None,
-        final_attempt_reason: None,
-        lease_owner: None,
-        lease_expires: None,
-        cancelled: false,
-        last_responses: None,
-        attempts: Vec::new(),
-    };
-    view::stored(&rec_like, spec).body
 }
 
 /// The answer to a POST whose idempotency key was used before.

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use koukan_storage::{ReplicaId, TxId};
 use tokio::sync::{Semaphore, watch};
@@ -224,8 +225,6 @@ async fn method_not_allowed() -> Error {
         ),
     )
 }
-
-use axum::response::IntoResponse;
 
 /// A transaction id as the API hands them out: what a path may hold.
 fn tx_id(s: &str) -> Result<TxId, Error> {

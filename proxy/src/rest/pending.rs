@@ -23,6 +23,12 @@ use super::builder;
 use super::{Error, Rest};
 use crate::queue::Submission;
 
+/// The replica registry's name for "the replica holding pending
+/// transaction `id`": other replicas redirect its uploads there.
+pub fn owner(id: &TxId) -> koukan_storage::ReplicaId {
+    koukan_storage::ReplicaId(format!("pending/{id}"))
+}
+
 /// One blob being uploaded (the raw body, or a message-builder part).
 #[derive(Clone, Debug)]
 pub struct Slot {

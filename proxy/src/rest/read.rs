@@ -59,12 +59,11 @@ pub async fn json_entity(
     body: Body,
 ) -> Result<serde_json::Value, Error> {
     if !is_json(headers) {
-        return Err(
-            Error::header("content-type", "must be application/json").with_status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorKind::UnsupportedMediaType,
-            ),
-        );
+        return Err(Error::field(
+            ErrorKind::UnsupportedMediaType,
+            "content-type",
+            "must be application/json",
+        ));
     }
     let max = spec.limits.max_json_bytes;
     let bytes = read_limited(body, max).await?;
@@ -100,14 +99,6 @@ pub async fn read_limited(body: Body, max: usize) -> Result<bytes::Bytes, Error>
             ErrorKind::InvalidJson,
             format!("reading the entity failed: {e}"),
         )),
-    }
-}
-
-impl Error {
-    fn with_status(mut self, status: StatusCode, kind: ErrorKind) -> Self {
-        self.status = status;
-        self.body.error = kind;
-        self
     }
 }
 
@@ -161,7 +152,7 @@ pub async fn locate(
             Ok(Found::Stored(Box::new(rec)))
         }
         Err(StoreError::NotFound(_)) => {
-            let owner = super::create::pending_owner(id);
+            let owner = super::pending::owner(id);
             if let Some(r) = redirect(ctx, spec, &owner, id, path_suffix).await {
                 return Err(r);
             }
@@ -351,13 +342,10 @@ pub async fn patch(
     } else {
         let bytes = read_limited(body, spec.limits.max_json_bytes).await?;
         if !bytes.is_empty() {
-            return Err(Error::header(
+            return Err(Error::field(
+                ErrorKind::UnsupportedMediaType,
                 "content-type",
                 "an update must be application/json; a heartbeat has no entity",
-            )
-            .with_status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorKind::UnsupportedMediaType,
             ));
         }
     }

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 use hyper::body::Incoming;
@@ -251,10 +251,9 @@ async fn drain_unread(mut body: Incoming) {
 }
 
 fn internal_error() -> Response {
-    let mut e = Error::kind(
+    Error::kind(
         ErrorKind::Internal,
         "internal error; the request may be retried",
-    );
-    e.status = StatusCode::INTERNAL_SERVER_ERROR;
-    e.into_response()
+    )
+    .into_response()
 }

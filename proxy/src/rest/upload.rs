@@ -209,8 +209,7 @@ async fn put(
         }
     };
     if slot.finalized {
-        let (len, _) = (slot.len, slot.total);
-        return resend(&req, len, body).await;
+        return resend(&req, slot.len, body).await;
     }
     let written = write(store.as_ref(), slot, &req, body, max).await;
     p.touch();

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use koukan_rest::uri::{blob_path, body_path, tx_path};
 use koukan_rest::{BlobStatus, BodyRead, MessageBuilderRead, Placeholder, TxRead};
-use koukan_storage::{StoredIngress, StoredResponse, TxId, TxRecord};
+use koukan_storage::{NewTransaction, StoredHttp, StoredIngress, StoredResponse, TxId, TxRecord};
 
 use super::pending::{PendingBody, State};
 use crate::config::listener::HttpListenerSpec;
@@ -16,55 +16,78 @@ fn response(r: &StoredResponse) -> koukan_rest::Response {
     koukan_rest::Response::new(r.code, r.text.clone())
 }
 
-/// A stored transaction. Its body is complete, so its URIs use the
-/// service URI (any replica serves them).
-pub fn stored(rec: &TxRecord, spec: &HttpListenerSpec) -> TxRead {
-    let base = &spec.service_uri;
-    let id = &rec.id.0;
-    let http = match &rec.tx.ingress {
+/// The raw body's status.
+fn raw_body(base: &str, id: &str, finalized: bool) -> BodyRead {
+    BodyRead {
+        blob_status: Some(BlobStatus {
+            uri: format!("{base}{}", body_path(id)),
+            finalized,
+        }),
+        message_builder: None,
+    }
+}
+
+/// A message-builder body: its blobs by name, and whether each is final.
+fn builder_body<'a>(
+    base: &str,
+    id: &str,
+    blobs: impl Iterator<Item = (&'a String, bool)>,
+) -> BodyRead {
+    let status = blobs
+        .map(|(name, finalized)| {
+            let uri = format!("{base}{}", blob_path(id, name));
+            (name.clone(), BlobStatus { uri, finalized })
+        })
+        .collect::<BTreeMap<_, _>>();
+    BodyRead {
+        blob_status: None,
+        message_builder: Some(MessageBuilderRead {
+            uri: None,
+            blob_status: Some(status),
+        }),
+    }
+}
+
+fn http(tx: &NewTransaction) -> Option<&StoredHttp> {
+    match &tx.ingress {
         StoredIngress::Http(h) => Some(h),
         _ => None,
-    };
-    let body = match http {
-        Some(h) if !h.blobs.is_empty() => BodyRead {
-            blob_status: None,
-            message_builder: Some(MessageBuilderRead {
-                uri: None,
-                blob_status: Some(
-                    h.blobs
-                        .keys()
-                        .map(|name| {
-                            (
-                                name.clone(),
-                                BlobStatus {
-                                    uri: format!("{base}{}", blob_path(id, name)),
-                                    finalized: true,
-                                },
-                            )
-                        })
-                        .collect(),
-                ),
-            }),
-        },
-        _ => BodyRead {
-            blob_status: Some(BlobStatus {
-                uri: format!("{base}{}", body_path(id)),
-                finalized: true,
-            }),
-            message_builder: None,
-        },
-    };
-    let last = rec.last_responses.as_ref();
+    }
+}
+
+/// The body of a stored transaction: complete, so its URIs use the
+/// service URI (any replica serves them).
+pub fn stored_body(spec: &HttpListenerSpec, id: &TxId, tx: &NewTransaction) -> BodyRead {
+    let base = &spec.service_uri;
+    match http(tx) {
+        Some(h) if !h.blobs.is_empty() => {
+            builder_body(base, &id.0, h.blobs.keys().map(|n| (n, true)))
+        }
+        _ => raw_body(base, &id.0, true),
+    }
+}
+
+/// What a read shows of the request: placeholders for what it gave, and
+/// `remote_host`/`local_host` verbatim.
+fn request_fields(tx: &NewTransaction, body: BodyRead) -> TxRead {
+    let http = http(tx);
     TxRead {
         sender: Some(Placeholder {}),
         remote_host: http.and_then(|h| h.remote_host.clone()),
         local_host: http.and_then(|h| h.local_host.clone()),
         mail_from: Some(Placeholder {}),
-        rcpt_to: rec.tx.rcpt_to.iter().map(|_| Placeholder {}).collect(),
-        retry: rec.tx.retry.then_some(Placeholder {}),
-        notification: rec.tx.notification.then_some(Placeholder {}),
-        filter_output: None,
+        rcpt_to: tx.rcpt_to.iter().map(|_| Placeholder {}).collect(),
+        retry: tx.retry.then_some(Placeholder {}),
+        notification: tx.notification.then_some(Placeholder {}),
         body: Some(body),
+        ..Default::default()
+    }
+}
+
+/// A stored transaction, with its latest attempt's responses.
+pub fn stored(rec: &TxRecord, spec: &HttpListenerSpec) -> TxRead {
+    let last = rec.last_responses.as_ref();
+    TxRead {
         mail_response: last.and_then(|l| l.mail.as_ref()).map(response),
         // Positional: only the prefix of recipients that have one.
         rcpt_response: last
@@ -79,6 +102,7 @@ pub fn stored(rec: &TxRecord, spec: &HttpListenerSpec) -> TxRead {
         attempt_count: Some(rec.attempt_count),
         final_attempt_reason: rec.final_attempt_reason.map(|r| r.as_str().to_owned()),
         cancelled: rec.cancelled,
+        ..request_fields(&rec.tx, stored_body(spec, &rec.id, &rec.tx))
     }
 }
 
@@ -86,51 +110,15 @@ pub fn stored(rec: &TxRecord, spec: &HttpListenerSpec) -> TxRead {
 /// URI).
 pub fn pending(id: &TxId, st: &State, spec: &HttpListenerSpec) -> TxRead {
     let base = &spec.session_uri;
-    let id = &id.0;
     let body = match &st.body {
-        PendingBody::Raw(slot) => BodyRead {
-            blob_status: Some(BlobStatus {
-                uri: format!("{base}{}", body_path(id)),
-                finalized: slot.finalized,
-            }),
-            message_builder: None,
-        },
-        PendingBody::Builder { slots, .. } => BodyRead {
-            blob_status: None,
-            message_builder: Some(MessageBuilderRead {
-                uri: None,
-                blob_status: Some(
-                    slots
-                        .iter()
-                        .map(|(name, s)| {
-                            (
-                                name.clone(),
-                                BlobStatus {
-                                    uri: format!("{base}{}", blob_path(id, name)),
-                                    finalized: s.finalized,
-                                },
-                            )
-                        })
-                        .collect::<BTreeMap<_, _>>(),
-                ),
-            }),
-        },
-    };
-    let http = match &st.tx.ingress {
-        StoredIngress::Http(h) => Some(h),
-        _ => None,
+        PendingBody::Raw(slot) => raw_body(base, &id.0, slot.finalized),
+        PendingBody::Builder { slots, .. } => {
+            builder_body(base, &id.0, slots.iter().map(|(n, s)| (n, s.finalized)))
+        }
     };
     TxRead {
-        sender: Some(Placeholder {}),
-        remote_host: http.and_then(|h| h.remote_host.clone()),
-        local_host: http.and_then(|h| h.local_host.clone()),
-        mail_from: Some(Placeholder {}),
-        rcpt_to: st.tx.rcpt_to.iter().map(|_| Placeholder {}).collect(),
-        retry: st.tx.retry.then_some(Placeholder {}),
-        notification: st.tx.notification.then_some(Placeholder {}),
-        body: Some(body),
         cancelled: st.phase == super::pending::Phase::Cancelled,
-        ..Default::default()
+        ..request_fields(&st.tx, body)
     }
 }
 

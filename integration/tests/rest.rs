@@ -1154,3 +1154,48 @@ fn request_limits_answer_503_and_431() {
     let mut fresh = HttpConn::connect(a.api).unwrap();
     assert_eq!(fresh.request("GET", &tx, &[], b"").unwrap().status, 200);
 }
+
+/// The maildir terminal: a REST transaction written into a local maildir.
+#[test]
+fn rest_into_a_maildir() {
+    let api = loopback(free_port());
+    let yaml = format!(
+        r#"
+node: {{id: rest-maildir}}
+admin: {{address: "{{admin}}"}}
+storage: {{embedded: {{path: data/koukan.db}}}}
+static_resources:
+  listeners:
+  - name: api
+    address: "{api}"
+    http: {{}}
+  senders: [{{name: submission, chain: local}}]
+  chains:
+  - name: local
+    relay: {{endpoint: box}}
+  endpoints:
+  - name: box
+    maildir: {{path: box}}
+"#
+    );
+    let k = Koukan::start(&yaml).unwrap();
+    let mut c = HttpConn::connect(api).unwrap();
+    let r = post(
+        &mut c,
+        &create(Some(json!({"inline": message("boxed")}))),
+        &[],
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let done = wait_final(
+        &mut c,
+        r.header("location").unwrap(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        done["final_attempt_reason"], "upstream response success",
+        "{done}"
+    );
+    let files = maildir_files(&k, "box/new");
+    assert_eq!(files.len(), 1);
+    assert!(files[0].ends_with(&message("boxed")), "{}", files[0]);
+}

@@ -127,52 +127,7 @@ pub async fn render(
         drop(writer);
         r
     };
-    let copying = async {
-        let mut blob: Option<BlobId> = None;
-        let mut offset = 0u64;
-        loop {
-            // Grown as the message comes: a small message allocates
-            // little (a zeroed 1 MiB buffer per message was most of the
-            // REST path's CPU).
-            let mut buf = bytes::BytesMut::with_capacity(16 << 10);
-            let mut eof = false;
-            while buf.len() < PIECE {
-                if buf.capacity() == buf.len() {
-                    buf.reserve(buf.len().min(PIECE - buf.len()).max(16 << 10));
-                }
-                match reader.read_buf(&mut buf).await {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err((blob, koukan_storage::StoreError::Internal(e.to_string())));
-                    }
-                }
-            }
-            let last = eof;
-            let data = buf.freeze();
-            let id = match &blob {
-                None if last => {
-                    return store.put_blob(data).await.map_err(|e| (None, e));
-                }
-                None => {
-                    let id = store.create_blob().await.map_err(|e| (None, e))?;
-                    blob = Some(id.clone());
-                    id
-                }
-                Some(id) => id.clone(),
-            };
-            offset = match store.append_blob(&id, offset, data, last).await {
-                Ok(n) => n,
-                Err(e) => return Err((blob, e)),
-            };
-            if last {
-                return Ok(id);
-            }
-        }
-    };
+    let copying = copy_into_blob(store, &mut reader);
     let (rendered, copied) = tokio::join!(rendering, copying);
     match (rendered, copied) {
         (Ok(r), Ok(blob)) => Ok((blob, r.needs_smtputf8)),
@@ -194,6 +149,102 @@ pub async fn render(
                 let _ = store.delete_blob(&blob).await;
             }
             Err(Error::store(e))
+        }
+    }
+}
+
+/// Reads `reader` to its end into a new finalized blob, in pieces of
+/// [`PIECE`]: one write for a message that fits one piece. On an error,
+/// the blob it had started (if any), to delete.
+async fn copy_into_blob<R: tokio::io::AsyncRead + Unpin>(
+    store: &Arc<dyn Store>,
+    reader: &mut R,
+) -> Result<BlobId, (Option<BlobId>, koukan_storage::StoreError)> {
+    let mut blob: Option<BlobId> = None;
+    let mut offset = 0u64;
+    loop {
+        // Grown as the message comes: a small message allocates little (a
+        // zeroed 1 MiB buffer per message was most of the REST path's
+        // CPU).
+        let mut buf = bytes::BytesMut::with_capacity(16 << 10);
+        let mut eof = false;
+        while buf.len() < PIECE {
+            if buf.capacity() == buf.len() {
+                buf.reserve(buf.len().min(PIECE - buf.len()).max(16 << 10));
+            }
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err((blob, koukan_storage::StoreError::Internal(e.to_string())));
+                }
+            }
+        }
+        let data = buf.freeze();
+        let id = match &blob {
+            None if eof => return store.put_blob(data).await.map_err(|e| (None, e)),
+            None => {
+                let id = store.create_blob().await.map_err(|e| (None, e))?;
+                blob = Some(id.clone());
+                id
+            }
+            Some(id) => id.clone(),
+        };
+        offset = match store.append_blob(&id, offset, data, eof).await {
+            Ok(n) => n,
+            Err(e) => return Err((blob, e)),
+        };
+        if eof {
+            return Ok(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Empty, one byte, exactly one piece, one piece and one byte, many
+    /// pieces: each stored whole, finalized, byte for byte.
+    #[tokio::test]
+    async fn rendered_messages_are_stored_piece_by_piece() {
+        let dir = crate::test_support::temp_dir();
+        let store: Arc<dyn Store> = Arc::new(
+            koukan_storage::embedded::EmbeddedStore::open(
+                &dir.path().join("s.db"),
+                koukan_storage::embedded::EmbeddedOptions::default(),
+            )
+            .unwrap(),
+        );
+        for len in [0, 1, PIECE, PIECE + 1, 3 * PIECE + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let (mut w, mut r) = tokio::io::duplex(4096);
+            let writing = async {
+                tokio::io::AsyncWriteExt::write_all(&mut w, &data)
+                    .await
+                    .unwrap();
+                drop(w);
+            };
+            let (_, blob) = tokio::join!(writing, copy_into_blob(&store, &mut r));
+            let blob = blob.unwrap_or_else(|(_, e)| panic!("{len}: {e}"));
+            let info = store.blob_info(&blob).await.unwrap();
+            assert!(info.finalized, "{len}");
+            assert_eq!(info.length, len as u64);
+            let mut got = Vec::new();
+            loop {
+                let chunk = store
+                    .read_blob(&blob, got.len() as u64, 1 << 20)
+                    .await
+                    .unwrap();
+                if chunk.is_empty() {
+                    break;
+                }
+                got.extend_from_slice(&chunk);
+            }
+            assert!(got == data, "{len}: content differs");
         }
     }
 }
